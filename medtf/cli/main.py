@@ -11,9 +11,15 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 from medtf import __version__
+
+# Sub-commands that live in their own module: each exposes ``register(commands)``, which adds its parser and sets
+# ``handler=<function(args) -> exit code>`` as a default, so main.py does not grow with every command.
+COMMAND_MODULES: tuple[str, ...] = ("medtf.cli.evaluate", "medtf.cli.export", "medtf.cli.predict",
+                                     "medtf.cli.slurm")
 
 SYNTH_KINDS = {
     "brachy-ct": ("medtf.synth.brachy_ct", "generate_brachy_ct",
@@ -84,12 +90,17 @@ def _build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="run the built-in end-to-end job on synthetic data")
     demo.add_argument("--out", default="demo_out", help="working folder (default %(default)s)")
     demo.add_argument("--cases", type=int, default=4)
+
+    for module in COMMAND_MODULES:
+        try:
+            importlib.import_module(module).register(commands)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:  # a missing dependency inside the module is a real error
+                raise
     return parser
 
 
 def _synth(args) -> int:
-    import importlib
-
     module, func, _ = SYNTH_KINDS[args.kind]
     folders = getattr(importlib.import_module(module), func)(args.out, cases=args.cases, seed=args.seed)
     print(f"wrote {len(folders)} synthetic {args.kind} cases under {args.out}")
@@ -156,10 +167,11 @@ def main(argv=None) -> int:
     from medtf.data.manifest import ManifestError
 
     args = _build_parser().parse_args(argv)
-    handler = {"synth": _synth, "convert": _convert, "inspect": _inspect, "verify": _verify, "train": _train,
-               "demo": _demo}
+    handlers = {"synth": _synth, "convert": _convert, "inspect": _inspect, "verify": _verify, "train": _train,
+                "demo": _demo}
+    handler = getattr(args, "handler", None) or handlers[args.command]
     try:
-        return handler[args.command](args)
+        return handler(args)
     except ManifestError as exc:
         print(f"medtf {args.command}: {exc}", file=sys.stderr)
         return 2
