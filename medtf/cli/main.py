@@ -5,6 +5,10 @@
     medtf inspect DIR                                       manifest summary + preview PNGs
     medtf verify DIR                                        re-read and check every shard (non-zero exit on problems)
     medtf train CONFIG [--set key=value ...] --run-dir DIR  train from an experiment config
+    medtf evaluate RUN_DIR [--split test]                   per-case metrics on whole volumes (sliding window)
+    medtf export RUN_DIR                                    SavedModel in a TF Serving layout
+    medtf predict MODEL --input PATH --output DIR           NIfTI mask, DICOM SEG, overlays
+    medtf slurm CONFIG [--nodes N ...] [--submit]           render / submit a SLURM job
     medtf demo [--out DIR]                                  the built-in end-to-end job
 """
 
@@ -89,7 +93,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="run the built-in end-to-end job on synthetic data")
     demo.add_argument("--out", default="demo_out", help="working folder (default %(default)s)")
-    demo.add_argument("--cases", type=int, default=4)
+    demo.add_argument("--cases", type=int, default=10, help="synthetic patients (default %(default)s)")
+    demo.add_argument("--seed", type=int, default=0)
 
     for module in COMMAND_MODULES:
         try:
@@ -160,7 +165,7 @@ def _train(args) -> int:
 def _demo(args) -> int:
     from medtf.cli.demo import run_demo
 
-    return run_demo(args.out, cases=args.cases)
+    return run_demo(args.out, cases=args.cases, seed=args.seed)
 
 
 def main(argv=None) -> int:

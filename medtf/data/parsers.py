@@ -54,9 +54,28 @@ def _parse_brachy(example: dict, training: bool, manifest=None) -> dict:
     return out
 
 
+# Stored image values are divided by this to give the model input (uint8 RGB -> [0, 1]); kinds not listed are
+# stored in model units already (CT in HU). `medtf.export` bakes the same divisor into exported SavedModels.
+_IMAGE_SCALE: dict[str, float] = {"lgg-mri": 255.0, "nuclei-he": 255.0}
+
+
+def image_scale(kind: str) -> float:
+    """Divisor from stored image values to model input values for ``kind`` (255 for uint8 RGB kinds, else 1).
+
+    The parser computes ``image = float32(stored) / image_scale(kind)``; exporters and predictors that start
+    from raw images (RGB 0..255, CT in HU) apply the same division so serving matches training.
+
+    Example:
+        >>> image_scale("lgg-mri"), image_scale("brachy-ct")
+        (255.0, 1.0)
+    """
+    _lookup(_PARSERS, kind)
+    return _IMAGE_SCALE.get(kind, 1.0)
+
+
 def _parse_lgg(example: dict, training: bool, manifest=None) -> dict:
     out = dict(example)
-    image = tf.cast(example["image"], tf.float32) / 255.0
+    image = tf.cast(example["image"], tf.float32) / image_scale("lgg-mri")
     image.set_shape([None, None, 3])
     out["image"] = image
     mask = tf.identity(example["mask"])
