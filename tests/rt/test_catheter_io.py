@@ -1,0 +1,111 @@
+"""Catheter JSON and reconstructed RT Plan: round trips, frame of reference, identity taken from the CT."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pydicom
+import pytest
+
+from medtf.io.volume import Volume
+from medtf.rt import read_brachy_plan, read_catheters_json, write_catheters_json, write_reconstructed_plan
+from medtf.synth.dicom_writer import write_dicom_series
+
+CT_FOR = "1.2.826.0.1.3680043.8.498.4242"
+CT_STUDY = "1.2.826.0.1.3680043.8.498.4243"
+IDENTITY = dict(patient_name="SYNTH^RECON^007", patient_id="SYNRC007", birth_date="19581224")
+
+
+def _catheters():
+    s = np.linspace(0.0, 1.0, 41)[:, None]
+    a = np.array([-20.125, 3.5, -150.0]) + s * np.array([40.0, 2.0, 1.0]) + 4 * s * (1 - s) * np.array([0, 2.0, 0])
+    b = np.array([[15.3, -7.25, -148.0], [0.1, -6.0, -147.5], [-14.7, -5.5, -147.0]])
+    return [a, b]
+
+
+@pytest.fixture(scope="module")
+def ct_header(tmp_path_factory) -> pydicom.Dataset:
+    folder = tmp_path_factory.mktemp("ct")
+    vol = Volume(np.zeros((3, 8, 8), np.int16), spacing=(1.0, 1.0, 2.0), origin=(-4.0, -4.0, -152.0))
+    files = write_dicom_series(vol, folder, study_uid=CT_STUDY, frame_of_reference_uid=CT_FOR, **IDENTITY)
+    return pydicom.dcmread(files[0], stop_before_pixels=True)
+
+
+def test_json_round_trip(tmp_path):
+    cats = _catheters()
+    path = write_catheters_json(tmp_path / "out" / "catheters.json", cats, frame_of_reference_uid=CT_FOR,
+                                step_mm=1.0, model="unet3d_small", threshold=0.5)
+    back = read_catheters_json(path)
+    assert len(back) == 2
+    for got, want in zip(back, cats):
+        np.testing.assert_array_equal(got, want)  # JSON floats round-trip exactly
+    doc = json.loads(path.read_text())
+    assert (doc["version"], doc["units"], doc["coordinate_system"]) == (1, "mm", "LPS")
+    assert doc["frame_of_reference_uid"] == CT_FOR and doc["step_mm"] == 1.0
+    assert doc["metadata"] == {"model": "unet3d_small", "threshold": 0.5}
+    assert [c["number"] for c in doc["catheters"]] == [1, 2]
+    assert doc["catheters"][1]["tip"] == [15.3, -7.25, -148.0]
+    seg = np.linalg.norm(np.diff(cats[1], axis=0), axis=1).sum()
+    assert doc["catheters"][1]["length_mm"] == pytest.approx(seg, abs=1e-4)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["catheters.json"]  # no temporary file left
+    with pytest.raises(ValueError, match="catheter 0"):
+        write_catheters_json(tmp_path / "bad.json", [np.zeros((3, 2))])
+
+
+def test_reconstructed_plan_round_trip_and_identity(tmp_path, ct_header, capsys):
+    cats = _catheters()
+    path = write_reconstructed_plan(tmp_path / "RP.recon.dcm", cats, reference_ct=ct_header)
+    plan = read_brachy_plan(path)
+    assert plan.frame_of_reference_uid == CT_FOR
+    assert len(plan.polylines) == 2
+    for got, want in zip(plan.polylines, cats):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, atol=1e-3)
+    ds = pydicom.dcmread(path)
+    assert ds.Modality == "RTPLAN" and ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.481.5"
+    assert ds.FrameOfReferenceUID == ct_header.FrameOfReferenceUID
+    for keyword in ("PatientID", "PatientName", "PatientBirthDate", "StudyInstanceUID", "StudyDate"):
+        assert ds.data_element(keyword).value == ct_header.data_element(keyword).value, keyword
+    assert ds.StudyInstanceUID == CT_STUDY and ds.PatientID == "SYNRC007"
+    assert ds.SeriesInstanceUID != ct_header.SeriesInstanceUID
+    assert ds.RTPlanGeometry == "TREATMENT_DEVICE" and "ReferencedStructureSetSequence" not in ds
+    assert ds.ApprovalStatus == "UNAPPROVED" and ds.BrachyTreatmentTechnique == "INTERSTITIAL"
+    assert [int(c.ChannelNumber) for c in ds.ApplicationSetupSequence[0].ChannelSequence] == [1, 2]
+    again = write_reconstructed_plan(tmp_path / "RP.again.dcm", cats, reference_ct=ct_header)
+    assert pydicom.dcmread(again).SOPInstanceUID != ds.SOPInstanceUID  # a new instance every time
+    out = capsys.readouterr()
+    assert "SYNRC007" not in out.out + out.err and "RECON" not in out.out + out.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["RP.again.dcm", "RP.recon.dcm"]
+
+
+def test_reconstructed_plan_options(tmp_path, ct_header):
+    cats = _catheters()
+    ss_uid = "1.2.826.0.1.3680043.8.498.999"
+    path = write_reconstructed_plan(tmp_path / "a.dcm", cats, reference_ct=ct_header, dwell_step_mm=5.0,
+                                    referenced_structure_set_uid=ss_uid)
+    ds = pydicom.dcmread(path)
+    assert ds.RTPlanGeometry == "PATIENT"
+    assert ds.ReferencedStructureSetSequence[0].ReferencedSOPInstanceUID == ss_uid
+    pts = read_brachy_plan(path).polylines[0]
+    assert len(pts) == 10 and np.linalg.norm(pts[1] - pts[0]) == pytest.approx(5.0, abs=1e-2)  # chord of arc
+    # No CT header: the frame of reference is required and patient attributes stay empty (no placeholders).
+    path = write_reconstructed_plan(tmp_path / "b.dcm", cats, frame_of_reference_uid=CT_FOR)
+    ds = pydicom.dcmread(path)
+    assert ds.FrameOfReferenceUID == CT_FOR
+    assert (str(ds.PatientName), ds.PatientID, ds.PatientBirthDate, ds.PatientSex) == ("", "", "", "")
+    with pytest.raises(ValueError, match="FrameOfReferenceUID"):
+        write_reconstructed_plan(tmp_path / "c.dcm", cats)
+    with pytest.raises(ValueError, match="differs"):
+        write_reconstructed_plan(tmp_path / "d.dcm", cats, reference_ct=ct_header, frame_of_reference_uid="1.2.3")
+    with pytest.raises(ValueError, match="at least one"):
+        write_reconstructed_plan(tmp_path / "e.dcm", [], reference_ct=ct_header)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.dcm", "b.dcm"]
+
+
+def test_synth_writer_is_a_re_export():
+    from medtf.rt import rtplan_writer as rt_writer
+    from medtf.synth import rtplan_writer as synth_writer
+
+    assert synth_writer.write_brachy_plan is rt_writer.write_brachy_plan
+    assert set(synth_writer.__all__) == set(rt_writer.__all__)
