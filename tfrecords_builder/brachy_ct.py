@@ -73,6 +73,17 @@ def crop(volume, box):
     return volume.with_array(volume.array[box].copy(), origin=tuple(volume.index_to_physical(lo)))
 
 
+def catheter_radius(requested: float | None, ct) -> float:
+    """The tube radius used for ``ct``: the requested one, or max(1 mm, half the voxel diagonal).
+
+    A catheter running between voxel centres is up to half a voxel diagonal from the nearest centre (1.22 mm at
+    1 x 1 x 2 mm): a smaller tube leaves holes in the mask, which break centreline reconstruction into pieces.
+    """
+    if requested is not None:
+        return float(requested)
+    return max(1.0, 0.5 * float(np.linalg.norm(ct.spacing)))
+
+
 class BrachyCtConverter(Converter):
     kind = "brachy-ct"
     schema = BRACHY_CT
@@ -80,8 +91,9 @@ class BrachyCtConverter(Converter):
 
     def add_arguments(self, parser):
         group = parser.add_argument_group("brachy-ct options")
-        group.add_argument("--catheter-radius-mm", type=float, default=1.0,
-                           help="tube radius of the rasterised catheters (default %(default)s mm)")
+        group.add_argument("--catheter-radius-mm", type=float, default=None,
+                           help="tube radius of the rasterised catheters (default: max(1 mm, half the voxel "
+                                "diagonal), the smallest radius that leaves no gaps between voxel centres)")
         group.add_argument("--spacing", default=None,
                            help="resample the CT to this voxel size x,y,z in mm (default: keep the CT's)")
         group.add_argument("--crop-margin-mm", type=float, default=None,
@@ -141,7 +153,7 @@ class BrachyCtConverter(Converter):
             ct = resample(ct, settings["spacing"])
         if settings["crop_margin_mm"] is not None:
             ct = crop(ct, catheter_bounding_box(polylines, ct, settings["crop_margin_mm"]))
-        mask, instances = rasterize_polylines(polylines, ct, settings["catheter_radius_mm"])
+        mask, instances = rasterize_polylines(polylines, ct, catheter_radius(settings["catheter_radius_mm"], ct))
         if not mask.any():
             raise InputError(plan_path, "no catheter passes through the CT volume (wrong plan/CT pairing?)")
         hu = ct.array if ct.array.dtype == np.int16 else np.clip(np.rint(ct.array), -32768, 32767).astype(np.int16)

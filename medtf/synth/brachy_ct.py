@@ -95,7 +95,12 @@ def _phantom(rng: np.random.Generator, volume: Volume) -> tuple[np.ndarray, dict
 
 
 def _needles(rng: np.random.Generator, geo: dict, half_fov: np.ndarray, n: int) -> list[np.ndarray]:
-    """``n`` dense (~1 mm) curved needle paths across the breast, tip first, at least MIN_NEEDLE_GAP_MM apart."""
+    """``n`` dense (~1 mm) curved needle paths through the breast, tip first, at least MIN_NEEDLE_GAP_MM apart.
+
+    As in the clinic, all needles of a patient enter from one side (drawn per patient), where their connector ends
+    leave the body and run to the edge of the field of view; the tips stop 3-8 mm inside the opposite skin. So the
+    tip is the deep end and the connector the end at the image border, the rule `medtf.rt.reconstruct` uses.
+    """
     cx, _, cz = geo["center"]
     ax, ay, az = geo["axes"]
     cy = geo["chest_y"]
@@ -104,6 +109,7 @@ def _needles(rng: np.random.Generator, geo: dict, half_fov: np.ndarray, n: int) 
     slots = [(yy, zz + (5.5 if i % 2 else 0.0)) for i, yy in enumerate(rows) for zz in cols]
     slots = [s for s in slots if ((s[0] - cy) / ay) ** 2 + ((s[1] - cz) / az) ** 2 < 0.55]
     order = rng.permutation(len(slots))
+    side = 1.0 if rng.random() < 0.5 else -1.0  # +1: connectors on the +x (patient left) side
     paths: list[np.ndarray] = []
     for slot in order:
         if len(paths) == n:
@@ -111,7 +117,11 @@ def _needles(rng: np.random.Generator, geo: dict, half_fov: np.ndarray, n: int) 
         for _ in range(10):
             y0, z0 = np.array(slots[slot]) + rng.uniform(-1.5, 1.5, 2)
             w = ax * np.sqrt(max(1.0 - ((y0 - cy) / ay) ** 2 - ((z0 - cz) / az) ** 2, 0.0))
-            x_lo, x_hi = max(cx - w - 4.0, -half_fov[0] + 2.0), min(cx + w + 4.0, half_fov[0] - 2.0)
+            inside = rng.uniform(3.0, 8.0)
+            if side > 0:
+                x_lo, x_hi = max(cx - w + inside, -half_fov[0] + 2.0), half_fov[0] - 2.0
+            else:
+                x_lo, x_hi = -half_fov[0] + 2.0, min(cx + w - inside, half_fov[0] - 2.0)
             if x_hi - x_lo < 30.0:
                 break
             tilt = rng.uniform(-0.05, 0.05, 2)
@@ -122,7 +132,7 @@ def _needles(rng: np.random.Generator, geo: dict, half_fov: np.ndarray, n: int) 
             path = np.clip(path, -half_fov + 2.0, half_fov - 2.0)
             gap = min((np.min(np.linalg.norm(path[:, None] - p[None], axis=-1)) for p in paths), default=np.inf)
             if gap >= MIN_NEEDLE_GAP_MM:
-                paths.append(path[::-1] if rng.random() < 0.5 else path)  # insertion side: left or right
+                paths.append(path if side > 0 else path[::-1])  # tip first: the end away from the insertion side
                 break
     return paths
 
