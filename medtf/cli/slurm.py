@@ -1,0 +1,142 @@
+"""``medtf slurm``: job scripts for a SLURM cluster, rendered from the templates in slurm/.
+
+    medtf slurm CONFIG [--nodes N] [--gpus-per-node G] [--tasks-per-node T] [--time HH:MM:SS] [--array SPEC]
+                       [--partition P] [--account A] [--job-name NAME] [--set k=v ...]
+                       [--run-dir DIR] [--cluster-config FILE] [--after JOBID] [--dry-run | --submit]
+    medtf slurm run [options] -- COMMAND ...     any other medtf command as a job (convert, evaluate, ...)
+    medtf slurm status JOBID [JOBID ...]         state, reason, elapsed time, nodes, array tasks
+
+The template follows from the resources: 1 GPU (or 0: a CPU job), several GPUs on one node (MirroredStrategy),
+several nodes or tasks (N x T workers, MultiWorkerMirroredStrategy), or --array (one task per fold).
+Options may come before or after CONFIG. --dry-run (the default) prints the script; --submit writes it to
+RUN_DIR/slurm/NAME.sbatch, submits it and prints only the job id on stdout, so chains read naturally:
+
+    conv=$(medtf slurm run --submit --run-dir runs/lgg -- convert lgg-mri --input raw --output data/lgg)
+    train=$(medtf slurm experiments/lgg_unet2d.yaml --submit --after "$conv" --run-dir runs/lgg)
+
+Site settings (modules, venv, account, partition, --gres vs --gpus-per-node) come from the cluster config:
+--cluster-config FILE, $MEDTF_CLUSTER_CONFIG or ~/.config/medtf/cluster.yaml (format: medtf/hpc/cluster_config.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _add_options(p, default=None) -> None:
+    """The job options; ``default=argparse.SUPPRESS`` makes a parser that returns only the options given."""
+    def d(value):
+        return value if default is None else default
+
+    p.add_argument("--nodes", type=int, default=d(1), help="nodes, one worker each (default 1)")
+    p.add_argument("--gpus-per-node", type=int, default=d(1), help="GPUs per node; 0 for a CPU job (default 1)")
+    p.add_argument("--tasks-per-node", type=int, default=d(1),
+                   help="workers per node (default 1: one worker uses all GPUs of its node; G: one per GPU)")
+    p.add_argument("--time", default=d("01:00:00"), help="time limit [D-]HH:MM:SS (default 01:00:00)")
+    p.add_argument("--partition", default=d(None), help="partition (default: cluster config)")
+    p.add_argument("--account", default=d(None), help="account (default: cluster config)")
+    p.add_argument("--array", default=d(None), metavar="SPEC",
+                   help="job array, one task per fold, e.g. 0-4 (task id -> data.fold)")
+    p.add_argument("--run-dir", default=d(None), help="run directory (default runs/<config name>)")
+    p.add_argument("--job-name", default=d(None), help="job name (default: the config's file name)")
+    p.add_argument("--set", dest="overrides", action="append", default=d([]), metavar="KEY=VALUE",
+                   help="config override passed to `medtf train` (repeatable)")
+    p.add_argument("--after", action="append", default=d([]), metavar="JOBID",
+                   help="start only after this job succeeded (afterok); cancelled if it fails (repeatable)")
+    p.add_argument("--cluster-config", default=d(None), metavar="FILE", help="site settings (see above)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--dry-run", action="store_true", default=d(False), help="print the script (the default)")
+    mode.add_argument("--submit", action="store_true", default=d(False),
+                      help="write the script and submit it with sbatch")
+
+
+def register(commands) -> None:
+    p = commands.add_parser("slurm", help="render / submit SLURM job scripts, and show job status",
+                            description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("target", metavar="CONFIG|run|status",
+                   help="experiment YAML to train, `run` (any medtf command after --) or `status`")
+    # REMAINDER: options after the target and a medtf command after `--` (re-parsed in `_split_rest`).
+    p.add_argument("rest", nargs=argparse.REMAINDER, metavar="...",
+                   help="options; job ids for `status`; `-- COMMAND ...` for `run`")
+    _add_options(p)
+    p.set_defaults(handler=run)
+
+
+def _split_rest(args) -> list[str] | None:
+    """Apply the options written after the target; return the job ids / medtf command (None: bad options)."""
+    rest = list(args.rest)
+    if args.target == "status":
+        return rest
+    command: list[str] = []
+    if "--" in rest:
+        rest, command = rest[: rest.index("--")], rest[rest.index("--") + 1:]
+    parser = argparse.ArgumentParser(prog=f"medtf slurm {args.target}", add_help=False)
+    _add_options(parser, default=argparse.SUPPRESS)
+    given, unknown = parser.parse_known_args(rest)
+    if unknown:
+        print(f"medtf slurm: unexpected arguments {unknown}"
+              + (" (put the medtf command after --)" if args.target == "run" else
+                 " (config overrides go in --set KEY=VALUE)"), file=sys.stderr)
+        return None
+    for key, value in vars(given).items():
+        if isinstance(value, list):
+            value = getattr(args, key) + value
+        setattr(args, key, value)
+    if args.dry_run and args.submit:
+        print("medtf slurm: --dry-run and --submit exclude each other", file=sys.stderr)
+        return None
+    return command
+
+
+def run(args) -> int:
+    from medtf.hpc.cluster_config import ClusterConfigError, load_cluster_config
+    from medtf.hpc.slurm import JobSpec, SlurmError, job_info, render_job, submit, summarize, write_job
+
+    rest = _split_rest(args)
+    if rest is None:
+        return 2
+    try:
+        if args.target == "status":
+            if not rest:
+                print("medtf slurm status: give at least one job id", file=sys.stderr)
+                return 2
+            found = True
+            for job_id in rest:
+                jobs = job_info(job_id)
+                found &= bool(jobs)
+                print(summarize(jobs))
+            return 0 if found else 1
+        cluster = load_cluster_config(args.cluster_config)
+        if args.target == "run":
+            if not rest:
+                print("medtf slurm run: give the medtf command after --, e.g. -- convert lgg-mri ...",
+                      file=sys.stderr)
+                return 2
+            spec = JobSpec(command=rest, run_dir=args.run_dir or f"runs/{rest[0]}",
+                           job_name=args.job_name, time=args.time, partition=args.partition, account=args.account,
+                           after=args.after)
+        else:
+            if rest:
+                print(f"medtf slurm: unexpected arguments {rest} after --", file=sys.stderr)
+                return 2
+            if not Path(args.target).is_file():
+                print(f"medtf slurm: {args.target}: config file not found", file=sys.stderr)
+                return 2
+            spec = JobSpec(config=args.target, run_dir=args.run_dir or f"runs/{Path(args.target).stem}",
+                           nodes=args.nodes, gpus_per_node=args.gpus_per_node,
+                           tasks_per_node=args.tasks_per_node, time=args.time,
+                           partition=args.partition, account=args.account, array=args.array,
+                           overrides=args.overrides, after=args.after, job_name=args.job_name)
+        if not args.submit:
+            sys.stdout.write(render_job(spec, cluster))
+            return 0
+        path = write_job(spec, cluster)
+        job_id = submit(path)
+        print(f"submitted {path} as job {job_id}", file=sys.stderr)
+        print(job_id)
+        return 0
+    except (SlurmError, ClusterConfigError) as exc:
+        print(f"medtf slurm: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,16 @@
+#!/bin/bash
+# A private single-node SLURM on this machine (for trying the templates, and what the tests use).
+#
+#   slurm/local/slurm-local.sh install          apt-get the packages (root; no system services are started)
+#   slurm/local/slurm-local.sh start [ROOT]     start munged + slurmctld + slurmd under ROOT (default /tmp/medtf-slurm)
+#   slurm/local/slurm-local.sh status [ROOT]
+#   slurm/local/slurm-local.sh stop [ROOT]      stop them (by their pid files under ROOT only)
+#
+# After `start`: export SLURM_CONF=ROOT/etc/slurm.conf, then sbatch / squeue / medtf slurm ... --submit as usual.
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+python=${PYTHON:-$here/.venv/bin/python}
+[[ -x $python ]] || python=python3
+action=${1:?usage: slurm-local.sh install|start|stop|status [ROOT]}
+cd "$here"
+exec "$python" -m medtf.hpc.local_cluster "$action" --root "${2:-/tmp/medtf-slurm}"
