@@ -1,4 +1,9 @@
-"""Training engine (configs first; the `medtf train` loop, callbacks and run directories follow)."""
+"""Training: experiment configs (`config`), the `medtf train` loop (`engine.train`) and its parts.
+
+`inputs` (datasets, ``data.preprocess``), `schedules` (learning rate), `strategy` (tf.distribute by name, which
+worker writes what), `callbacks` (NaN guard, LR logging, resumable history, HParams) and `diagnostics`
+(TensorBoard image panels, histograms, gradient flow). Importing this package stays light (no TensorFlow).
+"""
 
 from medtf.training.config import ConfigError, apply_overrides, load_config, save_resolved
 

@@ -3,151 +3,204 @@
 Run directory layout::
 
     run_dir/config.yaml              the resolved config (what actually ran)
-    run_dir/logs/                    TensorBoard event files
-    run_dir/history.csv              one row per epoch (CSVLogger)
+    run_dir/logs/                    TensorBoard: train/ and validation/ scalars (learning_rate included), the
+                                     HParams entry (logs/ itself), images/ (validation panels), gradients/
+                                     (weight + gradient histograms, gradient flow); logs/worker-<i>/ for the
+                                     non-chief workers of a multi-worker run
+    run_dir/history.csv              one row per epoch (CSVLogger; continued, not overwritten, on resume)
     run_dir/checkpoints/best.keras   best epoch by ``train.monitor`` / ``train.mode``
     run_dir/checkpoints/last.keras   the latest epoch
-    run_dir/backup/                  BackupAndRestore state (resume after a crash; removed on success)
+    run_dir/backup/                  BackupAndRestore state (re-running the same command resumes; removed on success)
+
+Config keys (beyond ``model``, ``loss``, ``optimizer``; everything below is optional with the default shown)::
+
+    data:
+      dir, kind, batch_size, train_split (train), val_split (val), seed, patch_size (null: whole images)
+      transforms: []            augmentations, training only (medtf.transforms configs)
+      preprocess: []            deterministic transforms for training AND validation, before the augmentations,
+                                e.g. [{name: window, center: 400, width: 1800}] or {name: zscore};
+                                `build_preprocess(config)` gives the same callable to evaluation/export
+      val_patch_size: null      validation patch (null: whole image/volume; the models are fully convolutional)
+      val_batch_size: null      validation batch size (null: batch_size)
+    schedule:                   medtf.training.schedules
+      {name: constant}                                           (default)
+      {name: reduce_on_plateau, factor: 0.5, patience: 5, min_lr: 0, monitor: train.monitor}
+      {name: cosine, warmup_epochs: 0 | warmup_steps: 0, min_lr: 0, warmup_from: 0}
+    train:
+      epochs (1), steps_per_epoch (null: the whole split), validation_steps (null), monitor (val_dice), mode (max)
+      precision: float32        or mixed_float16 / mixed_bfloat16 (the global policy is restored afterwards)
+      strategy: auto            auto | mirrored | one_device | multiworker (medtf.training.strategy)
+      jit_compile: false        XLA-compile the train step
+      remat: false              build the model inside keras.RematScope(mode="full"): activations recomputed
+                                in the backward pass (not for layers called with training=/mask=, see build_model)
+      log_every_n_steps: 100    weight/gradient histograms and gradient flow every N optimizer steps (0: off)
+      image_panels: true        [input | ground truth | prediction] panels when train.monitor improves
+      hparams: true             TensorBoard HParams entry (flattened scalar config values + final metrics)
+      verbose: 2
 """
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Mapping
 
 import keras
 
+from medtf.training.callbacks import (HParamsLogger, LearningRateLogger, NanGuard, backup_epoch, best_so_far,
+                                      nan_message, trim_history)
 from medtf.training.config import save_resolved
+from medtf.training.diagnostics import GradientStats, ValidationPanels
+from medtf.training.inputs import build_datasets, build_preprocess, probe_batches, steps_per_epoch, training_transforms
+from medtf.training.schedules import build_learning_rate, schedule_callbacks, schedule_name
+from medtf.training.strategy import RunPaths, make_strategy, run_paths
+
+__all__ = ["NonFiniteLossError", "NanGuard", "nan_message", "build_preprocess", "training_transforms",
+           "build_datasets", "build_optimizer", "build_callbacks", "train"]
 
 
 class NonFiniteLossError(RuntimeError):
     """Raised by `train` when `NanGuard` stopped a run because the loss became NaN / inf."""
 
 
-def nan_message(step: int, epoch: int, loss: float, policy: str, learning_rate: Any = None) -> str:
-    """The human-readable explanation for a non-finite loss, tailored to the precision policy."""
-    msg = f"non-finite loss ({loss}) at epoch {epoch + 1}, batch {step}; training stopped."
-    if policy == "mixed_float16":
-        msg += (" The policy is mixed_float16: the likely cause is a float16 overflow (activations or gradients "
-                "beyond 65504). Try train.precision=mixed_bfloat16 (same range as float32) or a lower learning rate.")
-    else:
-        msg += f" Likely causes: the learning rate ({learning_rate}) is too high, or bad input values (NaN/inf)."
-    return msg
-
-
-class NanGuard(keras.callbacks.Callback):
-    """Stop training on the first non-finite batch loss and record why (``self.message``).
-
-    Keras' `TerminateOnNaN` stops silently; this one keeps a message naming the likely cause (float16 overflow
-    under ``mixed_float16``, otherwise the learning rate) so `train` can raise it.
-    """
-
-    def __init__(self, policy: str = "float32"):
-        super().__init__()
-        self.policy = policy
-        self.message: str | None = None
-        self._epoch = 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch = epoch
-
-    def on_train_batch_end(self, batch, logs=None):
-        loss = (logs or {}).get("loss")
-        if loss is None:
-            return
-        loss = float(loss)
-        if not math.isfinite(loss):
-            lr = getattr(getattr(self.model, "optimizer", None), "learning_rate", None)
-            lr = float(keras.ops.convert_to_numpy(lr)) if lr is not None else None
-            self.message = nan_message(batch, self._epoch, loss, self.policy, lr)
-            self.model.stop_training = True
-
-
 def _section(config: Mapping, name: str) -> dict:
     return dict(config.get(name) or {})
 
 
-def build_datasets(data: Mapping, seed: int | None):
-    """Train (shuffled, repeated) and validation (ordered, single pass) datasets from the ``data`` section."""
-    from medtf.data import make_dataset
-
-    common = dict(batch_size=int(data["batch_size"]), patch_size=data.get("patch_size"),
-                  seed=data.get("seed", seed))
-    train_ds = make_dataset(data["dir"], data.get("train_split", "train"), training=True,
-                            transforms=data.get("transforms") or None, **common)
-    val_split = data.get("val_split", "val")
-    val_ds = None
-    if val_split:
-        val_ds = make_dataset(data["dir"], val_split, training=False, repeat=False, **common)
-    return train_ds, val_ds
-
-
-def build_optimizer(opt: Mapping) -> keras.optimizers.Optimizer:
-    """AdamW (the only optimizer the configs name so far) from the ``optimizer`` section."""
+def build_optimizer(opt: Mapping, learning_rate=None) -> keras.optimizers.Optimizer:
+    """AdamW from the ``optimizer`` section; ``learning_rate`` (a float or schedule) replaces the section's."""
     name = str(opt.get("name", "adamw")).lower()
     if name != "adamw":
         raise ValueError(f"unknown optimizer {name!r}; supported: adamw")
-    return keras.optimizers.AdamW(learning_rate=float(opt.get("learning_rate", 1e-3)),
-                                  weight_decay=float(opt.get("weight_decay", 1e-4)))
+    if learning_rate is None:
+        learning_rate = float(opt.get("learning_rate", 1e-3))
+    return keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=float(opt.get("weight_decay", 1e-4)))
 
 
-def build_callbacks(run_dir: Path, monitor: str, mode: str, guard: NanGuard) -> list:
-    """TensorBoard, CSV history, best/last checkpoints, crash backup and the NaN guard."""
-    ckpt = run_dir / "checkpoints"
-    ckpt.mkdir(parents=True, exist_ok=True)
-    return [
-        guard,
-        keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs")),
-        keras.callbacks.CSVLogger(str(run_dir / "history.csv")),
-        keras.callbacks.ModelCheckpoint(str(ckpt / "best.keras"), monitor=monitor, mode=mode, save_best_only=True),
-        keras.callbacks.ModelCheckpoint(str(ckpt / "last.keras")),
-        keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
-    ]
+def build_model(model_cfg: Mapping, remat: bool = False) -> keras.Model:
+    """`medtf.models.get_model` from the ``model`` section, inside ``keras.RematScope("full")`` for ``remat``."""
+    from medtf.models import get_model
+
+    args = dict(model_cfg.get("args") or {})
+    if not remat:
+        return get_model(model_cfg["name"], **args)
+    with keras.RematScope(mode="full"):  # layers record the mode at construction; it applies at call time
+        model = get_model(model_cfg["name"], **args)
+    # On the TensorFlow backend remat is tf.recompute_grad, whose custom gradient rejects keyword arguments in
+    # graph mode: layers called with training=/mask= (the model itself, batch norm, dropout) would fail inside
+    # fit. They keep their activations; convolutions (the memory) are recomputed.
+    for op in [model, *model._flatten_layers(include_self=False), *getattr(model, "operations", [])]:
+        if getattr(op, "_call_has_training_arg", False) or getattr(op, "_call_has_mask_arg", False):
+            op._remat_mode = None
+    return model
+
+
+def _backup(paths: RunPaths):
+    """BackupAndRestore (PreemptionCallback, which also saves and stops on SIGUSR1, when medtf.hpc has it).
+
+    Non-chief workers restore from the shared folder but never write or delete it: concurrent writes of one
+    HDF5 file on a shared file system would corrupt it.
+    """
+    try:
+        from medtf.hpc.preemption import PreemptionCallback as Backup
+    except ImportError:
+        Backup = keras.callbacks.BackupAndRestore
+    if paths.is_chief:
+        return Backup(str(paths.backup))
+
+    class ReadOnlyBackup(Backup):
+        def _save_model(self):
+            pass
+
+    return ReadOnlyBackup(str(paths.backup), delete_checkpoint=False)
+
+
+def build_callbacks(config: Mapping, paths: RunPaths, guard: NanGuard, resumed_rows: list, probes=None) -> list:
+    """Callbacks in the order they must see each epoch's logs (LR into the logs before CSV/TensorBoard read
+    them; the backup last, so a crash between CSV row and backup re-runs the epoch and `trim_history` drops it)."""
+    train_cfg = _section(config, "train")
+    monitor, mode = train_cfg.get("monitor", "val_dice"), train_cfg.get("mode", "max")
+    paths.checkpoints.mkdir(parents=True, exist_ok=True)
+    best = best_so_far(resumed_rows, monitor, mode)
+    callbacks = [guard, LearningRateLogger(), *schedule_callbacks(config.get("schedule"), monitor, mode),
+                 keras.callbacks.TensorBoard(log_dir=str(paths.logs)),
+                 keras.callbacks.CSVLogger(str(paths.history), append=bool(resumed_rows)),
+                 keras.callbacks.ModelCheckpoint(str(paths.checkpoints / "best.keras"), monitor=monitor, mode=mode,
+                                                 save_best_only=True, initial_value_threshold=best),
+                 keras.callbacks.ModelCheckpoint(str(paths.checkpoints / "last.keras"))]
+    if paths.is_chief and probes is not None:
+        train_batch, val_examples = probes
+        if train_cfg.get("image_panels", True) and val_examples:
+            callbacks.append(ValidationPanels(paths.images, val_examples, monitor, mode, best=best))
+        if int(train_cfg.get("log_every_n_steps", 100) or 0) > 0 and train_batch is not None:
+            callbacks.append(GradientStats(paths.gradients, train_batch, int(train_cfg.get("log_every_n_steps", 100))))
+    if paths.is_chief and train_cfg.get("hparams", True):
+        callbacks.append(HParamsLogger(paths.logs, config))
+    callbacks.append(_backup(paths))
+    return callbacks
 
 
 def train(config: Mapping, run_dir: str | os.PathLike) -> dict:
-    """Train the model described by ``config`` and write everything into ``run_dir``.
+    """Train the model described by ``config`` and write everything into ``run_dir`` (resuming a backup there).
 
-    Returns ``{"history": {metric: [per-epoch values]}, "run_dir", "config", "best", "last", "logs", "csv"}``
-    (paths as strings). Raises `NonFiniteLossError` when the loss went NaN/inf (see `NanGuard`).
-    The global mixed-precision policy is restored on exit, also on error.
+    Returns ``{"history": {metric: [per-epoch values, resumed epochs included]}, "model", "strategy",
+    "initial_epoch", "preempted", "run_dir", "config", "best", "last", "logs", "csv"}`` (paths as strings).
+    Raises `NonFiniteLossError` when the loss went NaN/inf (see `NanGuard`). The global mixed-precision policy is
+    restored on exit, also on error.
+
+    Example:
+        >>> result = train(load_config("experiments/lgg_unet2d.yaml", ["train.epochs=2"]), "runs/lgg")
     """
     from medtf.losses import get_loss
     from medtf.metrics import DiceScore, IoUScore
-    from medtf.models import get_model
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    data, model_cfg, loss_cfg = _section(config, "data"), _section(config, "model"), _section(config, "loss")
+    model_cfg, loss_cfg = _section(config, "model"), _section(config, "loss")
     opt_cfg, train_cfg = _section(config, "optimizer"), _section(config, "train")
     seed = config.get("seed")
     policy = str(train_cfg.get("precision", "float32"))
-    monitor, mode = train_cfg.get("monitor", "val_dice"), train_cfg.get("mode", "max")
+    epochs = int(train_cfg.get("epochs", 1))
 
-    save_resolved(config, run_dir)
     previous = keras.mixed_precision.global_policy().name
     try:
+        # MultiWorkerMirroredStrategy must exist before other TF work starts.
+        strategy = make_strategy(train_cfg.get("strategy", "auto"))
+        paths = run_paths(run_dir, strategy)
+        if paths.is_chief:
+            save_resolved(config, run_dir)
         if seed is not None:
             keras.utils.set_random_seed(int(seed))
         keras.mixed_precision.set_global_policy(policy)
-        train_ds, val_ds = build_datasets(data, seed)
-        model = get_model(model_cfg["name"], **dict(model_cfg.get("args") or {}))
-        model.compile(optimizer=build_optimizer(opt_cfg),
-                      loss=get_loss(loss_cfg["name"], **dict(loss_cfg.get("args") or {})),
-                      metrics=[DiceScore(name="dice"), IoUScore(name="iou")])
+        initial_epoch = backup_epoch(paths.backup)
+        resumed_rows = trim_history(paths.history, initial_epoch) if paths.is_chief else []
+        train_ds, val_ds = build_datasets(config, strategy)
+        steps = train_cfg.get("steps_per_epoch")
+        if schedule_name(config.get("schedule")) == "cosine":
+            steps = steps_per_epoch(config)
+        learning_rate = build_learning_rate(config.get("schedule"), float(opt_cfg.get("learning_rate", 1e-3)),
+                                            steps, epochs)
+        with strategy.scope():
+            model = build_model(model_cfg, bool(train_cfg.get("remat", False)))
+            model.compile(optimizer=build_optimizer(opt_cfg, learning_rate),
+                          loss=get_loss(loss_cfg["name"], **dict(loss_cfg.get("args") or {})),
+                          metrics=[DiceScore(name="dice"), IoUScore(name="iou")],
+                          jit_compile=bool(train_cfg.get("jit_compile", False)))
+        wants_probes = train_cfg.get("image_panels", True) or int(train_cfg.get("log_every_n_steps", 100) or 0) > 0
+        probes = probe_batches(config) if paths.is_chief and wants_probes else None
         guard = NanGuard(policy)
-        fit = model.fit(train_ds, validation_data=val_ds, epochs=int(train_cfg.get("epochs", 1)),
-                        steps_per_epoch=train_cfg.get("steps_per_epoch"),
-                        validation_steps=train_cfg.get("validation_steps"),
-                        callbacks=build_callbacks(run_dir, monitor, mode, guard), verbose=train_cfg.get("verbose", 2))
+        callbacks = build_callbacks(config, paths, guard, resumed_rows, probes)
+        fit = model.fit(train_ds, validation_data=val_ds, epochs=epochs, steps_per_epoch=steps,
+                        validation_steps=train_cfg.get("validation_steps"), callbacks=callbacks,
+                        verbose=train_cfg.get("verbose", 2))
         if guard.message:
             raise NonFiniteLossError(guard.message)
     finally:
         keras.mixed_precision.set_global_policy(previous)
-    history = {k: [float(v) for v in vals] for k, vals in fit.history.items()}
+    history = {k: [float(r[k]) for r in resumed_rows if r.get(k) not in (None, "", "NA")] + [float(v) for v in vals]
+               for k, vals in fit.history.items()}
     ckpt = run_dir / "checkpoints"
-    return {"history": history, "model": model, "run_dir": str(run_dir), "config": str(run_dir / "config.yaml"),
-            "best": str(ckpt / "best.keras"), "last": str(ckpt / "last.keras"),
-            "logs": str(run_dir / "logs"), "csv": str(run_dir / "history.csv")}
+    return {"history": history, "model": model, "strategy": strategy, "initial_epoch": initial_epoch,
+            "preempted": bool(getattr(callbacks[-1], "preempted", False)), "run_dir": str(run_dir),
+            "config": str(run_dir / "config.yaml"), "best": str(ckpt / "best.keras"),
+            "last": str(ckpt / "last.keras"), "logs": str(run_dir / "logs"), "csv": str(run_dir / "history.csv")}

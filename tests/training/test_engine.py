@@ -9,33 +9,12 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import TEST_SALT, run_medtf
-
-
-@pytest.fixture(scope="module")
-def lgg_tiny(tmp_path_factory) -> Path:
-    from medtf.synth.lgg_mri import generate_lgg_mri
-
-    root = tmp_path_factory.mktemp("engine")
-    generate_lgg_mri(root / "src", cases=4, seed=3, num_slices=6, size=32)
-    out = root / "lgg"
-    assert run_medtf("convert", "lgg-mri", "--input", root / "src", "--output", out, "--split", "0.5,0.25,0.25",
-                     "--id-salt", TEST_SALT) == 0
-    return out
+from tests.conftest import run_medtf
+from tests.training.conftest import history_rows, tiny_config
 
 
 def _config(data_dir: Path, **train) -> dict:
-    return {
-        "data": {"dir": str(data_dir), "kind": "lgg-mri", "train_split": "train", "val_split": "val",
-                 "batch_size": 2, "transforms": [{"name": "random_flip", "prob": 0.5}],
-                 "patch_size": None, "seed": 0},
-        "model": {"name": "unet2d_small", "args": {"in_channels": 3, "base_filters": 4, "depth": 2}},
-        "loss": {"name": "dice_focal", "args": {}},
-        "optimizer": {"name": "adamw", "learning_rate": 1e-3, "weight_decay": 1e-4},
-        "train": {"epochs": 2, "steps_per_epoch": 2, "validation_steps": None, "monitor": "val_dice",
-                  "mode": "max", "precision": "float32", **train},
-        "seed": 0,
-    }
+    return tiny_config(data_dir, **train)
 
 
 def test_train_writes_a_complete_run_dir(lgg_tiny, tmp_path):
@@ -53,7 +32,9 @@ def test_train_writes_a_complete_run_dir(lgg_tiny, tmp_path):
     assert yaml.safe_load((run_dir / "config.yaml").read_text()) == original
     assert list((run_dir / "logs").rglob("events.out.tfevents*"))
     rows = (run_dir / "history.csv").read_text().strip().splitlines()
-    assert len(rows) == 1 + 2 and "val_dice" in rows[0]
+    assert len(rows) == 1 + 2 and "val_dice" in rows[0] and "learning_rate" in rows[0].split(",")
+    lr = [float(r["learning_rate"]) for r in history_rows(run_dir)]
+    np.testing.assert_allclose(lr, [1e-3, 1e-3], rtol=1e-6)  # constant schedule by default
     hist = result["history"]
     assert len(hist["loss"]) == 2 and all(np.isfinite(hist["loss"])) and "val_iou" in hist
     assert keras.mixed_precision.global_policy().name == "float32"
@@ -102,3 +83,20 @@ def test_cli_train_with_overrides(lgg_tiny, tmp_path, capsys):
     assert "tensorboard --logdir" in capsys.readouterr().out
     assert run_medtf("train", config_path, "--set", "train.epoch=1", "--run-dir", run_dir) == 2
     assert "unknown key" in capsys.readouterr().err
+
+
+def test_history_trim_and_best_after_resume(tmp_path):
+    from medtf.training.callbacks import backup_epoch, best_so_far, flatten_scalars, trim_history
+
+    path = tmp_path / "history.csv"
+    path.write_text("epoch,loss,val_dice\n0,1.0,0.2\n1,0.9,0.5\n2,0.8,0.4\n")
+    assert backup_epoch(tmp_path / "backup") == 0
+    (tmp_path / "backup").mkdir()
+    (tmp_path / "backup" / "training_metadata.json").write_text('{"epoch": 2, "batch": 0}')
+    assert backup_epoch(tmp_path / "backup") == 2
+    kept = trim_history(path, 2)  # epoch 2 was logged but not backed up: it runs again
+    assert [r["epoch"] for r in kept] == ["0", "1"] and path.read_text().count("\n") == 3
+    assert best_so_far(kept, "val_dice", "max") == 0.5 and best_so_far(kept, "loss", "min") == 0.9
+    assert best_so_far(kept, "val_iou", "max") is None
+    assert trim_history(path, 0) == [] and not path.exists()  # a fresh start overwrites
+    assert flatten_scalars({"a": {"b": 1, "c": [1]}, "d": None, "e": "x"}) == {"a.b": 1, "e": "x"}
