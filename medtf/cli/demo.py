@@ -100,13 +100,19 @@ def run_demo(out: str | Path, cases: int = 10, seed: int = 0) -> int:
     evaluation = evaluate_run(run_dir, split="test")
 
     step("export a SavedModel (TF Serving layout, normalisation inside)")
-    _cli("export", run_dir)
-    model_dir = run_dir / "export"
+    from medtf.export import export_run, predict_path
+
+    print(f"$ medtf export {run_dir}", flush=True)
+    version_dir = export_run(run_dir)
+    model_dir = version_dir.parent
+    print(f"exported {version_dir}")
 
     step("predict one held-out patient from its DICOM folder")
     case_dir, pseudonym = held_out_case(source, shards)
     prediction = out / "prediction" / pseudonym
-    _cli("predict", model_dir, "--input", case_dir / "CT", "--output", prediction)
+    # The source folder is named by the raw PatientID: show the pseudonym instead, as every medtf output does.
+    print(f"$ medtf predict {model_dir} --input <source folder of {pseudonym}>/CT --output {prediction}", flush=True)
+    predict_path(model_dir, case_dir / "CT", prediction)
 
     step("reconstruct the patient's catheters (centrelines -> JSON + DICOM RT Plan)")
     catheters = reconstruct_prediction(case_dir, prediction)
