@@ -1,10 +1,11 @@
-"""Issue #5: peak host memory of one 3D U-Net training step, float32 vs mixed_bfloat16 vs remat, per sample.
+"""Issue #5: peak memory of one 3D U-Net training step, float32 vs mixed_bfloat16 vs remat, per sample.
 
 Every configuration runs in a FRESH Python subprocess (``--child``), so no allocator cache, traced graph or
 optimizer state of one configuration inflates the next. Inside the child:
 
-1. import TensorFlow/Keras/medtf, set the precision policy, build ``unet3d`` (inside ``keras.RematScope("full")``
-   for remat), compile with AdamW + the experiment's loss (``jit_compile=False``, as the experiment config says);
+1. import TensorFlow/Keras/medtf, set the precision policy, build ``unet3d`` (with ``remat=True`` for the remat
+   settings: block-level rematerialisation, `medtf.layers.ConvBlock`), compile with AdamW + the experiment's loss
+   (``jit_compile=False``, as the experiment config says);
 2. ``rss_built`` = VmRSS; the high-water mark is reset (``echo 5 > /proc/self/clear_refs``); one warm-up
    ``train_on_batch`` (traces the step, creates the optimizer slots);
 3. the high-water mark is reset again; one more ``train_on_batch`` (forward + backward + AdamW update);
@@ -17,10 +18,19 @@ constant). Also the process's total peak (``ru_maxrss``, includes TF's ~0.6 GB r
 RSS right before the measured step (small when allocators reuse the warm-up step's memory: not a usable
 measure on its own). ``MALLOC_MMAP_THRESHOLD_`` is 1 MiB in the child so glibc returns freed tensors to the OS.
 
-Remat needs two workarounds on Keras 3 / TF (see `child` and `patch_remat_autocast`): the scope also marks the
-functional Model, whose whole-model `tf.recompute_grad` fails in graph mode, and under mixed precision the
-recomputation runs outside the layer's autocast scope. ``layer_output_bytes`` adds an analytic, device-independent
-column (bytes of all layer outputs in their compute dtype).
+Each configuration then runs ``--tensor-repeats`` more children with ``TF_CPU_ALLOCATOR_USE_BFC=true`` (median
+reported; the executor's op order varies between runs): TF's BFC allocator on the CPU
+keeps the same statistics as on a GPU, so ``tensor_step_bytes`` = ``get_memory_info("CPU:0")["peak"]`` during the
+measured step minus the bytes alive before it (weights, optimizer slots): the peak of live TF tensors, which is
+what a GPU has to hold (minus cuDNN workspaces), without oneDNN scratch buffers, glibc and allocator caches.
+RSS is measured in the first child because the BFC pool changes the RSS.
+
+The opt-in setting ``remat_scope`` (``--settings``) measures Keras' own per-layer ``keras.RematScope("full")``
+around model construction instead, for comparison; it needs two workarounds on Keras 3 / TF (see `child` and
+`patch_remat_autocast`): the scope also marks the functional Model, whose whole-model `tf.recompute_grad` fails in
+graph mode, and under mixed precision the recomputation runs outside the layer's autocast scope.
+``layer_output_bytes`` adds an analytic, device-independent column (bytes of all layer outputs of the model as
+built, in their compute dtype: what standard backprop keeps; with ``remat=True`` the block boundaries only).
 
 Per sample: ``step / batch``; and the marginal cost of one more sample, ``step(B=2) - step(B=1)``, which is what
 grows with the batch (the fixed part, e.g. weight gradients, does not).
@@ -29,6 +39,7 @@ Usage (repository root)::
 
     .venv/bin/python benchmarks/memory.py                 # 128^3, batch 1 and 2, 4 settings, + 96^3 patch line
     .venv/bin/python benchmarks/memory.py --size 64 --quick   # small debug run
+    .venv/bin/python benchmarks/memory.py --settings float32,remat_scope --batches 1 --patch-size 0
 """
 
 from __future__ import annotations
@@ -44,12 +55,15 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SETTINGS = {  # name -> (precision policy, remat)
-    "float32": ("float32", False),
-    "mixed_bfloat16": ("mixed_bfloat16", False),
-    "remat": ("float32", True),
-    "mixed_bfloat16+remat": ("mixed_bfloat16", True),
+SETTINGS = {  # name -> (precision policy, remat: None | "block" (model remat=True) | "scope" (keras.RematScope))
+    "float32": ("float32", None),
+    "mixed_bfloat16": ("mixed_bfloat16", None),
+    "remat": ("float32", "block"),
+    "mixed_bfloat16+remat": ("mixed_bfloat16", "block"),
+    "remat_scope": ("float32", "scope"),  # opt-in (--settings): Keras per-layer remat, for comparison
+    "mixed_bfloat16+remat_scope": ("mixed_bfloat16", "scope"),
 }
+DEFAULT_SETTINGS = ("float32", "mixed_bfloat16", "remat", "mixed_bfloat16+remat")
 TARGET = 0.45  # issue #5: mixed precision + remat <= 45 % of float32, per sample
 GIB = 1024 ** 3
 
@@ -108,7 +122,7 @@ def layer_output_bytes(spec: dict) -> int:
     from medtf.models import get_model
 
     s = spec["size"]
-    model = get_model(spec["model"], **{**spec["model_args"], "input_shape": (s, s, s)})
+    model = get_model(spec["model"], **{**build_args(spec), "input_shape": (s, s, s)})
     total = 0
     for layer in model.layers:
         if layer.__class__.__name__ == "InputLayer":
@@ -119,12 +133,17 @@ def layer_output_bytes(spec: dict) -> int:
     return total
 
 
+def build_args(spec: dict) -> dict:
+    return {**spec["model_args"], **({"remat": True} if spec["remat"] == "block" else {})}
+
+
 def child(spec: dict) -> dict:
     import contextlib
     import gc
 
     import keras
     import numpy as np
+    import tensorflow as tf
 
     from medtf.losses import get_loss
     from medtf.models import get_model
@@ -134,10 +153,10 @@ def child(spec: dict) -> dict:
     if spec.get("autocast_fix"):
         patch_remat_autocast()
     keras.utils.set_random_seed(0)
-    scope = keras.RematScope(mode="full") if spec["remat"] else contextlib.nullcontext()
+    scope = keras.RematScope(mode="full") if spec["remat"] == "scope" else contextlib.nullcontext()
     with scope:
-        model = get_model(spec["model"], **spec["model_args"])
-    if spec["remat"]:
+        model = get_model(spec["model"], **build_args(spec))
+    if spec["remat"] == "scope":
         # RematScope("full") also marks the functional Model itself, and `tf.recompute_grad` around the whole
         # model call fails in graph mode ("custom_gradient ... keywords arguments only when eager execution is
         # enabled": the model is called with training=True). Keep remat on every layer, not on the model call.
@@ -159,10 +178,15 @@ def child(spec: dict) -> dict:
     gc.collect()
     rss_before = _status_kib("VmRSS")
     _reset_peak()
+    bfc = os.environ.get("TF_CPU_ALLOCATOR_USE_BFC") == "true"
+    if bfc:  # TF's own accounting of live tensors (what get_memory_info("GPU:0") reports on a GPU)
+        tf.config.experimental.reset_memory_stats("CPU:0")
+        tensors_before = tf.config.experimental.get_memory_info("CPU:0")["current"]
     t0 = time.perf_counter()
     loss = model.train_on_batch(x, y)
     step_s = time.perf_counter() - t0
     peak = _status_kib("VmHWM")
+    tensor_peak = tf.config.experimental.get_memory_info("CPU:0")["peak"] if bfc else None
     activation_bytes = layer_output_bytes(spec)
     return {
         **spec, "params": int(model.count_params()), "rss_built_kib": rss_built, "rss_before_kib": rss_before,
@@ -173,16 +197,22 @@ def child(spec: dict) -> dict:
         "step_above_prestep_kib": peak - rss_before if reset else None,
         "warmup_step_kib": warmup_peak - rss_built if reset else None,
         "total_peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "hwm_reset": reset,
-        "layer_output_bytes": activation_bytes,
+        "layer_output_bytes": activation_bytes, "bfc_allocator": bfc,
+        # peak bytes of live TF tensors during the step above those alive before it (weights, optimizer slots):
+        "tensor_step_bytes": tensor_peak - tensors_before if bfc else None,
         "warmup_s": warmup_s, "step_s": step_s, "loss_value": float(np.asarray(loss).ravel()[0]),
     }
 
 
 # === Parent: one fresh subprocess per configuration ===
 
-def run_config(spec: dict) -> dict:
+def run_config(spec: dict, bfc: bool = False) -> dict:
+    """Run one child; ``bfc``: with TF's BFC allocator on the CPU, which keeps tensor statistics (its pool
+    changes RSS, so the RSS columns come from a separate child with the default allocator)."""
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(1 << 20), TF_CPP_MIN_LOG_LEVEL="2",
                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    if bfc:
+        env["TF_CPU_ALLOCATOR_USE_BFC"] = "true"
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], env=env, cwd=ROOT,
                           capture_output=True, text=True)
@@ -206,45 +236,48 @@ def fmt_gib(kib) -> str:
     return "n/a" if kib is None else f"{kib * 1024 / GIB:.2f}"
 
 
+MEASURES = (("step_kib", "RSS step", 1024), ("tensor_step_bytes", "TF tensor peak", 1))  # key, label, bytes/unit
+
+
 def report(results: list[dict], size: int) -> list[str]:
-    """Markdown table + ratio lines (also printed)."""
-    lines = ["| setting | input | batch | step peak - built RSS (GiB) | per sample (GiB) | total peak RSS (GiB) "
-             "| built RSS (GiB) | layer outputs (GiB, analytic) | step s |", "|---|---|---|---|---|---|---|---|---|"]
+    """Markdown table + ratio lines per measure (also printed)."""
+    lines = ["| setting | input | batch | RSS step: peak - built (GiB) | per sample | TF tensor peak (GiB) "
+             "| per sample | total peak RSS (GiB) | layer outputs as built (GiB, analytic) | step s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         if "error" in r:
-            lines.append(f"| {r['setting']} | {r['size']}^3 | {r['batch']} | failed: {r['error'][-90:]} ||||||")
+            lines.append(f"| {r['setting']} | {r['size']}^3 | {r['batch']} | failed: {r['error'][-90:]} |||||||")
             continue
-        per = None if r["step_kib"] is None else r["step_kib"] / r["batch"]
-        lines.append(f"| {r['setting']} | {r['size']}^3 | {r['batch']} | {fmt_gib(r['step_kib'])} | {fmt_gib(per)} "
-                     f"| {fmt_gib(r['total_peak_kib'])} | {fmt_gib(r['rss_built_kib'])} "
-                     f"| {fmt_gib(r['layer_output_bytes'] / 1024)} | {r['step_s']:.1f} |")
-    ok = {(r["setting"], r["size"], r["batch"]): r for r in results if "error" not in r and r["step_kib"]}
+        cells = []
+        for key, _, unit in MEASURES:
+            value = None if r.get(key) is None else r[key] * unit / 1024
+            cells += [fmt_gib(value), fmt_gib(None if value is None else value / r["batch"])]
+        lines.append(f"| {r['setting']} | {r['size']}^3 | {r['batch']} | {' | '.join(cells)} "
+                     f"| {fmt_gib(r['total_peak_kib'])} | {fmt_gib(r['layer_output_bytes'] / 1024)} "
+                     f"| {r['step_s']:.1f} |")
     lines.append("")
     batches = sorted({r["batch"] for r in results if r["size"] == size})
-    for b in batches:
-        base = ok.get(("float32", size, b))
-        if base is None:
-            continue
-        for name in SETTINGS:
-            r = ok.get((name, size, b))
-            if r is not None:
-                lines.append(f"- {size}^3, batch {b}: {name} per sample = {r['step_kib'] / base['step_kib']:.2f}x "
-                             "float32")
-    if 1 in batches and 2 in batches:
+    for key, label, unit in MEASURES:
+        ok = {(r["setting"], r["size"], r["batch"]): r[key] * unit for r in results
+              if "error" not in r and r.get(key)}
+        for b in batches:
+            base = ok.get(("float32", size, b))
+            ratios = [f"{name} {ok[(name, size, b)] / base:.2f}x" for name in SETTINGS if (name, size, b) in ok]
+            if base and ratios:
+                lines.append(f"- {label}, {size}^3, batch {b}, per sample vs float32: " + ", ".join(ratios))
         for name in SETTINGS:
             r1, r2 = ok.get((name, size, 1)), ok.get((name, size, 2))
             if r1 and r2:
-                lines.append(f"- {name}: marginal memory of one more sample (B=2 minus B=1) = "
-                             f"{fmt_gib(r2['step_kib'] - r1['step_kib'])} GiB; fixed part "
-                             f"{fmt_gib(2 * r1['step_kib'] - r2['step_kib'])} GiB")
-    verdicts = []
-    for b in batches:
-        base, best = ok.get(("float32", size, b)), ok.get(("mixed_bfloat16+remat", size, b))
-        if base and best:
-            ratio = best["step_kib"] / base["step_kib"]
-            verdicts.append(f"batch {b}: {ratio:.2f} -> {'MET' if ratio <= TARGET else 'MISSED'}")
-    if verdicts:
-        lines.append(f"- target mixed_bfloat16+remat <= {TARGET:.0%} of float32 per sample: " + "; ".join(verdicts))
+                lines.append(f"- {label}, {name}: one more sample (B=2 minus B=1) {fmt_gib((r2 - r1) / 1024)} GiB; "
+                             f"fixed part {fmt_gib((2 * r1 - r2) / 1024)} GiB")
+        verdicts = []
+        for b in batches:
+            base, best = ok.get(("float32", size, b)), ok.get(("mixed_bfloat16+remat", size, b))
+            if base and best:
+                verdicts.append(f"batch {b}: {best / base:.2f} -> {'MET' if best / base <= TARGET else 'MISSED'}")
+        if verdicts:
+            lines.append(f"- {label}: target mixed_bfloat16+remat <= {TARGET:.0%} of float32 per sample: "
+                         + "; ".join(verdicts))
     return lines
 
 
@@ -255,12 +288,16 @@ def main(argv=None) -> int:
     parser.add_argument("--batches", default="1,2", help="comma-separated batch sizes (default %(default)s)")
     parser.add_argument("--patch-size", type=int, default=96, help="patch-training line; 0 to skip")
     parser.add_argument("--quick", action="store_true", help="batch 1 only, float32 and mixed+remat, no patch line")
+    parser.add_argument("--settings", help=f"comma-separated subset of {list(SETTINGS)} "
+                                           f"(default {','.join(DEFAULT_SETTINGS)})")
     parser.add_argument("--config", type=Path, default=ROOT / "experiments" / "brachy_unet3d.yaml",
                         help="experiment whose model/loss is measured (default %(default)s)")
     parser.add_argument("--model-args", type=json.loads, default={},
                         help='JSON overrides of the model arguments, e.g. \'{"norm": "batch"}\'')
     parser.add_argument("--no-autocast-fix", action="store_true",
-                        help="run mixed precision + remat without `patch_remat_autocast` (fails on Keras 3.x/TF)")
+                        help="run mixed_bfloat16+remat_scope without `patch_remat_autocast` (fails on Keras 3.x/TF)")
+    parser.add_argument("--tensor-repeats", type=int, default=3,
+                        help="children per configuration with the BFC allocator (TF tensor peak, median); 0: skip")
     parser.add_argument("--json", type=Path, help="also write all results as JSON here")
     args = parser.parse_args(argv)
     if args.child:
@@ -268,7 +305,11 @@ def main(argv=None) -> int:
         return 0
 
     name, model_args, loss = model_config(args.config)
-    settings = ["float32", "mixed_bfloat16+remat"] if args.quick else list(SETTINGS)
+    settings = args.settings.split(",") if args.settings else (
+        ["float32", "mixed_bfloat16+remat"] if args.quick else list(DEFAULT_SETTINGS))
+    unknown = sorted(set(settings) - set(SETTINGS))
+    if unknown:
+        parser.error(f"unknown settings {unknown}; choose from {list(SETTINGS)}")
     batches = [1] if args.quick else [int(b) for b in args.batches.split(",")]
     specs = [(s, args.size, b) for b in batches for s in settings]
     if args.patch_size and not args.quick:
@@ -281,11 +322,21 @@ def main(argv=None) -> int:
         precision, remat = SETTINGS[setting]
         spec = dict(setting=setting, precision=precision, remat=remat, size=size, batch=batch, model=name,
                     model_args={**model_args, **args.model_args}, loss=loss,
-                    autocast_fix=remat and precision.startswith("mixed") and not args.no_autocast_fix)
+                    autocast_fix=remat == "scope" and precision.startswith("mixed") and not args.no_autocast_fix)
         r = run_config(spec)
+        if "error" not in r and args.tensor_repeats > 0:
+            # The tensor peak depends on the order in which TF's executor runs independent ops (2 threads here),
+            # so it varies between runs (seen: +-8 %); report the median of a few fresh children.
+            runs = [run_config(spec, bfc=True) for _ in range(args.tensor_repeats)]
+            values = sorted(t["tensor_step_bytes"] for t in runs if t.get("tensor_step_bytes"))
+            r["tensor_step_bytes_all"] = values
+            r["tensor_step_bytes"] = values[len(values) // 2] if values else None
+            r["tensor_error"] = next((t["error"] for t in runs if "error" in t), None)
+            r["wall_s"] += sum(t["wall_s"] for t in runs)
         results.append(r)
-        msg = r.get("error") or (f"step {fmt_gib(r['step_kib'])} GiB, total peak {fmt_gib(r['total_peak_kib'])} GiB, "
-                                 f"step {r['step_s']:.1f} s")
+        tensor = " / ".join(fmt_gib(v / 1024) for v in r.get("tensor_step_bytes_all") or []) or "n/a"
+        msg = r.get("error") or (f"RSS step {fmt_gib(r['step_kib'])} GiB, TF tensor peak {tensor} GiB, "
+                                 f"total peak {fmt_gib(r['total_peak_kib'])} GiB, step {r['step_s']:.1f} s")
         print(f"[{setting:>22s} {size}^3 b{batch}] {msg} (wall {r['wall_s']:.0f} s)", flush=True)
     print()
     print("\n".join(report(results, args.size)))

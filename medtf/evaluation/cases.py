@@ -28,6 +28,7 @@ class Case:
         spacing: ``(x, y, z)`` mm.
         example: the last (or only) decoded example, for extra fields (catheters, geometry).
         slice_index: stored slice numbers of a stack, in stack order (2D kinds only).
+        patient_id: pseudonymised patient id (several cases may share one patient).
     """
 
     case_id: str
@@ -36,6 +37,7 @@ class Case:
     spacing: tuple[float, float, float]
     example: dict
     slice_index: np.ndarray | None = None
+    patient_id: str = ""
 
 
 def _text(value) -> str:
@@ -71,7 +73,8 @@ def iter_examples(data_dir: str | os.PathLike, split: str, preprocess: Any = Non
 def volume_cases(examples) -> Iterator[Case]:
     """One case per example (brachy-ct volumes)."""
     for ex in examples:
-        yield Case(_text(ex["example_id"]), ex["image"], np.asarray(ex["mask"])[..., 0] > 0, spacing_of(ex), ex)
+        yield Case(_text(ex["example_id"]), ex["image"], np.asarray(ex["mask"])[..., 0] > 0, spacing_of(ex), ex,
+                   patient_id=_text(ex["patient_id"]))
 
 
 def slice_stack_cases(examples) -> list[Case]:
@@ -85,5 +88,5 @@ def slice_stack_cases(examples) -> list[Case]:
         image = np.stack([e["image"] for e in slices])
         mask = np.stack([np.asarray(e["mask"])[..., 0] > 0 for e in slices])
         index = np.array([int(np.asarray(e["slice_index"]).ravel()[0]) for e in slices])
-        cases.append(Case(patient, image, mask, spacing_of(slices[-1]), slices[-1], index))
+        cases.append(Case(patient, image, mask, spacing_of(slices[-1]), slices[-1], index, patient_id=patient))
     return cases

@@ -45,7 +45,8 @@ def _evaluate_brachy(model, examples, patch, overlap, notes: list) -> list[dict]
     rows, catheters = [], True
     for case in cases_lib.volume_cases(examples):
         pred = predict_masks(model, case.image[None], eval_patch_size(patch, case.mask.shape), overlap)[0]
-        row = {"case_id": case.case_id, **segmentation_metrics(pred, case.mask, case.spacing)}
+        row = {"case_id": case.case_id, "patient_id": case.patient_id,
+               **segmentation_metrics(pred, case.mask, case.spacing)}
         if catheters:
             try:
                 row.update(catheter_metrics(pred, case.example))

@@ -1,5 +1,6 @@
-"""Reusable, dimension-agnostic building blocks (``spatial_dims`` lookups, normalisation factory)."""
+"""Reusable, dimension-agnostic building blocks (``spatial_dims`` lookups, normalisation factory, conv blocks)."""
 
+from medtf.layers.blocks import ConvBlock
 from medtf.layers.factories import (
     NORM_TYPES,
     conv_layer,
@@ -9,11 +10,15 @@ from medtf.layers.factories import (
     spatial_dropout_layer,
     upsampling_layer,
 )
+from medtf.layers.norm import GroupNormalization, fused_instance_norm
 
 __all__ = [
+    "ConvBlock",
+    "GroupNormalization",
     "NORM_TYPES",
     "conv_layer",
     "conv_transpose_layer",
+    "fused_instance_norm",
     "norm_layer",
     "pooling_layer",
     "spatial_dropout_layer",

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import keras
 
+from medtf.layers.norm import GroupNormalization
+
 _CONV = {1: keras.layers.Conv1D, 2: keras.layers.Conv2D, 3: keras.layers.Conv3D}
 _CONV_TRANSPOSE = {1: keras.layers.Conv1DTranspose, 2: keras.layers.Conv2DTranspose, 3: keras.layers.Conv3DTranspose}
 _UPSAMPLING = {1: keras.layers.UpSampling1D, 2: keras.layers.UpSampling2D, 3: keras.layers.UpSampling3D}
@@ -61,7 +63,8 @@ def norm_layer(norm: str, groups: int = 8, **kwargs):
     """Build a normalisation layer over the channel axis (channels-last).
 
     Args:
-        norm: ``"batch"``, ``"group"``, ``"instance"`` (``GroupNormalization(groups=-1)``) or ``"none"``.
+        norm: ``"batch"``, ``"group"``, ``"instance"`` (``GroupNormalization(groups=-1)``) or ``"none"``; group and
+            instance norm are :class:`medtf.layers.GroupNormalization` (Keras' layer, instance norm fused).
         groups: number of groups for ``"group"``; must divide the channel count.
         **kwargs: forwarded to the layer (e.g. ``name=``).
 
@@ -70,10 +73,12 @@ def norm_layer(norm: str, groups: int = 8, **kwargs):
     """
     if norm == "batch":
         return keras.layers.BatchNormalization(**kwargs)
+    # medtf's GroupNormalization: Keras' layer (same weights, outputs and checkpoint paths) whose instance-norm
+    # case runs a fused kernel that keeps no float32 full-size copies for the backward pass under mixed precision.
     if norm == "group":
-        return keras.layers.GroupNormalization(groups=groups, **kwargs)
+        return GroupNormalization(groups=groups, **kwargs)
     if norm == "instance":
-        return keras.layers.GroupNormalization(groups=-1, **kwargs)
+        return GroupNormalization(groups=-1, **kwargs)
     if norm == "none" or norm is None:
         return None
     raise ValueError(f"norm must be one of {NORM_TYPES}, got {norm!r}")

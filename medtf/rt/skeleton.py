@@ -192,21 +192,10 @@ def join_tracks(tracks: list[np.ndarray], max_gap_mm: float, lateral_mm: float, 
         perp = float(np.linalg.norm(v - along * t))
         return along >= -2.0 * lateral_mm and perp <= lateral_mm + tan * max(along, 0.0)
 
+    ids = list(range(len(tracks)))  # stable identities: a joined track gets a new one
+    rejected: set = set()  # (id, end, id, end) pairs already found not joinable; they stay so until one changes
     while True:
-        best = None
-        for i in range(len(tracks)):
-            for j in range(i + 1, len(tracks)):
-                for ei in (0, 1):
-                    for ej in (0, 1):
-                        pi, pj = tracks[i][-1 if ei else 0], tracks[j][-1 if ej else 0]
-                        gap = float(np.linalg.norm(pj - pi))
-                        if gap > max_gap_mm or (best is not None and gap >= best[0]):
-                            continue
-                        ti, tj = tangent_out(tracks[i], ei), tangent_out(tracks[j], ej)
-                        if ti is None or tj is None or -ti @ tj < cos_max:
-                            continue
-                        if fits(pj - pi, ti) and fits(pi - pj, tj):
-                            best = (gap, i, j, ei, ej, ti)
+        best = _closest_joinable_pair(tracks, ids, rejected, max_gap_mm, cos_max, tangent_out, fits)
         if best is None:
             return _attach_stubs(tracks, stubs, max_gap_mm, lambda v, t: fits(v, t, STUB_CONE_TAN), tangent_out)
         _, i, j, ei, ej, ti = best
@@ -214,18 +203,64 @@ def join_tracks(tracks: list[np.ndarray], max_gap_mm: float, lateral_mm: float, 
         b = tracks[j][::-1] if ej else tracks[j]
         ahead = (b - a[-1]) @ ti > 0  # drop the overlap: points of b behind a's end
         b = b[ahead] if ahead.any() else b[-1:]
-        tracks = [t for k, t in enumerate(tracks) if k not in (i, j)] + [np.concatenate([a, b])]
+        keep = [k for k in range(len(tracks)) if k not in (i, j)]
+        new_id = max(ids) + 1
+        tracks = [tracks[k] for k in keep] + [np.concatenate([a, b])]
+        ids = [ids[k] for k in keep] + [new_id]
+
+
+def _closest_joinable_pair(tracks, ids, rejected, max_gap_mm, cos_max, tangent_out, fits):
+    """``(gap, i, j, end_i, end_j, tangent_i)`` of the closest pair of track ends that may be joined, or None.
+
+    Candidate end pairs come from a k-d tree (ends within ``max_gap_mm``) and each pair is tested once (``rejected``
+    remembers failures by track identity), so a noisy mask with thousands of fragments stays fast.
+    """
+    from scipy.spatial import cKDTree
+
+    if len(tracks) < 2:
+        return None
+    ends = np.array([t[-1 if e else 0] for t in tracks for e in (0, 1)])
+    pairs = cKDTree(ends).query_pairs(max_gap_mm, output_type="ndarray")
+    if not len(pairs):
+        return None
+    pairs = pairs[pairs[:, 0] // 2 != pairs[:, 1] // 2]  # two ends of one track are not a join
+    gaps = np.linalg.norm(ends[pairs[:, 1]] - ends[pairs[:, 0]], axis=1)
+    for k in np.argsort(gaps, kind="stable"):
+        (i, ei), (j, ej) = divmod(int(pairs[k, 0]), 2), divmod(int(pairs[k, 1]), 2)
+        key = (ids[i], ei, ids[j], ej)
+        if key in rejected:
+            continue
+        ti, tj = tangent_out(tracks[i], ei), tangent_out(tracks[j], ej)
+        pi, pj = ends[2 * i + ei], ends[2 * j + ej]
+        if ti is not None and tj is not None and -ti @ tj >= cos_max and fits(pj - pi, ti) and fits(pi - pj, tj):
+            return float(gaps[k]), i, j, ei, ej, ti
+        rejected.add(key)
+    return None
 
 
 def _attach_stubs(tracks, stubs, reach_mm, fits, tangent_out):
-    """Append each stub to the track end it lies in front of (closest first); unattached stubs are returned too."""
-    left = list(stubs)
-    changed = True
-    while changed and left:
-        changed = False
-        for si, stub in enumerate(left):
+    """Append each stub to the track end it lies in front of (closest first); unattached stubs are returned too.
+
+    Passes over the stubs, closest to a track end first; candidate ends come from a k-d tree rebuilt after every
+    pass (a track extended in a pass is re-checked in the next), so the speckle of a poor prediction costs
+    O(n log n) per pass rather than O(n^2) comparisons.
+    """
+    from scipy.spatial import cKDTree
+
+    tracks, left = list(tracks), list(stubs)
+    while tracks and left:
+        tree = cKDTree(np.array([t[-1 if e else 0] for t in tracks for e in (0, 1)]))
+        nearest = [float(tree.query(stub)[0].min()) for stub in left]
+        attached, keep = 0, []
+        for si in np.argsort(nearest, kind="stable"):
+            stub = left[si]
+            if nearest[si] > reach_mm:
+                keep.append(stub)
+                continue
+            candidates = sorted({k // 2 for hits in tree.query_ball_point(stub, reach_mm) for k in hits})
             best = None
-            for ti, t in enumerate(tracks):
+            for ti in candidates:
+                t = tracks[ti]
                 for end in (0, 1):
                     p, tan = t[-1 if end else 0], tangent_out(t, end)
                     gap = float(np.min(np.linalg.norm(stub - p, axis=1)))
@@ -233,13 +268,16 @@ def _attach_stubs(tracks, stubs, reach_mm, fits, tangent_out):
                         continue
                     if all(fits(q - p, tan) for q in stub) and np.max((stub - p) @ tan) > 0:
                         best = (gap, ti, end, tan)
-            if best is not None:
-                _, ti, end, tan = best
-                t = tracks[ti] if end else tracks[ti][::-1]
-                along = (stub - t[-1]) @ tan
-                ext = stub[along > 0][np.argsort(along[along > 0])]
-                tracks[ti] = np.concatenate([t, ext]) if end else np.concatenate([t, ext])[::-1]
-                left.pop(si)
-                changed = True
-                break
+            if best is None:
+                keep.append(stub)
+                continue
+            _, ti, end, tan = best
+            t = tracks[ti] if end else tracks[ti][::-1]
+            along = (stub - t[-1]) @ tan
+            ext = stub[along > 0][np.argsort(along[along > 0])]
+            tracks[ti] = np.concatenate([t, ext]) if end else np.concatenate([t, ext])[::-1]
+            attached += 1
+        left = keep
+        if not attached:
+            break
     return tracks + left

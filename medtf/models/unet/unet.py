@@ -6,6 +6,7 @@ import keras
 
 from medtf.layers import (
     NORM_TYPES,
+    ConvBlock,
     conv_layer,
     conv_transpose_layer,
     norm_layer,
@@ -92,6 +93,11 @@ class UNet(keras.Model):
         deep_supervision: return extra lower-resolution heads (see above).
         final_activation: ``"sigmoid"``, ``"softmax"`` or ``None`` (logits).
         input_shape: spatial shape, ``None`` allowed per axis; default all ``None``.
+        remat: block-level rematerialisation (gradient checkpointing): each conv block becomes one
+            :class:`medtf.layers.ConvBlock` layer named ``enc{i}``/``dec{i}`` whose conv → norm → activation chain
+            is recomputed in the backward pass, so training stores only block inputs/outputs. Same outputs and
+            gradients and the same weights in the same order (``set_weights`` copies between the two forms), at
+            the cost of about one more forward pass per step. See ``benchmarks/RESULTS.md`` "Memory".
 
     Example:
         >>> model = UNet(spatial_dims=3, in_channels=1, num_classes=2, depth=3, base_filters=4)
@@ -105,7 +111,7 @@ class UNet(keras.Model):
 
     def __init__(self, spatial_dims=2, in_channels=1, num_classes=1, depth=4, base_filters=32, filters_multiplier=2,
                  conv_per_block=2, norm="batch", groups=8, activation="relu", dropout=0.0, upsample="transpose",
-                 deep_supervision=False, final_activation="sigmoid", input_shape=None, **kwargs):
+                 deep_supervision=False, final_activation="sigmoid", input_shape=None, remat=False, **kwargs):
         if input_shape is not None:
             input_shape = tuple(None if s is None else int(s) for s in input_shape)
         validate_unet_args(spatial_dims, in_channels, num_classes, depth, base_filters, filters_multiplier,
@@ -120,12 +126,18 @@ class UNet(keras.Model):
 
         # === Layers ===
         def block(x, n_filters, prefix):
-            for j in range(conv_per_block):
-                x = conv(n_filters, 3, padding="same", use_bias=norm == "none", name=f"{prefix}_conv{j}")(x)
-                layer = norm_layer(norm, groups, name=f"{prefix}_norm{j}")
-                if layer is not None:
-                    x = layer(x)
-                x = keras.layers.Activation(activation, name=f"{prefix}_act{j}")(x)
+            if remat:
+                # One layer, so keras.remat can recompute the whole chain; dropout stays outside (random mask).
+                x = ConvBlock(n_filters, spatial_dims=spatial_dims, conv_per_block=conv_per_block, norm=norm,
+                              groups=groups, activation=activation, remat=True, name=prefix)(x)
+            else:
+                # Unrolled layers: the layout of models saved before `remat` existed.
+                for j in range(conv_per_block):
+                    x = conv(n_filters, 3, padding="same", use_bias=norm == "none", name=f"{prefix}_conv{j}")(x)
+                    layer = norm_layer(norm, groups, name=f"{prefix}_norm{j}")
+                    if layer is not None:
+                        x = layer(x)
+                    x = keras.layers.Activation(activation, name=f"{prefix}_act{j}")(x)
             if dropout > 0:
                 x = spatial_dropout_layer(spatial_dims)(dropout, name=f"{prefix}_dropout")(x)
             return x
@@ -182,6 +194,7 @@ class UNet(keras.Model):
         self.deep_supervision = deep_supervision
         self.final_activation = final_activation
         self.spatial_input_shape = input_shape
+        self.remat = bool(remat)
 
     @classmethod
     def _default_name(cls):
@@ -210,6 +223,7 @@ class UNet(keras.Model):
             "deep_supervision": self.deep_supervision,
             "final_activation": self.final_activation,
             "input_shape": list(self.spatial_input_shape) if self.spatial_input_shape is not None else None,
+            "remat": self.remat,
         }
 
     @classmethod
