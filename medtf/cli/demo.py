@@ -58,15 +58,16 @@ def _cli(*args) -> None:
         raise SystemExit(f"demo step `medtf {argv[0]}` failed with exit code {code}")
 
 
-def held_out_case(source: Path, shards: Path, split: str = "test") -> tuple[Path, str]:
+def held_out_case(source: Path, shards: Path, split: str = "test", id_salt: str | None = None) -> tuple[Path, str]:
     """A source case folder whose patient landed in ``split``, and its pseudonym (the raw ID is never printed)."""
     import json
 
-    from medtf.data.deid import IdHasher, load_or_create_key
+    from medtf.data.deid import IdHasher, key_file_for
 
     manifest = json.loads((shards / "manifest.json").read_text())
     wanted = set(manifest["splits"][split]["patients"])
-    hasher = IdHasher(load_or_create_key(shards))
+    key = id_salt.encode("utf-8") if id_salt else key_file_for(shards).read_text().strip().encode("utf-8")
+    hasher = IdHasher(key)
     for folder in sorted(p for p in source.iterdir() if p.is_dir()):
         pseudonym = hasher(folder.name)  # synthetic folders are named by PatientID, which the converter hashes
         if pseudonym in wanted:
@@ -126,14 +127,14 @@ def reconstruct_prediction(case_dir: Path, prediction: Path) -> dict:
     """Centrelines from the predicted mask, written beside it and compared with the patient's own plan."""
     import pydicom
 
-    from medtf.io import read_dicom_series, read_volume
+    from medtf.io import read_dicom_series, read_image
     from medtf.rt.brachy_plan import read_brachy_plan
     from medtf.rt.catheter_io import write_catheters_json, write_reconstructed_plan
     from medtf.rt.catheter_match import match_catheters
     from medtf.rt.reconstruct import reconstruct_catheters
 
     ct = read_dicom_series(case_dir / "CT")
-    mask = read_volume(prediction / "mask.nii.gz")
+    mask = read_image(prediction / "mask.nii.gz")
     centrelines = reconstruct_catheters(mask.array > 0, ct)
     reference = pydicom.dcmread(next(iter(sorted((case_dir / "CT").iterdir()))), stop_before_pixels=True)
     json_path = write_catheters_json(prediction / "catheters.json", centrelines,
@@ -145,7 +146,8 @@ def reconstruct_prediction(case_dir: Path, prediction: Path) -> dict:
 
 
 def report(result, evaluation, catheters, run_dir, model_dir, prediction, overrides, minutes) -> str:
-    means = evaluation.get("mean", evaluation)
+    metrics = evaluation.get("metrics", {})
+    means = {name: values.get("mean", float("nan")) for name, values in metrics.items()}
     cat = catheters["summary"]
     best_val = max(result["history"].get("val_dice", [float("nan")]))
     lines = [

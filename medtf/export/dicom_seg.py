@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Sequence
@@ -29,6 +30,10 @@ from typing import Sequence
 import numpy as np
 
 SEG_SERIES_NUMBER = 9001  # high, so the SEG sorts after the acquired series in viewers
+
+# highdicom logs every copied module at INFO with the source dataset's SOP Instance UID: UIDs identify a patient's
+# images, so they stay out of medtf's console output and logs (warnings still show).
+logging.getLogger("highdicom").setLevel(logging.WARNING)
 
 
 def segment_codes(kind: str):

@@ -11,6 +11,8 @@ Run directory layout::
     run_dir/checkpoints/best.keras   best epoch by ``train.monitor`` / ``train.mode``
     run_dir/checkpoints/last.keras   the latest epoch
     run_dir/backup/                  BackupAndRestore state (re-running the same command resumes; removed on success)
+    run_dir/workers/worker-<i>/      checkpoints/ and history.csv of non-chief worker i, only with
+                                     ``train.keep_worker_outputs`` (else a temporary folder, removed at the end)
 
 Config keys (beyond ``model``, ``loss``, ``optimizer``; everything below is optional with the default shown)::
 
@@ -29,10 +31,14 @@ Config keys (beyond ``model``, ``loss``, ``optimizer``; everything below is opti
     train:
       epochs (1), steps_per_epoch (null: the whole split), validation_steps (null), monitor (val_dice), mode (max)
       precision: float32        or mixed_float16 / mixed_bfloat16 (the global policy is restored afterwards)
-      strategy: auto            auto | mirrored | one_device | multiworker (medtf.training.strategy)
+      strategy: auto            auto | mirrored | one_device | multiworker (medtf.training.strategy); across
+                                several workers batch norm is synchronized (one set of moving statistics) and
+                                the validation split is sharded by example
+      keep_worker_outputs: false  keep non-chief workers' checkpoints in run_dir/workers/ (to compare weights)
       jit_compile: false        XLA-compile the train step
-      remat: false              build the model inside keras.RematScope(mode="full"): activations recomputed
-                                in the backward pass (not for layers called with training=/mask=, see build_model)
+      remat: false              rematerialisation (gradient checkpointing): models with a ``remat`` argument
+                                (UNet, AttentionUNet) recompute each conv block in the backward pass; others are
+                                built inside keras.RematScope("full") (see build_model and RESULTS.md "Memory")
       log_every_n_steps: 100    weight/gradient histograms and gradient flow every N optimizer steps (0: off)
       image_panels: true        [input | ground truth | prediction] panels when train.monitor improves
       hparams: true             TensorBoard HParams entry (flattened scalar config values + final metrics)
@@ -42,6 +48,7 @@ Config keys (beyond ``model``, ``loss``, ``optimizer``; everything below is opti
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Mapping
 
@@ -53,7 +60,8 @@ from medtf.training.config import save_resolved
 from medtf.training.diagnostics import GradientStats, ValidationPanels
 from medtf.training.inputs import build_datasets, build_preprocess, probe_batches, steps_per_epoch, training_transforms
 from medtf.training.schedules import build_learning_rate, schedule_callbacks, schedule_name
-from medtf.training.strategy import RunPaths, make_strategy, run_paths
+from medtf.training.strategy import (RunPaths, make_strategy, num_workers, run_paths, shard_by_example,
+                                     synchronize_batch_norm)
 
 __all__ = ["NonFiniteLossError", "NanGuard", "nan_message", "build_preprocess", "training_transforms",
            "build_datasets", "build_optimizer", "build_callbacks", "train"]
@@ -78,12 +86,23 @@ def build_optimizer(opt: Mapping, learning_rate=None) -> keras.optimizers.Optimi
 
 
 def build_model(model_cfg: Mapping, remat: bool = False) -> keras.Model:
-    """`medtf.models.get_model` from the ``model`` section, inside ``keras.RematScope("full")`` for ``remat``."""
+    """`medtf.models.get_model` from the ``model`` section, rematerialised when ``remat`` is true.
+
+    Block-level remat (the model's own ``remat=True``, e.g. :class:`medtf.models.UNet`) is preferred: it keeps
+    only block inputs and is what makes mixed precision + remat fit (``benchmarks/RESULTS.md`` "Memory").
+    Models without that argument are built inside ``keras.RematScope("full")``, which recomputes single layers
+    and rarely saves memory in a conv chain.
+    """
     from medtf.models import get_model
 
     args = dict(model_cfg.get("args") or {})
     if not remat:
         return get_model(model_cfg["name"], **args)
+    try:
+        return get_model(model_cfg["name"], **{"remat": True, **args})
+    except (TypeError, ValueError) as err:  # the model has no `remat` argument
+        if "remat" not in str(err):
+            raise
     with keras.RematScope(mode="full"):  # layers record the mode at construction; it applies at call time
         model = get_model(model_cfg["name"], **args)
     # On the TensorFlow backend remat is tf.recompute_grad, whose custom gradient rejects keyword arguments in
@@ -152,7 +171,7 @@ def train(config: Mapping, run_dir: str | os.PathLike) -> dict:
         >>> result = train(load_config("experiments/lgg_unet2d.yaml", ["train.epochs=2"]), "runs/lgg")
     """
     from medtf.losses import get_loss
-    from medtf.metrics import DiceScore, IoUScore
+    from medtf.metrics import DiceScore, IoUScore, SegPrecision, SegRecall, SegSpecificity
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -163,10 +182,11 @@ def train(config: Mapping, run_dir: str | os.PathLike) -> dict:
     epochs = int(train_cfg.get("epochs", 1))
 
     previous = keras.mixed_precision.global_policy().name
+    paths = None
     try:
         # MultiWorkerMirroredStrategy must exist before other TF work starts.
         strategy = make_strategy(train_cfg.get("strategy", "auto"))
-        paths = run_paths(run_dir, strategy)
+        paths = run_paths(run_dir, strategy, bool(train_cfg.get("keep_worker_outputs", False)))
         if paths.is_chief:
             save_resolved(config, run_dir)
         if seed is not None:
@@ -175,6 +195,7 @@ def train(config: Mapping, run_dir: str | os.PathLike) -> dict:
         initial_epoch = backup_epoch(paths.backup)
         resumed_rows = trim_history(paths.history, initial_epoch) if paths.is_chief else []
         train_ds, val_ds = build_datasets(config, strategy)
+        val_ds = shard_by_example(val_ds, strategy)
         steps = train_cfg.get("steps_per_epoch")
         if schedule_name(config.get("schedule")) == "cosine":
             steps = steps_per_epoch(config)
@@ -182,9 +203,13 @@ def train(config: Mapping, run_dir: str | os.PathLike) -> dict:
                                             steps, epochs)
         with strategy.scope():
             model = build_model(model_cfg, bool(train_cfg.get("remat", False)))
+            if num_workers(strategy) > 1:  # else each worker keeps its own moving statistics
+                synchronize_batch_norm(model)
             model.compile(optimizer=build_optimizer(opt_cfg, learning_rate),
                           loss=get_loss(loss_cfg["name"], **dict(loss_cfg.get("args") or {})),
-                          metrics=[DiceScore(name="dice"), IoUScore(name="iou")],
+                          # F1 is Dice for binary masks (medtf.metrics.SegF1): not logged twice.
+                          metrics=[DiceScore(name="dice"), IoUScore(name="iou"), SegPrecision(name="precision"),
+                                   SegRecall(name="recall"), SegSpecificity(name="specificity")],
                           jit_compile=bool(train_cfg.get("jit_compile", False)))
         wants_probes = train_cfg.get("image_panels", True) or int(train_cfg.get("log_every_n_steps", 100) or 0) > 0
         probes = probe_batches(config) if paths.is_chief and wants_probes else None
@@ -192,11 +217,14 @@ def train(config: Mapping, run_dir: str | os.PathLike) -> dict:
         callbacks = build_callbacks(config, paths, guard, resumed_rows, probes)
         fit = model.fit(train_ds, validation_data=val_ds, epochs=epochs, steps_per_epoch=steps,
                         validation_steps=train_cfg.get("validation_steps"), callbacks=callbacks,
+                        shuffle=False,  # make_dataset already shuffles (files and examples, seeded)
                         verbose=train_cfg.get("verbose", 2))
         if guard.message:
             raise NonFiniteLossError(guard.message)
     finally:
         keras.mixed_precision.set_global_policy(previous)
+        if paths is not None and paths.scratch is not None:  # a non-chief worker's throw-away checkpoints
+            shutil.rmtree(paths.scratch, ignore_errors=True)
     history = {k: [float(r[k]) for r in resumed_rows if r.get(k) not in (None, "", "NA")] + [float(v) for v in vals]
                for k, vals in fit.history.items()}
     ckpt = run_dir / "checkpoints"

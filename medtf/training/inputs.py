@@ -10,6 +10,10 @@ Example:
     >>> pre = build_preprocess(config)                # window only
     >>> aug = training_transforms(config)             # window, then random_flip
     >>> out = pre({"image": ct, "mask": mask}, tf.constant([0, 0]))
+
+Cross-validation: ``data.fold: k`` (with an optional ``data.folds: K`` that must match the manifest) replaces
+``train_split`` / ``val_split`` on a K-fold shard folder (``medtf convert ... --folds K``): training reads every
+``fold-j`` with ``j != k``, validation reads ``fold-k`` (see `split_names`).
 """
 
 from __future__ import annotations
@@ -18,9 +22,52 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from medtf.training.config import ConfigError
+
 
 def _data(config: Mapping) -> dict:
     return dict(config.get("data") or {})
+
+
+def _fold_index(value, name: str) -> int:
+    # bool is an int subclass; "data.fold: true" is a typo, not fold 1.
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ConfigError(f"data.{name} must be an integer, got {value!r}")
+    return int(value)
+
+
+def split_names(config: Mapping) -> tuple[str | list[str], str | None]:
+    """``(training split(s), validation split or None)`` of the ``data`` section.
+
+    Without ``data.fold``: ``data.train_split`` (default ``"train"``) and ``data.val_split`` (default ``"val"``).
+    With ``data.fold: k``: ``(["fold-j" for every j != k], "fold-k")`` from the manifest's ``fold-*`` splits;
+    ``data.folds: K``, when given, must equal the manifest's number of folds.
+
+    Raises:
+        ConfigError: the manifest has no ``fold-*`` splits, ``k`` is out of range, or ``data.folds`` disagrees.
+
+    Example:
+        >>> split_names({"data": {"dir": "shards/lgg-5fold", "fold": 2}})
+        (['fold-0', 'fold-1', 'fold-3', 'fold-4'], 'fold-2')
+    """
+    data = _data(config)
+    if data.get("fold") is None:
+        return data.get("train_split", "train"), data.get("val_split", "val")
+    from medtf.data.manifest import read_manifest
+
+    k = _fold_index(data["fold"], "fold")
+    splits = list(read_manifest(data["dir"])["splits"])
+    folds = sorted((s for s in splits if s.startswith("fold-") and s[5:].isdigit()), key=lambda s: int(s[5:]))
+    if not folds:
+        raise ConfigError(f"data.fold={k}, but {data['dir']} is not a K-fold shard folder (splits: {splits}); "
+                            f"convert it with `medtf convert KIND ... --folds K`")
+    if data.get("folds") is not None and _fold_index(data["folds"], "folds") != len(folds):
+        raise ConfigError(f"data.folds={data['folds']}, but {data['dir']} has {len(folds)} folds "
+                            f"(splits: {splits})")
+    if f"fold-{k}" not in folds:
+        raise ConfigError(f"data.fold={k} is out of range: {data['dir']} has {len(folds)} folds "
+                            f"(splits: {splits})")
+    return [f for f in folds if f != f"fold-{k}"], f"fold-{k}"
 
 
 def build_preprocess(config: Mapping) -> Any:
@@ -55,7 +102,7 @@ def steps_per_epoch(config: Mapping) -> int | None:
     from medtf.data.manifest import read_manifest
 
     data = _data(config)
-    split = data.get("train_split", "train")
+    split = split_names(config)[0]
     splits = [split] if isinstance(split, str) else list(split)
     manifest = read_manifest(data["dir"])
     examples = sum(manifest["splits"][s]["num_examples"] for s in splits)
@@ -67,6 +114,7 @@ def build_datasets(config: Mapping, strategy=None):
 
     Training batches ``data.patch_size`` patches; validation takes ``data.val_patch_size`` (None: whole images,
     the models are fully convolutional) in batches of ``data.val_batch_size`` (default ``data.batch_size``).
+    The splits come from `split_names` (``data.fold`` selects a cross-validation round).
     With a multi-replica ``strategy`` the training set is built per input pipeline
     (`medtf.data.make_distributed_dataset`, ``batch_size`` global); Keras distributes the validation set.
     """
@@ -75,10 +123,10 @@ def build_datasets(config: Mapping, strategy=None):
     data = _data(config)
     seed = data.get("seed", config.get("seed"))
     distribute = strategy is not None and strategy.num_replicas_in_sync > 1
-    train_ds = make_dataset(data["dir"], data.get("train_split", "train"), training=True,
+    train_split, val_split = split_names(config)
+    train_ds = make_dataset(data["dir"], train_split, training=True,
                             batch_size=int(data["batch_size"]), patch_size=data.get("patch_size"), seed=seed,
                             transforms=training_transforms(config), strategy=strategy if distribute else None)
-    val_split = data.get("val_split", "val")
     val_ds = None
     if val_split:
         val_ds = make_dataset(data["dir"], val_split, training=False, repeat=False,
@@ -103,7 +151,7 @@ def probe_batches(config: Mapping, count: int = 2) -> tuple[tuple | None, list[t
                           seed=0, transforms=pre)
         return [(np.asarray(x), np.asarray(y)) for x, y in ds.take(n)]
 
-    train = take(data.get("train_split", "train"), data.get("patch_size"), 1, min(2, int(data["batch_size"])))
-    val_split = data.get("val_split", "val")
+    train_split, val_split = split_names(config)
+    train = take(train_split, data.get("patch_size"), 1, min(2, int(data["batch_size"])))
     val = take(val_split, data.get("val_patch_size"), count, 1) if val_split else []
     return (train[0] if train else None), val

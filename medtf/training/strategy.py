@@ -5,15 +5,19 @@
                (one-device) strategy: nothing changes for a laptop or a single-GPU job.
 ``mirrored``   `MirroredStrategy` over all GPUs; without GPUs, over all logical CPUs (tests split one CPU in two).
 ``one_device`` `tf.distribute.OneDeviceStrategy` on the first GPU (CPU when there is none).
-``multiworker`` `tf.distribute.MultiWorkerMirroredStrategy`: the cluster comes from SLURM
-               (`SlurmClusterResolver`, when ``SLURM_JOB_ID`` is set and ``SLURM_NTASKS`` > 1), else from
-               ``TF_CONFIG`` (`TFConfigClusterResolver`).
+``multiworker`` `MultiWorkerStrategy` (a `tf.distribute.MultiWorkerMirroredStrategy` that Keras 3 ``fit`` can
+               use across workers, see its docstring): the cluster comes from SLURM (`SlurmClusterResolver`,
+               when ``SLURM_JOB_ID`` is set and ``SLURM_NTASKS`` > 1), else from ``TF_CONFIG``
+               (`TFConfigClusterResolver`; no ``TF_CONFIG``: one local worker).
 =============  ===================================================================================================
 
-Under several workers only the chief writes the run directory (checkpoints, history.csv, TensorBoard); the other
-workers must still run every callback that saves (a save is a collective op), so they write into throw-away
-places: TensorBoard into ``logs/worker-<i>`` and checkpoints into a temporary folder (the Keras multi-worker
-tutorial pattern). The BackupAndRestore folder is the same path for every worker, so all resume from one state.
+Under several workers only the chief (worker 0) writes the run directory (checkpoints, history.csv, TensorBoard);
+the other workers still run every callback, into their own places: TensorBoard into ``logs/worker-<i>`` (a run of
+its own, never interleaved with the chief's) and checkpoints + history.csv into a temporary folder removed at the
+end, or ``workers/worker-<i>/`` with ``train.keep_worker_outputs`` (the Keras multi-worker tutorial pattern). The
+BackupAndRestore folder is the same path for every worker, so all resume from one state. The engine also
+synchronizes batch norm (`synchronize_batch_norm`) and shards the validation set by example (`shard_by_example`)
+when there is more than one worker (`num_workers`).
 
 Example:
     >>> strategy = make_strategy("auto")
@@ -60,6 +64,40 @@ def _cluster_resolver():
     return slurm_cluster_resolver()
 
 
+class MultiWorkerStrategy(tf.distribute.MultiWorkerMirroredStrategy):
+    """`tf.distribute.MultiWorkerMirroredStrategy` with a `reduce` that Keras 3 ``fit`` can use across workers.
+
+    Keras 3 (3.15) calls ``strategy.reduce`` in two ways that only a multi-worker cluster rejects:
+
+    * ``fit``/``evaluate`` start with ``reduce("MEAN", (x, y), axis=None)`` on the first distributed batch
+      (``TensorFlowTrainer._maybe_symbolic_build``). MirroredStrategy reduces a nest leaf by leaf
+      (``MirroredExtended._reduce_to``); ``CollectiveAllReduceExtended._reduce_to`` hands the tuple to the
+      cross-device ops: "Attempt to convert a value (PerReplica ...) with an unsupported type".
+    * every step's logs go through ``reduce_per_replica``, which for multi-worker strategies calls
+      ``reduce("MEAN", v, axis=0)`` on each *scalar* metric: "Invalid reduction dimension 0 for input with
+      0 dimensions". On one worker Keras means the mean over replicas (``tf.reduce_mean(local_results, 0)``),
+      which is ``axis=None`` here.
+
+    So a nest is reduced leaf by leaf, and a scalar ignores ``axis``. Every worker runs the same reduces in the
+    same order, as collectives need. See keras-team/keras#20585 (Keras 3 and MultiWorkerMirroredStrategy).
+    """
+
+    def reduce(self, reduce_op, value, axis):
+        if not isinstance(value, tf.distribute.DistributedValues) and tf.nest.is_nested(value):
+            return tf.nest.map_structure(lambda leaf: self.reduce(reduce_op, leaf, axis), value)
+        if axis is not None and _rank(value) == 0:
+            axis = None
+        return super().reduce(reduce_op, value, axis)
+
+
+def _rank(value) -> int | None:
+    """Rank of a tensor, or of the first local component of a distributed value (None when unknown)."""
+    if isinstance(value, tf.distribute.DistributedValues):
+        value = value.values[0]
+    shape = getattr(value, "shape", None)
+    return None if shape is None else shape.rank
+
+
 def make_strategy(name: str = "auto") -> tf.distribute.Strategy:
     """The `tf.distribute.Strategy` called ``name`` (see the module docstring for the choices).
 
@@ -71,6 +109,10 @@ def make_strategy(name: str = "auto") -> tf.distribute.Strategy:
     name = str(name or "auto").lower()
     if name not in STRATEGIES:
         raise ValueError(f"unknown train.strategy {name!r}; choose from {', '.join(STRATEGIES)}")
+    if name == "multiworker":
+        # Before anything that starts the TF runtime (listing devices does): with a cluster it must configure
+        # collective ops first, else "Collective ops must be configured at program startup".
+        return MultiWorkerStrategy(cluster_resolver=_cluster_resolver())
     gpus = tf.config.list_logical_devices("GPU")
     if name == "auto":
         return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
@@ -81,9 +123,47 @@ def make_strategy(name: str = "auto") -> tf.distribute.Strategy:
         # Without GPUs MirroredStrategy() would take one CPU; several logical CPUs are what tests split off.
         return tf.distribute.MirroredStrategy(devices=cpus,
                                               cross_device_ops=tf.distribute.ReductionToOneDevice())
-    if name == "one_device":
-        return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
-    return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=_cluster_resolver())
+    return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
+
+
+def num_workers(strategy: tf.distribute.Strategy | None) -> int:
+    """How many workers (processes) ``strategy`` spans: 1 for everything but a multi-worker cluster."""
+    extended = getattr(strategy, "extended", None)
+    in_cluster = getattr(extended, "_in_multi_worker_mode", lambda: False)()
+    return int(getattr(extended, "_num_workers", 1)) if in_cluster else 1
+
+
+def shard_by_example(dataset, strategy: tf.distribute.Strategy | None):
+    """``dataset`` that Keras can split over the workers of ``strategy`` (unchanged for a single worker).
+
+    Keras distributes a plain `tf.data.Dataset` (the validation set) with the AUTO shard policy, which
+    shards by *file* and fails when a split has fewer shard files than there are workers ("Could not apply
+    FILE based sharding"). By example (DATA) every worker reads the files and keeps every n-th batch.
+    """
+    if dataset is None or num_workers(strategy) == 1:
+        return dataset
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options)
+
+
+def synchronize_batch_norm(model) -> int:
+    """Make every BatchNormalization layer of ``model`` use batch statistics over all replicas; returns how many.
+
+    Keras 3 creates the moving mean/variance with aggregation "none" (tf.keras 2 used ON_READ + MEAN), so under
+    several workers each one updates them from its own local batch and the workers' weights drift apart (the
+    trainable weights stay identical: their gradients are all-reduced). Synchronized batch norm all-reduces the
+    batch moments, so every worker normalises with, and keeps, the same statistics (those of the global batch,
+    as one worker training on the global batch would). Called by `medtf.training.engine.train` when the strategy
+    spans more than one worker; the flag is part of the layer config and is a no-op on one replica.
+    """
+    import keras
+
+    layers = [layer for layer in model._flatten_layers(include_self=False)
+              if isinstance(layer, keras.layers.BatchNormalization)]
+    for layer in layers:
+        layer.synchronized = True
+    return len(layers)
 
 
 def worker_info(strategy: tf.distribute.Strategy) -> tuple[str | None, int, bool]:
@@ -103,7 +183,11 @@ def worker_info(strategy: tf.distribute.Strategy) -> tuple[str | None, int, bool
 
 @dataclass(frozen=True)
 class RunPaths:
-    """Where this worker writes: the run directory's paths for the chief, throw-away ones for the others."""
+    """Where this worker writes: the run directory's paths for the chief, throw-away ones for the others.
+
+    ``scratch`` is the non-chief worker's temporary folder, which `medtf.training.engine.train` removes when it
+    returns (None for the chief, and for workers whose outputs are kept in ``run_dir/workers/``).
+    """
 
     run_dir: Path
     logs: Path
@@ -112,6 +196,7 @@ class RunPaths:
     backup: Path
     is_chief: bool
     worker: int
+    scratch: Path | None = None
 
     @property
     def images(self) -> Path:
@@ -122,8 +207,16 @@ class RunPaths:
         return self.logs / "gradients"
 
 
-def run_paths(run_dir: str | os.PathLike, strategy: tf.distribute.Strategy | None = None) -> RunPaths:
+def run_paths(run_dir: str | os.PathLike, strategy: tf.distribute.Strategy | None = None,
+              keep_workers: bool = False) -> RunPaths:
     """`RunPaths` of this worker of ``strategy`` inside ``run_dir``.
+
+    Args:
+        run_dir: the run directory (the chief's files).
+        strategy: the distribution strategy (None: a single worker, the chief).
+        keep_workers: non-chief workers write their checkpoints and history.csv into
+            ``run_dir/workers/worker-<i>/`` (kept) instead of a temporary folder; ``train.keep_worker_outputs``
+            turns it on to check that every worker ended with the chief's weights.
 
     Example:
         >>> run_paths("runs/a").checkpoints
@@ -135,6 +228,11 @@ def run_paths(run_dir: str | os.PathLike, strategy: tf.distribute.Strategy | Non
     if chief:
         return RunPaths(run_dir, run_dir / "logs", run_dir / "checkpoints", run_dir / "history.csv", backup,
                         True, task_id)
+    logs = run_dir / "logs" / f"worker-{task_id}"  # its own TensorBoard run, never interleaved with the chief's
+    if keep_workers:
+        own = run_dir / "workers" / f"worker-{task_id}"
+        own.mkdir(parents=True, exist_ok=True)
+        return RunPaths(run_dir, logs, own / "checkpoints", own / "history.csv", backup, False, task_id)
     scratch = Path(tempfile.mkdtemp(prefix=f"medtf-worker-{task_id}-"))
-    return RunPaths(run_dir, run_dir / "logs" / f"worker-{task_id}", scratch / "checkpoints",
-                    scratch / "history.csv", backup, False, task_id)
+    return RunPaths(run_dir, logs, scratch / "checkpoints", scratch / "history.csv", backup, False, task_id,
+                    scratch)

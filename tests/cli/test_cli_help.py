@@ -9,7 +9,13 @@ from tests.conftest import run_medtf
 
 
 @pytest.mark.parametrize("argv, expect", [
-    ([], ["synth", "convert", "inspect", "verify", "demo"]),
+    ([], ["synth", "convert", "inspect", "verify", "train", "evaluate", "export", "predict", "slurm", "tune",
+          "cv-report", "demo"]),
+    (["train"], ["--set", "--run-dir", "--folds"]),
+    (["evaluate"], ["--split", "--checkpoint", "--overlap", "--data-dir"]),
+    (["export"], ["--version", "--threshold", "SavedModel"]),
+    (["predict"], ["--input", "--output", "DICOM SEG"]),
+    (["cv-report"], ["RUN_DIR"]),
     (["synth"], ["brachy-ct", "lgg-mri", "--cases", "--seed"]),
     (["convert"], ["brachy-ct", "lgg-mri"]),
     (["convert", "brachy-ct"], ["--split", "--folds", "--shard-size-mb", "--compression", "--id-salt", "--workers",

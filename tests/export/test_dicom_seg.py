@@ -78,3 +78,17 @@ def test_overlay_helpers():
     vol[4:8] = True
     assert overlay_slices(vol, 2) == [5, 6] and overlay_slices(vol, 9) == [4, 5, 6, 7]
     assert overlay_slices(np.zeros((10, 2, 2), bool), 1) == [4]
+
+
+def test_writing_a_seg_logs_no_source_uids(ct_series, tmp_path, caplog):
+    import logging
+
+    from medtf.export.dicom_seg import write_dicom_seg
+
+    source = _sources(ct_series)
+    mask = np.zeros(source.volume.array.shape, np.uint8)
+    mask[2, 4:8, 4:8] = 1
+    with caplog.at_level(logging.INFO):  # the level the `medtf convert/demo` console runs at
+        write_dicom_seg(mask, source.source_files, "brachy-ct", tmp_path / "seg.dcm", algorithm="m")
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert not [uid for uid in source.volume.metadata["SOPInstanceUIDs"] if uid in text]

@@ -36,7 +36,13 @@ def test_train_writes_a_complete_run_dir(lgg_tiny, tmp_path):
     lr = [float(r["learning_rate"]) for r in history_rows(run_dir)]
     np.testing.assert_allclose(lr, [1e-3, 1e-3], rtol=1e-6)  # constant schedule by default
     hist = result["history"]
-    assert len(hist["loss"]) == 2 and all(np.isfinite(hist["loss"])) and "val_iou" in hist
+    assert len(hist["loss"]) == 2 and all(np.isfinite(hist["loss"]))
+    for metric in ("dice", "iou", "precision", "recall", "specificity"):  # the training metrics
+        values = np.asarray(hist[f"val_{metric}"] + hist[metric])
+        assert ((values >= 0) & (values <= 1)).all(), metric
+    # Dice = 2PR / (P + R) on the same confusion counts (one validation pass per epoch).
+    p, r = np.asarray(hist["val_precision"]), np.asarray(hist["val_recall"])
+    np.testing.assert_allclose(hist["val_dice"], 2 * p * r / np.maximum(p + r, 1e-12), atol=1e-4)
     assert keras.mixed_precision.global_policy().name == "float32"
 
     x, _ = next(iter(make_dataset(lgg_tiny, "val", batch_size=2, training=False, repeat=False)))

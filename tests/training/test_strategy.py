@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -54,6 +55,7 @@ def test_only_the_chief_writes_the_run_dir(tmp_path):
     assert not other.is_chief and other.logs == tmp_path / "logs" / "worker-2"
     assert tmp_path not in other.checkpoints.parents and tmp_path not in other.history.parents
     assert chief.backup == other.backup == tmp_path / "backup"  # shared: all workers resume the same epoch
+    shutil.rmtree(other.scratch)  # the non-chief scratch folder lives outside tmp_path
     with_chief = tf.train.ClusterSpec({"chief": ["a:1"], "worker": ["b:2"]})
     resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(with_chief, task_type="worker", task_id=0)
     w0 = types.SimpleNamespace(cluster_resolver=resolver)
@@ -104,6 +106,6 @@ def test_multiworker_strategy_single_worker_fit(lgg_tiny, tmp_path):
                           env={**env, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"})
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads(proc.stdout.split("RESULT ", 1)[1].splitlines()[0])
-    assert result["strategy"] == "CollectiveAllReduceStrategy" and result["replicas"] == 1
+    assert result["strategy"] == "MultiWorkerStrategy" and result["replicas"] == 1  # medtf's MultiWorkerMirroredStrategy
     assert math.isfinite(result["loss"][0]) and (run_dir / "checkpoints" / "last.keras").is_file()
     assert not list((run_dir / "logs").glob("worker-*"))  # the chief writes the run dir itself

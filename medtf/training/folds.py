@@ -1,0 +1,403 @@
+"""K-fold cross-validation as a run type: train every fold, evaluate each on its held-out fold, aggregate.
+
+Run directory layout::
+
+    run_dir/cv_config.yaml                  the resolved base config (data.fold is set per fold)
+    run_dir/fold_<k>/                       an ordinary `medtf train` run with ``data.fold=k`` (resumable on its own)
+    run_dir/fold_<k>/eval-fold-<k>/         `evaluate_run` of the best checkpoint on split ``fold-k`` (whole volumes)
+    run_dir/cv_report.json, cv_report.csv   per metric: the value of every fold, mean, sample sd (ddof=1), n
+
+A SLURM array (`medtf slurm CONFIG --array 0-4`, task id -> ``data.fold``) writes the same ``fold_<k>`` folders;
+`aggregate_folds` only reads files, so ``medtf cv-report RUN_DIR`` combines folds however they were trained. A fold
+that is missing, still training, interrupted or not evaluated is listed in the report (``fold_status``,
+``missing``) and its values are ``null``: means over fewer folds are never passed off as complete.
+
+Two kinds of numbers per fold:
+
+* ``history/<metric>``: the validation metrics Keras logged (history.csv) at the best epoch by ``train.monitor`` /
+  ``train.mode`` (the epoch of ``checkpoints/best.keras``), plus ``history/best_epoch``;
+* ``eval/<metric>``: `evaluate_run` on the fold's validation split, the mean over its cases (``summary.json``);
+  ``eval_extra/<name>``: the summary's pooled extras (e.g. lgg-mri ``dice_tumour_slices`` over all tumour slices).
+
+Example:
+    >>> report = run_cross_validation(load_config("experiments/lgg_unet2d.yaml"), "runs/lgg-cv", folds=5)
+    >>> report["metrics"]["eval/dice"]["mean"], report["metrics"]["eval/dice"]["sd"]
+    >>> report = aggregate_folds("runs/lgg-cv")          # after `medtf slurm ... --array 0-4`
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import yaml
+
+from medtf.training.config import ConfigError, save_resolved
+
+FOLD_DIR_RE = re.compile(r"^fold_(\d+)$")
+REPORT_JSON, REPORT_CSV, BASE_CONFIG = "cv_report.json", "cv_report.csv", "cv_config.yaml"
+# Shown by `format_report` (the JSON/CSV hold every metric): per-case columns that are not counts or volumes.
+SHOWN_EVAL = ("dice", "hd95", "msd", "dice_tumour_slices", "catheters_found", "catheters_missed",
+              "catheters_spurious", "catheter_mean_mm", "tip_error_mm")
+
+
+def fold_dir(run_dir: str | os.PathLike, k: int) -> Path:
+    """``run_dir/fold_<k>``: where fold ``k`` trains (the SLURM array template uses the same name)."""
+    return Path(run_dir) / f"fold_{int(k)}"
+
+
+def eval_summary_path(run_dir: str | os.PathLike, k: int) -> Path:
+    """The `evaluate_run` summary of fold ``k`` on its validation split (evaluate_run's default output)."""
+    return fold_dir(run_dir, k) / f"eval-fold-{int(k)}" / "summary.json"
+
+
+def manifest_folds(data_dir: str | os.PathLike) -> int:
+    """Number of ``fold-*`` splits in a shard folder's manifest.
+
+    Raises:
+        ConfigError: the folder is not a K-fold conversion (names the folder and its splits).
+    """
+    from medtf.data.manifest import read_manifest
+
+    splits = list(read_manifest(data_dir)["splits"])
+    count = sum(1 for s in splits if s.startswith("fold-") and s[5:].isdigit())
+    if not count:
+        raise ConfigError(f"{data_dir} has no fold splits (splits: {splits}); convert it with "
+                          f"`medtf convert KIND ... --folds K` for cross-validation")
+    return count
+
+
+def fold_config(config: Mapping, k: int, folds: int) -> dict:
+    """A copy of ``config`` that trains fold ``k`` of ``folds`` (``data.fold`` / ``data.folds`` set)."""
+    result = copy.deepcopy(dict(config))
+    result["data"] = {**dict(result.get("data") or {}), "fold": int(k), "folds": int(folds)}
+    return result
+
+
+# === Reading fold directories (no TensorFlow) ===
+
+def _float(text) -> float:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def read_history(path: str | os.PathLike) -> list[dict[str, float]]:
+    """history.csv rows as floats, one per epoch (the last row wins if an epoch repeats), ordered by epoch."""
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except FileNotFoundError:
+        return []
+    by_epoch = {}
+    for row in rows:
+        if str(row.get("epoch", "")).isdigit():
+            by_epoch[int(row["epoch"])] = {k: _float(v) for k, v in row.items() if k}
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def best_row(rows: list[dict[str, float]], monitor: str, mode: str) -> dict[str, float] | None:
+    """The row `keras.callbacks.ModelCheckpoint(save_best_only=True)` kept: the first best ``monitor`` value."""
+    values = np.array([r.get(monitor, float("nan")) for r in rows], np.float64)
+    if not np.isfinite(values).any():
+        return None
+    values[~np.isfinite(values)] = -np.inf if mode == "max" else np.inf
+    return rows[int(np.argmax(values) if mode == "max" else np.argmin(values))]
+
+
+def _read_yaml(path: Path) -> dict | None:
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return None
+    return config if isinstance(config, dict) else None
+
+
+def training_state(path: str | os.PathLike, epochs: int | None = None) -> tuple[bool, str]:
+    """``(finished, why not)`` of one run directory.
+
+    Finished means: history.csv has every epoch ``0 .. epochs-1`` (``epochs`` default: the run's own
+    ``train.epochs``), ``checkpoints/best.keras`` exists and no ``backup/`` is left (the engine removes it at the
+    end of a run; one that is left means an interrupted run that re-running resumes).
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return False, f"no {path.name} directory"
+    config = _read_yaml(path / "config.yaml")
+    if config is None:
+        return False, "not started (no config.yaml)"
+    if epochs is None:
+        epochs = int((config.get("train") or {}).get("epochs", 1))
+    done = {int(r["epoch"]) for r in read_history(path / "history.csv")}
+    if (path / "backup").exists():
+        return False, f"interrupted after {len(done)} of {epochs} epochs (backup/ present: re-run to resume)"
+    if not set(range(epochs)) <= done:
+        return False, f"unfinished: {len(done & set(range(epochs)))} of {epochs} epochs in history.csv"
+    if not (path / "checkpoints" / "best.keras").is_file():
+        return False, "no checkpoints/best.keras (train.monitor never had a finite value)"
+    return True, ""
+
+
+def eval_state(run_dir: str | os.PathLike, k: int) -> tuple[dict | None, str]:
+    """``(summary, why not)``: fold ``k``'s evaluation summary when it exists and is newer than best.keras."""
+    path = eval_summary_path(run_dir, k)
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None, f"not evaluated (no {path.relative_to(Path(run_dir))})"
+    if summary.get("split") != f"fold-{k}":
+        return None, f"{path.name} is for split {summary.get('split')!r}, not fold-{k}"
+    best = fold_dir(run_dir, k) / "checkpoints" / "best.keras"
+    if best.is_file() and path.stat().st_mtime < best.stat().st_mtime:
+        return None, "evaluation older than checkpoints/best.keras (re-evaluate)"
+    return summary, ""
+
+
+def _expected_folds(run_dir: Path, found: list[int], notes: list[str]) -> int:
+    """K from the base config or a fold's config (``data.folds``, else the manifest); else the fold dirs."""
+    configs = [run_dir / BASE_CONFIG] + [fold_dir(run_dir, k) / "config.yaml" for k in found]
+    for path in configs:
+        data = (_read_yaml(path) or {}).get("data") or {}
+        if data.get("folds") is not None:
+            return int(data["folds"])
+        if data.get("dir"):
+            try:
+                return manifest_folds(data["dir"])
+            except Exception as exc:  # noqa: BLE001  (a moved shard folder: fall back to the directories)
+                notes.append(f"could not read the number of folds from {data['dir']}: {exc}")
+    if not found:
+        raise FileNotFoundError(f"{run_dir}: no fold_* directories and no {BASE_CONFIG}")
+    notes.append(f"number of folds inferred from the fold_* directories ({max(found) + 1})")
+    return max(found) + 1
+
+
+def _stats(values: list[float | None]) -> dict:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    n = len(finite)
+    return {"mean": float(np.mean(finite)) if n else None,
+            "sd": float(np.std(finite, ddof=1)) if n > 1 else None,  # sample sd: folds are a sample of splits
+            "n": n, "n_nan": sum(1 for v in values if v is not None and not math.isfinite(v))}
+
+
+def aggregate_folds(run_dir: str | os.PathLike, folds: int | None = None, *, write: bool = True) -> dict[str, Any]:
+    """Combine ``run_dir/fold_*`` into ``cv_report.json`` / ``cv_report.csv`` (reads files only).
+
+    Args:
+        run_dir: cross-validation run directory (from `run_cross_validation` or a SLURM array).
+        folds: expected number of folds K (default: ``data.folds`` or the manifest of the runs' ``data.dir``,
+            else the highest ``fold_<k>`` + 1).
+        write: write the two report files.
+
+    Returns:
+        ``{"run_dir", "folds", "complete", "fold_status": [{fold, status, detail, best_epoch, ...}],
+        "missing": [folds that are not "ok"], "metrics": {"history/val_dice": {"values": [per fold or None],
+        "mean", "sd" (ddof=1; None for n < 2), "n", "n_nan", "missing": [folds]}, ...}, "notes"}``.
+        ``status`` is ``ok``, ``missing``, ``unfinished`` or ``not_evaluated`` (history values are used,
+        ``eval/*`` ones are not).
+
+    Example:
+        >>> report = aggregate_folds("runs/lgg-cv")
+        >>> report["complete"], report["metrics"]["history/val_dice"]["mean"]
+    """
+    run_dir = Path(run_dir)
+    found = sorted(int(m.group(1)) for p in run_dir.glob("fold_*") if p.is_dir() and (m := FOLD_DIR_RE.match(p.name)))
+    notes: list[str] = []
+    k_total = int(folds) if folds is not None else _expected_folds(run_dir, found, notes)
+    extra_dirs = [k for k in found if k >= k_total]
+    if extra_dirs:
+        notes.append(f"ignored fold directories beyond {k_total} folds: {extra_dirs}")
+
+    status, history_values, eval_values = [], {}, {}
+    for k in range(k_total):
+        path = fold_dir(run_dir, k)
+        record = {"fold": k, "dir": str(path), "status": "ok", "detail": "", "best_epoch": None,
+                  "epochs": None, "monitor": None, "eval_summary": None}
+        finished, why = training_state(path)
+        if not finished:
+            record.update(status="missing" if not path.is_dir() else "unfinished", detail=why)
+            status.append(record)
+            continue
+        train_cfg = (_read_yaml(path / "config.yaml") or {}).get("train") or {}
+        monitor, mode = train_cfg.get("monitor", "val_dice"), train_cfg.get("mode", "max")
+        rows = read_history(path / "history.csv")
+        best = best_row(rows, monitor, mode)
+        record.update(epochs=len(rows), monitor=f"{monitor} ({mode})")
+        if best is not None:
+            record["best_epoch"] = int(best["epoch"])
+            values = {"best_epoch": best["epoch"], **{m: v for m, v in best.items()
+                                                       if m.startswith("val_") or m == monitor}}
+            for name, value in values.items():
+                history_values.setdefault(name, {})[k] = value
+        summary, why = eval_state(run_dir, k)
+        if summary is None:
+            record.update(status="not_evaluated", detail=why)
+        else:
+            record["eval_summary"] = str(eval_summary_path(run_dir, k))
+            for name, stats in (summary.get("metrics") or {}).items():
+                mean = stats.get("mean")
+                eval_values.setdefault(f"eval/{name}", {})[k] = float("nan") if mean is None else float(mean)
+            for name, value in (summary.get("extra") or {}).items():
+                if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+                    eval_values.setdefault(f"eval_extra/{name}", {})[k] = (float("nan") if value is None
+                                                                           else float(value))
+        status.append(record)
+
+    metrics = {}
+    for name, per_fold in [*((f"history/{n}", v) for n, v in history_values.items()), *eval_values.items()]:
+        values = [per_fold.get(k) for k in range(k_total)]
+        metrics[name] = {"values": values, **_stats(values), "missing": [k for k, v in enumerate(values) if v is None]}
+    missing = [r["fold"] for r in status if r["status"] != "ok"]
+    report = {"run_dir": str(run_dir), "folds": k_total, "complete": not missing, "fold_status": status,
+              "missing": missing, "metrics": metrics, "notes": notes}
+    if write:
+        write_report(report, run_dir)
+    return report
+
+
+# === Writing and printing ===
+
+def _json_safe(value):
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN; n_nan says how many there were
+    return value
+
+
+def write_report(report: Mapping, run_dir: str | os.PathLike) -> tuple[Path, Path]:
+    """``cv_report.json`` (the whole report) and ``cv_report.csv`` (metric, fold_0..fold_{K-1}, mean, sd, n)."""
+    from medtf.data.manifest import write_json_atomic
+
+    run_dir = Path(run_dir)
+    json_path, csv_path = run_dir / REPORT_JSON, run_dir / REPORT_CSV
+    write_json_atomic(json_path, _json_safe(dict(report)))
+    folds = [f"fold_{k}" for k in range(report["folds"])]
+
+    def cell(v):
+        return "" if v is None else repr(float(v))
+
+    with open(csv_path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["metric", *folds, "mean", "sd", "n", "missing"])
+        for name, m in report["metrics"].items():
+            writer.writerow([name, *(cell(v) for v in m["values"]), cell(m["mean"]), cell(m["sd"]), m["n"],
+                             " ".join(str(k) for k in m["missing"])])
+    return json_path, csv_path
+
+
+def _shown(name: str) -> bool:
+    source, _, metric = name.partition("/")
+    return source in ("history", "eval_extra") or (source == "eval" and metric in SHOWN_EVAL)
+
+
+def format_report(report: Mapping, all_metrics: bool = False) -> str:
+    """A fixed-width table: one row per metric with every fold's value and mean ± sd (n), then the fold states.
+
+    Example:
+        >>> print(format_report(aggregate_folds("runs/lgg-cv")))
+    """
+    k_total = report["folds"]
+    head = f"{'metric':<30s}" + "".join(f"{f'fold_{k}':>10s}" for k in range(k_total)) + f"{'mean ± sd':>22s}{'n':>4s}"
+    lines = [f"cross-validation {report['run_dir']}: {k_total} folds"
+             + ("" if report["complete"] else f", INCOMPLETE (folds {report['missing']} are not ok)"), head]
+    for name, m in report["metrics"].items():
+        if not (all_metrics or _shown(name)):
+            continue
+        cells = "".join(f"{'-' if v is None else f'{v:.4g}':>10s}" for v in m["values"])
+        mean = "-" if m["mean"] is None else f"{m['mean']:.4g}"
+        sd = "-" if m["sd"] is None else f"{m['sd']:.4g}"
+        lines.append(f"{name:<30s}{cells}{f'{mean} ± {sd}':>22s}{m['n']:>4d}")
+    for r in report["fold_status"]:
+        if r["status"] != "ok":
+            lines.append(f"fold {r['fold']}: {r['status']}: {r['detail']}")
+    lines.extend(f"note: {n}" for n in report.get("notes", []))
+    return "\n".join(lines)
+
+
+# === Training every fold ===
+
+def evaluate_folds(run_dir: str | os.PathLike, folds: int, overlap: float = 0.5, verbose: bool = True) -> list[int]:
+    """Run `evaluate_run` on each finished fold whose evaluation is missing or stale; returns the folds evaluated."""
+    from medtf.evaluation import evaluate_run
+
+    done = []
+    for k in range(int(folds)):
+        if training_state(fold_dir(run_dir, k))[0] and eval_state(run_dir, k)[0] is None:
+            evaluate_run(fold_dir(run_dir, k), split=f"fold-{k}", checkpoint="best", overlap=overlap,
+                         verbose=verbose)
+            done.append(k)
+    return done
+
+
+def run_cross_validation(config: Mapping, run_dir: str | os.PathLike, folds: int | None = None, *,
+                         evaluate: bool = True, overlap: float = 0.5, verbose: bool = True) -> dict[str, Any]:
+    """Train fold 0..K-1 one after the other into ``run_dir/fold_<k>``, evaluate each, aggregate.
+
+    Each fold is an ordinary resumable run: re-running skips folds that finished (``train.epochs`` of the given
+    config), resumes an interrupted one from its backup and evaluates folds whose evaluation is missing or older
+    than their best checkpoint.
+
+    Args:
+        config: resolved experiment config on a K-fold shard folder (``data.fold`` must not be set).
+        run_dir: cross-validation run directory.
+        folds: expected number of folds; must equal the manifest's (None: take the manifest's).
+        evaluate: evaluate each fold's validation split with `evaluate_run` (whole images/volumes).
+        overlap: sliding-window overlap of the evaluation.
+        verbose: print progress and the evaluation tables.
+
+    Returns:
+        The `aggregate_folds` report, plus ``"preempted": k`` when fold ``k``'s training was preempted (then the
+        later folds did not run; re-run the same command to resume).
+
+    Raises:
+        ConfigError: not a K-fold shard folder, ``folds`` / ``data.folds`` differ from it, or ``data.fold`` set.
+
+    Example:
+        >>> report = run_cross_validation(load_config("experiments/lgg_unet2d.yaml"), "runs/lgg-cv")
+    """
+    from medtf.training.engine import train
+
+    data = dict(config.get("data") or {})
+    if data.get("fold") is not None:
+        raise ConfigError(f"data.fold={data['fold']} selects one fold; cross-validation trains all of them "
+                          f"(drop data.fold, or train that fold alone without --folds)")
+    k_total = manifest_folds(data["dir"])
+    for given, what in ((folds, "--folds"), (data.get("folds"), "data.folds")):
+        if given is not None and int(given) != k_total:
+            raise ConfigError(f"{what}={given}, but {data['dir']} has {k_total} folds (fold-0 .. fold-{k_total - 1})")
+    run_dir = Path(run_dir)
+    save_resolved(config, run_dir, BASE_CONFIG)
+    epochs = int((config.get("train") or {}).get("epochs", 1))
+    for k in range(k_total):
+        path = fold_dir(run_dir, k)
+        if training_state(path, epochs)[0]:
+            if verbose:
+                print(f"fold {k}/{k_total}: finished earlier ({path})")
+        else:
+            if verbose:
+                print(f"fold {k}/{k_total}: training in {path}")
+            result = train(fold_config(config, k, k_total), path)
+            if result["preempted"]:
+                report = aggregate_folds(run_dir, k_total)
+                return {**report, "preempted": k}
+        if evaluate:
+            evaluate_folds(run_dir, k + 1, overlap, verbose)
+        _free_memory()
+    return aggregate_folds(run_dir, k_total)
+
+
+def _free_memory() -> None:
+    # Each fold builds a fresh model; without this the graphs of earlier folds stay alive for the whole CV.
+    import keras
+
+    keras.backend.clear_session()

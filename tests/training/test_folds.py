@@ -1,0 +1,316 @@
+"""K-fold cross-validation: ``data.fold`` selection, `aggregate_folds` arithmetic and bookkeeping, ``--folds``."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from tests.conftest import TEST_SALT, run_medtf
+from tests.training.conftest import tiny_config
+
+
+def _convert_folds(root: Path, cases: int, folds: int) -> Path:
+    from medtf.synth.lgg_mri import generate_lgg_mri
+
+    generate_lgg_mri(root / "src", cases=cases, seed=5, num_slices=4, size=32)
+    out = root / "lgg"
+    assert run_medtf("convert", "lgg-mri", "--input", root / "src", "--output", out, "--folds", folds, "--split",
+                     "1", "--id-salt", TEST_SALT) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def lgg_folds3(tmp_path_factory) -> Path:
+    """6 patients x 4 slices of 32x32 in fold-0 .. fold-2 (2 patients each, no test split)."""
+    return _convert_folds(tmp_path_factory.mktemp("folds3"), 6, 3)
+
+
+@pytest.fixture(scope="module")
+def lgg_folds2(tmp_path_factory) -> Path:
+    """4 patients x 4 slices of 32x32 in fold-0, fold-1."""
+    return _convert_folds(tmp_path_factory.mktemp("folds2"), 4, 2)
+
+
+def _fold_config(data_dir: Path, **data) -> dict:
+    config = tiny_config(data_dir)
+    config["data"].update(data)
+    return config
+
+
+# === data.fold: which patients train and validate ===
+
+def _patients(data_dir, splits) -> list[str]:
+    from medtf.data import make_dataset
+
+    ds = make_dataset(data_dir, splits, batch_size=1, training=False, output="dict")
+    return [p.decode() for batch in ds for p in batch["patient_id"].numpy()]
+
+
+def test_fold_k_validates_on_fold_k_and_trains_on_the_others(lgg_folds3):
+    from medtf.data.manifest import read_manifest
+    from medtf.training.inputs import build_datasets, split_names, steps_per_epoch
+
+    splits = read_manifest(lgg_folds3)["splits"]
+    everyone = {p for k in range(3) for p in splits[f"fold-{k}"]["patients"]}
+    assert len(everyone) == 6
+    for k in range(3):
+        config = _fold_config(lgg_folds3, fold=k)
+        train_splits, val_split = split_names(config)
+        assert train_splits == [f"fold-{j}" for j in range(3) if j != k] and val_split == f"fold-{k}"
+        train_patients, val_patients = set(_patients(lgg_folds3, train_splits)), set(_patients(lgg_folds3, val_split))
+        assert val_patients == set(splits[f"fold-{k}"]["patients"]) and len(val_patients) == 2
+        assert train_patients == everyone - val_patients and not train_patients & val_patients
+        # What the engine trains on: the validation set is exactly fold k's examples, in order.
+        _, val = build_datasets({**config, "data": {**config["data"], "transforms": []}})
+        got = np.concatenate([x.numpy() for x, _ in val])
+        from medtf.data import make_dataset
+
+        want = np.concatenate([x.numpy() for x, _ in make_dataset(lgg_folds3, f"fold-{k}", batch_size=2,
+                                                                   training=False)])
+        assert got.shape == (splits[f"fold-{k}"]["num_examples"], 32, 32, 3) == (8, 32, 32, 3)
+        np.testing.assert_array_equal(got, want)
+        config["train"]["steps_per_epoch"] = None  # from the manifest: 16 training slices // batch 2
+        assert steps_per_epoch(config) == 8
+
+
+def test_without_data_fold_the_named_splits_are_used(lgg_folds3):
+    from medtf.training.inputs import split_names
+
+    config = _fold_config(lgg_folds3, train_split=["fold-0", "fold-1"], val_split="fold-2")
+    assert split_names(config) == (["fold-0", "fold-1"], "fold-2")
+    assert split_names({"data": {"dir": str(lgg_folds3)}}) == ("train", "val")
+
+
+def test_bad_fold_settings_name_the_folder_and_its_splits(lgg_folds3, lgg_tiny):
+    from medtf.training.config import ConfigError
+    from medtf.training.inputs import split_names
+
+    with pytest.raises(ConfigError, match=r"data.fold=3 is out of range: .*lgg has 3 folds .*fold-2"):
+        split_names(_fold_config(lgg_folds3, fold=3))
+    with pytest.raises(ConfigError, match="out of range"):
+        split_names(_fold_config(lgg_folds3, fold=-1))
+    with pytest.raises(ConfigError, match=r"data.folds=5, but .* has 3 folds"):
+        split_names(_fold_config(lgg_folds3, fold=0, folds=5))
+    assert split_names(_fold_config(lgg_folds3, fold=1, folds=3))[1] == "fold-1"
+    with pytest.raises(ConfigError, match=r"must be an integer, got True"):
+        split_names(_fold_config(lgg_folds3, fold=True))
+    with pytest.raises(ConfigError, match=rf"{lgg_tiny} is not a K-fold shard folder \(splits: \['train', 'val', "
+                                          r"'test'\]\)"):
+        split_names(_fold_config(lgg_tiny, fold=0))
+
+
+# === aggregate_folds on fabricated fold directories ===
+
+HISTORIES = {  # fold -> rows (epoch, val_dice, val_loss, dice); the best val_dice epoch is marked
+    0: [(0, 0.40, 0.90, 0.30), (1, 0.50, 0.80, 0.35)],   # best: epoch 1
+    1: [(0, 0.70, 0.60, 0.50), (1, 0.65, 0.55, 0.60)],   # best: epoch 0 (val_loss is lower at epoch 1)
+    2: [(0, 0.60, 0.70, 0.40), (1, 0.60, 0.65, 0.45)],   # a tie: the first epoch (ModelCheckpoint keeps it)
+}
+EVAL_DICE = {0: 0.55, 1: 0.75, 2: 0.62}
+EVAL_HD95 = {0: 4.0, 1: None, 2: 6.0}  # fold 1: HD95 undefined in every case (null in summary.json)
+
+
+def _fake_fold(run_dir: Path, k: int, folds: int = 3, evaluated: bool = True) -> Path:
+    path = run_dir / f"fold_{k}"
+    (path / "checkpoints").mkdir(parents=True)
+    (path / "config.yaml").write_text(yaml.safe_dump(
+        {"data": {"dir": str(run_dir / "nowhere"), "fold": k, "folds": folds},
+         "train": {"epochs": 2, "monitor": "val_dice", "mode": "max"}}))
+    with open(path / "history.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["epoch", "dice", "learning_rate", "val_dice", "val_loss"])
+        for epoch, val_dice, val_loss, dice in HISTORIES[k]:
+            writer.writerow([epoch, dice, 0.001, val_dice, val_loss])
+    (path / "checkpoints" / "best.keras").write_bytes(b"")
+    if evaluated:
+        _fake_summary(run_dir, k)
+    return path
+
+
+def _fake_summary(run_dir: Path, k: int) -> None:
+    out = run_dir / f"fold_{k}" / f"eval-fold-{k}"
+    out.mkdir(exist_ok=True)
+    metrics = {"dice": {"mean": EVAL_DICE[k], "sd": 0.1, "median": EVAL_DICE[k], "n": 2, "n_nan": 0},
+               "hd95": {"mean": EVAL_HD95[k], "sd": None, "median": None, "n": 2, "n_nan": 0}}
+    (out / "summary.json").write_text(json.dumps({"kind": "lgg-mri", "split": f"fold-{k}", "metrics": metrics,
+                                                  "extra": {"dice_tumour_slices": EVAL_DICE[k] + 0.1,
+                                                            "n_tumour_slices": 3 + k}, "notes": []}))
+
+
+def test_aggregate_matches_hand_computed_mean_and_sample_sd(tmp_path):
+    from medtf.training.folds import aggregate_folds
+
+    for k in range(3):
+        _fake_fold(tmp_path, k)
+    report = aggregate_folds(tmp_path)
+    assert report["folds"] == 3 and report["complete"] and report["missing"] == []
+    assert [r["best_epoch"] for r in report["fold_status"]] == [1, 0, 0]
+    m = report["metrics"]
+    assert m["history/val_dice"]["values"] == [0.5, 0.7, 0.6]
+    assert m["history/val_dice"]["mean"] == pytest.approx(0.6, rel=1e-12)
+    assert m["history/val_dice"]["sd"] == pytest.approx(0.1, rel=1e-12)  # sqrt((0.01 + 0.01 + 0) / (3 - 1))
+    assert m["history/val_loss"]["values"] == [0.8, 0.6, 0.7]  # at the best val_dice epoch, not the lowest loss
+    assert m["history/best_epoch"]["values"] == [1, 0, 0]
+    assert "history/dice" not in m  # training metrics are not validation results
+    assert m["eval/dice"]["values"] == [0.55, 0.75, 0.62]
+    assert m["eval/dice"]["mean"] == pytest.approx(1.92 / 3, rel=1e-12)
+    assert m["eval/dice"]["sd"] == pytest.approx(math.sqrt(((0.55 - 0.64) ** 2 + 0.11 ** 2 + 0.02 ** 2) / 2),
+                                                 rel=1e-12)
+    hd = m["eval/hd95"]
+    assert hd["n"] == 2 and hd["n_nan"] == 1 and hd["mean"] == 5.0 and hd["sd"] == pytest.approx(math.sqrt(2))
+    assert m["eval_extra/n_tumour_slices"]["values"] == [3, 4, 5] and m["eval_extra/n_tumour_slices"]["sd"] == 1.0
+    saved = json.loads((tmp_path / "cv_report.json").read_text())
+    assert saved["metrics"]["eval/hd95"]["values"] == [4.0, None, 6.0]  # NaN is written as null
+    with open(tmp_path / "cv_report.csv", newline="") as f:
+        rows = {r["metric"]: r for r in csv.DictReader(f)}
+    assert [float(rows["history/val_dice"][f"fold_{k}"]) for k in range(3)] == [0.5, 0.7, 0.6]
+    assert float(rows["history/val_dice"]["sd"]) == pytest.approx(0.1) and rows["history/val_dice"]["n"] == "3"
+
+
+def test_missing_unfinished_and_unevaluated_folds_are_reported(tmp_path, capsys):
+    from medtf.training.folds import aggregate_folds
+
+    for k in range(2):
+        _fake_fold(tmp_path, k, folds=4)
+    (tmp_path / "fold_1" / "backup").mkdir()  # interrupted: re-running resumes it
+    _fake_fold(tmp_path, 2, folds=4, evaluated=False)
+    report = aggregate_folds(tmp_path)  # fold_3 never started; K = 4 comes from data.folds
+    status = {r["fold"]: (r["status"], r["detail"]) for r in report["fold_status"]}
+    assert status[0] == ("ok", "")
+    assert status[1][0] == "unfinished" and "backup/ present" in status[1][1]
+    assert status[2][0] == "not_evaluated" and "eval-fold-2" in status[2][1]
+    assert status[3] == ("missing", "no fold_3 directory")
+    assert not report["complete"] and report["missing"] == [1, 2, 3]
+    dice = report["metrics"]["history/val_dice"]
+    assert dice["values"] == [0.5, None, 0.6, None] and dice["n"] == 2 and dice["missing"] == [1, 3]
+    assert dice["mean"] == pytest.approx(0.55) and dice["sd"] == pytest.approx(math.sqrt(0.005))
+    assert report["metrics"]["eval/dice"]["values"] == [0.55, None, None, None]
+    assert report["metrics"]["eval/dice"]["n"] == 1 and report["metrics"]["eval/dice"]["sd"] is None
+
+    capsys.readouterr()
+    assert run_medtf("cv-report", tmp_path) == 1  # incomplete: a non-zero exit, the table still written
+    out = capsys.readouterr().out
+    assert "INCOMPLETE (folds [1, 2, 3] are not ok)" in out and "fold 3: missing: no fold_3 directory" in out
+    assert "0.55 ± 0.07071" in out  # history/val_dice over the two folds that have it
+    # A stale evaluation (older than the best checkpoint) does not count either.
+    _fake_summary(tmp_path, 2)
+    os.utime(tmp_path / "fold_2" / "eval-fold-2" / "summary.json", (1, 1))
+    assert aggregate_folds(tmp_path, write=False)["fold_status"][2]["detail"].startswith("evaluation older")
+    assert run_medtf("cv-report", tmp_path / "nothing-here") == 2
+
+
+def test_more_folds_in_the_manifest_than_directories(tmp_path, lgg_folds3):
+    """An array that ran only tasks 0-1 of a 3-fold manifest: fold 2 is missing, not silently dropped."""
+    from medtf.training.folds import aggregate_folds
+
+    for k in range(2):
+        path = _fake_fold(tmp_path, k)
+        config = yaml.safe_load((path / "config.yaml").read_text())
+        config["data"] = {"dir": str(lgg_folds3), "fold": k}  # as the SLURM array writes it: no data.folds
+        (path / "config.yaml").write_text(yaml.safe_dump(config))
+        _fake_summary(tmp_path, k)
+    report = aggregate_folds(tmp_path)
+    assert report["folds"] == 3 and report["missing"] == [2]
+    assert report["metrics"]["eval/dice"]["values"] == [0.55, 0.75, None]
+
+
+# === medtf train --folds, end to end ===
+
+def test_train_folds_end_to_end(tmp_path, lgg_folds2, capsys):
+    config = _fold_config(lgg_folds2)
+    config["train"].update(epochs=1, steps_per_epoch=2, image_panels=False, log_every_n_steps=0, hparams=False)
+    path = tmp_path / "cv.yaml"
+    path.write_text(yaml.safe_dump(config))
+    run_dir = tmp_path / "run"
+
+    assert run_medtf("train", path, "--run-dir", run_dir, "--folds", 3) == 2
+    assert "--folds=3, but" in capsys.readouterr().err and not run_dir.exists()
+
+    assert run_medtf("train", path, "--run-dir", run_dir, "--folds", 2) == 0
+    out = capsys.readouterr().out
+    report = json.loads((run_dir / "cv_report.json").read_text())
+    assert report["folds"] == 2 and report["complete"] and "cross-validation" in out
+    for name in ("history/val_dice", "history/val_loss", "eval/dice", "eval/hd95", "eval_extra/dice_tumour_slices"):
+        assert report["metrics"][name]["n"] + report["metrics"][name]["n_nan"] == 2, name
+    for k in range(2):
+        fold = run_dir / f"fold_{k}"
+        resolved = yaml.safe_load((fold / "config.yaml").read_text())
+        assert resolved["data"]["fold"] == k and resolved["data"]["folds"] == 2
+        with open(fold / "history.csv", newline="") as f:
+            (row,) = list(csv.DictReader(f))  # one epoch
+        assert report["metrics"]["history/val_dice"]["values"][k] == float(row["val_dice"])
+        summary = json.loads((fold / f"eval-fold-{k}" / "summary.json").read_text())
+        assert summary["split"] == f"fold-{k}" and summary["n_cases"] == 2  # two patients per fold
+        assert report["metrics"]["eval/dice"]["values"][k] == summary["metrics"]["dice"]["mean"]
+    values = report["metrics"]["eval/dice"]["values"]
+    assert report["metrics"]["eval/dice"]["mean"] == pytest.approx(np.mean(values), rel=1e-12)
+    assert report["metrics"]["eval/dice"]["sd"] == pytest.approx(np.std(values, ddof=1), rel=1e-12)
+
+    # Re-running skips the finished folds (no training, no evaluation): the files stay as they were.
+    before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file() and not p.name.startswith("cv_")}
+    assert run_medtf("train", path, "--run-dir", run_dir, "--folds", 2) == 0
+    assert capsys.readouterr().out.count("finished earlier") == 2
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+
+
+def _backup_epoch(meta: Path) -> int:
+    try:
+        return int(json.loads(meta.read_text())["epoch"])
+    except (OSError, ValueError, KeyError):  # not there yet, or caught mid-write
+        return -1
+
+
+def test_killed_cross_validation_resumes_the_interrupted_fold(tmp_path, lgg_folds2):
+    """SIGKILL while fold 1 trains: the same command skips fold 0 and resumes fold 1 from its backup."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from medtf.training.folds import training_state
+
+    epochs = 4
+    config = _fold_config(lgg_folds2)
+    config["train"].update(epochs=epochs, steps_per_epoch=25, image_panels=False, log_every_n_steps=0,
+                           hparams=False)
+    path = tmp_path / "cv.yaml"
+    path.write_text(yaml.safe_dump(config))
+    run_dir = tmp_path / "run"
+    repo = Path(__file__).resolve().parents[2]
+    command = [sys.executable, "-m", "medtf.cli.main", "train", str(path), "--run-dir", str(run_dir), "--folds", "2"]
+    env = {**os.environ, "PYTHONPATH": str(repo), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    meta = run_dir / "fold_1" / "backup" / "training_metadata.json"
+
+    with open(tmp_path / "first.log", "wb") as log:
+        first = subprocess.Popen(command, cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        try:
+            while _backup_epoch(meta) < 1:
+                assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, "fold 1 backed up no epoch in time"
+                time.sleep(0.01)
+            first.send_signal(signal.SIGKILL)
+        finally:
+            first.kill()
+            first.wait()
+    assert training_state(run_dir / "fold_0") == (True, "")
+    assert not training_state(run_dir / "fold_1")[0] and not (run_dir / "cv_report.json").exists()
+    resume_at = _backup_epoch(meta)
+    assert 1 <= resume_at < epochs
+
+    second = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, timeout=180)
+    out = second.stdout + second.stderr
+    assert second.returncode == 0, out[-3000:]
+    assert "fold 0/2: finished earlier" in out and "lgg-mri fold-0" not in out  # neither retrained nor re-evaluated
+    assert f"Epoch {resume_at + 1}/{epochs}" in out and f"Epoch 1/{epochs}" not in out
+    with open(run_dir / "fold_1" / "history.csv", newline="") as f:
+        assert [int(r["epoch"]) for r in csv.DictReader(f)] == list(range(epochs))
+    report = json.loads((run_dir / "cv_report.json").read_text())
+    assert report["complete"] and report["metrics"]["eval/dice"]["n"] == 2
