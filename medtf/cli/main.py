@@ -11,6 +11,7 @@
     medtf export RUN_DIR                                    SavedModel in a TF Serving layout
     medtf predict MODEL --input PATH --output DIR           NIfTI mask, DICOM SEG, overlays
     medtf slurm CONFIG [--nodes N ...] [--submit]           render / submit a SLURM job
+    medtf tune CONFIG --tune-dir DIR [--set key=value ...]  keras-tuner search over the config's tune section
     medtf demo [--out DIR]                                  the built-in end-to-end job
 """
 

@@ -3,11 +3,14 @@
     medtf slurm CONFIG [--nodes N] [--gpus-per-node G] [--tasks-per-node T] [--time HH:MM:SS] [--array SPEC]
                        [--partition P] [--account A] [--job-name NAME] [--set k=v ...]
                        [--run-dir DIR] [--cluster-config FILE] [--after JOBID] [--dry-run | --submit]
+    medtf slurm CONFIG --tune --workers N [--nodes M] [--gpus-per-node G] ...   a `medtf tune` search job
     medtf slurm run [options] -- COMMAND ...     any other medtf command as a job (convert, evaluate, ...)
     medtf slurm status JOBID [JOBID ...]         state, reason, elapsed time, nodes, array tasks
 
 The template follows from the resources: 1 GPU (or 0: a CPU job), several GPUs on one node (MirroredStrategy),
-several nodes or tasks (N x T workers, MultiWorkerMirroredStrategy), or --array (one task per fold).
+several nodes or tasks (N x T workers, MultiWorkerMirroredStrategy), or --array (one task per fold); with --tune,
+a keras-tuner search: one chief (the oracle) and --workers N workers spread over --nodes, one GPU each
+(RUN_DIR is then the tune directory, default runs/<config name>-tune).
 Options may come before or after CONFIG. --dry-run (the default) prints the script; --submit writes it to
 RUN_DIR/slurm/NAME.sbatch, submits it and prints only the job id on stdout, so chains read naturally:
 
@@ -46,6 +49,10 @@ def _add_options(p, default=None) -> None:
     p.add_argument("--after", action="append", default=d([]), metavar="JOBID",
                    help="start only after this job succeeded (afterok); cancelled if it fails (repeatable)")
     p.add_argument("--cluster-config", default=d(None), metavar="FILE", help="site settings (see above)")
+    p.add_argument("--tune", action="store_true", default=d(False),
+                   help="a `medtf tune` search over the config's tune section instead of one training run")
+    p.add_argument("--workers", type=int, default=d(None),
+                   help="with --tune: workers training trials in parallel (default 1), besides the chief")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--dry-run", action="store_true", default=d(False), help="print the script (the default)")
     mode.add_argument("--submit", action="store_true", default=d(False),
@@ -93,6 +100,7 @@ def _split_rest(args) -> list[str] | None:
 def run(args) -> int:
     from medtf.hpc.cluster_config import ClusterConfigError, load_cluster_config
     from medtf.hpc.slurm import JobSpec, SlurmError, job_info, render_job, submit, summarize, write_job
+    from medtf.training.config import ConfigError
 
     rest = _split_rest(args)
     if rest is None:
@@ -114,6 +122,9 @@ def run(args) -> int:
                 print("medtf slurm run: give the medtf command after --, e.g. -- convert lgg-mri ...",
                       file=sys.stderr)
                 return 2
+            if args.tune or args.workers is not None:
+                print("medtf slurm run: --tune / --workers are for an experiment config", file=sys.stderr)
+                return 2
             spec = JobSpec(command=rest, run_dir=args.run_dir or f"runs/{rest[0]}",
                            job_name=args.job_name, time=args.time, partition=args.partition, account=args.account,
                            after=args.after)
@@ -124,11 +135,19 @@ def run(args) -> int:
             if not Path(args.target).is_file():
                 print(f"medtf slurm: {args.target}: config file not found", file=sys.stderr)
                 return 2
-            spec = JobSpec(config=args.target, run_dir=args.run_dir or f"runs/{Path(args.target).stem}",
+            if args.workers is not None and not args.tune:
+                print("medtf slurm: --workers goes with --tune", file=sys.stderr)
+                return 2
+            if args.tune:
+                _check_tune_config(args.target, args.overrides)
+            stem = Path(args.target).stem + ("-tune" if args.tune else "")
+            spec = JobSpec(config=args.target, run_dir=args.run_dir or f"runs/{stem}",
                            nodes=args.nodes, gpus_per_node=args.gpus_per_node,
                            tasks_per_node=args.tasks_per_node, time=args.time,
                            partition=args.partition, account=args.account, array=args.array,
-                           overrides=args.overrides, after=args.after, job_name=args.job_name)
+                           overrides=args.overrides, after=args.after,
+                           job_name=args.job_name or (stem if args.tune else None),
+                           tune=args.tune, workers=1 if args.workers is None else args.workers)
         if not args.submit:
             sys.stdout.write(render_job(spec, cluster))
             return 0
@@ -137,6 +156,14 @@ def run(args) -> int:
         print(f"submitted {path} as job {job_id}", file=sys.stderr)
         print(job_id)
         return 0
-    except (SlurmError, ClusterConfigError) as exc:
+    except (SlurmError, ClusterConfigError, ConfigError) as exc:
         print(f"medtf slurm: {exc}", file=sys.stderr)
         return 2
+
+
+def _check_tune_config(config: str, overrides) -> None:
+    """A bad tune section fails here, at submission, rather than after waiting in the queue."""
+    from medtf.training.config import load_config
+    from medtf.tuning.settings import tune_settings
+
+    tune_settings(load_config(config, overrides))

@@ -26,7 +26,7 @@ from typing import Mapping, Sequence
 from medtf.hpc.cluster_config import ClusterConfig
 
 TEMPLATES = {"gpu": "train_gpu.sbatch", "multigpu": "train_multigpu.sbatch", "multinode": "train_multinode.sbatch",
-             "array": "train_array.sbatch", "command": "command.sbatch"}
+             "array": "train_array.sbatch", "command": "command.sbatch", "tune": "tune.sbatch"}
 _PLACEHOLDER = re.compile(r"\{\{\s*([a-z_]+)\s*\}\}")
 _INCLUDE = re.compile(r"\{\{\s*include\s+([\w./-]+)\s*\}\}")
 _TIME = re.compile(r"^(?:(\d+)-)?(\d+):(\d{2}):(\d{2})$")
@@ -84,6 +84,10 @@ class JobSpec:
         array: ``--array`` spec (one task per fold: the task id becomes ``data.fold``).
         overrides: ``--set`` values passed to ``medtf train``.
         after: job ids this job waits for (``afterok``; cancelled if one of them fails).
+        tune, workers: a `medtf tune` search instead of one training run: a chief (the keras-tuner oracle, in the
+            batch shell) and ``workers`` srun tasks spread over ``nodes``, each training one trial at a time on
+            one GPU of its node (``gpus_per_node`` GPUs requested per node; 0: CPU workers). ``run_dir`` is the
+            tune directory.
     """
 
     config: str | None = None
@@ -100,10 +104,14 @@ class JobSpec:
     after: Sequence[str] = ()
     job_name: str | None = None
     workdir: str = field(default_factory=os.getcwd)
+    tune: bool = False
+    workers: int = 1
 
     def kind(self) -> str:
         if self.command:
             return "command"
+        if self.tune:
+            return "tune"
         if self.array:
             return "array"
         if self.nodes > 1 or self.tasks_per_node > 1:
@@ -138,6 +146,8 @@ def render_job(spec: JobSpec, cluster: ClusterConfig | None = None) -> str:
     kind = spec.kind()
     if kind != "command" and not spec.config:
         raise SlurmError("a training job needs an experiment config")
+    if kind == "tune":
+        _check_tune(spec)
     if spec.nodes < 1 or spec.tasks_per_node < 1 or spec.gpus_per_node < 0:
         raise SlurmError(f"--nodes and --tasks-per-node must be >= 1 and --gpus-per-node >= 0 (got {spec.nodes}, "
                          f"{spec.tasks_per_node}, {spec.gpus_per_node})")
@@ -168,8 +178,20 @@ def render_job(spec: JobSpec, cluster: ClusterConfig | None = None) -> str:
         "signal_seconds": min(int(cluster.signal_seconds), max(60, limit // 2)),
         "max_requeues": int(cluster.max_requeues),
         "command": " ".join(shlex.quote(str(c)) for c in spec.command),
+        "workers": spec.workers,
     }
     return render_template((template_dir() / TEMPLATES[kind]).read_text(), values)
+
+
+def _check_tune(spec: JobSpec) -> None:
+    if spec.workers < 1:
+        raise SlurmError(f"--workers must be >= 1 (got {spec.workers})")
+    if spec.array:
+        raise SlurmError("--tune and --array exclude each other (the tuner picks the trials)")
+    if spec.tasks_per_node != 1:
+        raise SlurmError("--tune places its workers with --workers (spread over --nodes), not --tasks-per-node")
+    if spec.nodes > spec.workers:
+        raise SlurmError(f"--nodes {spec.nodes} > --workers {spec.workers}: a node without a worker would idle")
 
 
 def write_job(spec: JobSpec, cluster: ClusterConfig | None = None) -> Path:
