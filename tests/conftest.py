@@ -49,6 +49,20 @@ def lgg_source(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def lgg_tiny(tmp_path_factory) -> Path:
+    """Tiny lgg-mri shards shared by the training, tuning and HPC tests: 4 patients x 6 slices of 32x32
+    (train 2 / val 1 / test 1 patients)."""
+    from medtf.synth.lgg_mri import generate_lgg_mri
+
+    root = tmp_path_factory.mktemp("lgg_tiny")
+    generate_lgg_mri(root / "src", cases=4, seed=3, num_slices=6, size=32)
+    out = root / "lgg"
+    assert run_medtf("convert", "lgg-mri", "--input", root / "src", "--output", out, "--split", "0.5,0.25,0.25",
+                     "--id-salt", TEST_SALT) == 0
+    return out
+
+
 def pytest_runtest_makereport(item, call):
     """Under CI (``MEDTF_FAIL_ON_SKIP=1``, set by .ci/run) a skipped test fails: a component a test needs (SLURM,
     TensorBoard, ...) that could not start is a broken environment, not a pass."""

@@ -145,21 +145,28 @@ def reconstruct_prediction(case_dir: Path, prediction: Path) -> dict:
     return {"summary": summary, "json": json_path, "plan": plan_path, "planned": len(planned)}
 
 
+def _number(value, digits: int) -> str:
+    """A metric for the report; "n/a" when there is none (e.g. no catheter matched, so no distance)."""
+    if value is None or value != value:  # None or NaN
+        return "n/a"
+    return f"{value:.{digits}f}"
+
+
 def report(result, evaluation, catheters, run_dir, model_dir, prediction, overrides, minutes) -> str:
     metrics = evaluation.get("metrics", {})
-    means = {name: values.get("mean", float("nan")) for name, values in metrics.items()}
+    means = {name: values.get("mean") for name, values in metrics.items()}
     cat = catheters["summary"]
     best_val = max(result["history"].get("val_dice", [float("nan")]))
     lines = [
         "=" * 78,
         "medtf demo report",
         "=" * 78,
-        f"training        best val Dice {best_val:.3f} over {len(result['history']['loss'])} epochs",
-        f"test patients   Dice {means.get('dice', float('nan')):.3f}   HD95 {means.get('hd95', float('nan')):.2f} mm"
-        f"   catheter tip error {means.get('tip_error_mm', float('nan')):.2f} mm",
+        f"training        best val Dice {_number(best_val, 3)} over {len(result['history']['loss'])} epochs",
+        f"test patients   Dice {_number(means.get('dice'), 3)}   HD95 {_number(means.get('hd95'), 2)} mm"
+        f"   catheter tip error {_number(means.get('tip_error_mm'), 2)} mm",
         f"held-out case   catheters found {cat['found']}/{catheters['planned']} (missed {cat['missed']}, "
-        f"spurious {cat['spurious']}), mean point-to-curve {cat['mean_distance_mm']:.2f} mm, "
-        f"max {cat['max_distance_mm']:.2f} mm, tip error {cat['tip_error_mm']:.2f} mm",
+        f"spurious {cat['spurious']}), mean point-to-curve {_number(cat['mean_distance_mm'], 2)} mm, "
+        f"max {_number(cat['max_distance_mm'], 2)} mm, tip error {_number(cat['tip_error_mm'], 2)} mm",
         "",
         f"run directory   {run_dir}  (config.yaml, history.csv, checkpoints/, eval-test/)",
         f"SavedModel      {model_dir}",

@@ -40,6 +40,33 @@ def _number_or_value(text: str) -> Any:
     return value
 
 
+def dotted_parent(config: dict, key: str, *, add: bool = False, context: str | None = None) -> tuple[dict, str]:
+    """The mapping inside ``config`` that holds dotted ``key``, and the key's last part.
+
+    Every section on the way must exist; the last part must exist too unless ``add`` (the ``+key`` rule), so a
+    typo cannot set a value nothing reads. Errors name ``context`` (default: the key).
+
+    Raises:
+        ConfigError: a part of the path is not a section, or the key is unknown and not ``add``.
+
+    Example:
+        >>> node, last = dotted_parent({"train": {"epochs": 1}}, "train.epochs")   # ({'epochs': 1}, 'epochs')
+    """
+    context = context or repr(key)
+    parts = key.split(".")
+    if not all(parts):
+        raise ConfigError(f"{context} has an empty key part")
+    node = config
+    for i, part in enumerate(parts[:-1]):
+        if not isinstance(node.get(part), Mapping):
+            raise ConfigError(f"{context}: {'.'.join(parts[: i + 1])!r} is not a section of the config")
+        node = node[part]
+    if parts[-1] not in node and not add:
+        known = ", ".join(sorted(node)) or "(none)"
+        raise ConfigError(f"{context}: unknown key {key!r} (known here: {known}); prefix it with '+' to add a new key")
+    return node, parts[-1]
+
+
 def apply_overrides(config: Mapping, overrides: Iterable[str]) -> dict:
     """A copy of ``config`` with ``dotted.key=value`` overrides applied (see the module docstring)."""
     result = copy.deepcopy(dict(config))
@@ -47,21 +74,9 @@ def apply_overrides(config: Mapping, overrides: Iterable[str]) -> dict:
         if "=" not in override:
             raise ConfigError(f"override {override!r} must look like key.subkey=value")
         key, text = override.split("=", 1)
-        add = key.startswith("+")
-        parts = key.lstrip("+").strip().split(".")
-        if not all(parts):
-            raise ConfigError(f"override {override!r} has an empty key part")
-        node = result
-        for i, part in enumerate(parts[:-1]):
-            if not isinstance(node.get(part), dict):
-                where = ".".join(parts[: i + 1])
-                raise ConfigError(f"override {override!r}: {where!r} is not a section of the config")
-            node = node[part]
-        if parts[-1] not in node and not add:
-            known = ", ".join(sorted(node)) or "(none)"
-            raise ConfigError(f"override {override!r}: unknown key {key!r} (known here: {known}); "
-                              f"prefix with '+' to add a new key")
-        node[parts[-1]] = _number_or_value(text)
+        node, last = dotted_parent(result, key.lstrip("+").strip(), add=key.startswith("+"),
+                                   context=f"override {override!r}")
+        node[last] = _number_or_value(text)
     return result
 
 

@@ -25,7 +25,7 @@ import copy
 import math
 from typing import Any, Mapping
 
-from medtf.training.config import ConfigError
+from medtf.training.config import ConfigError, dotted_parent
 
 TYPES = ("float", "int", "choice", "boolean", "fixed")
 SAMPLINGS = ("linear", "log", "reverse_log")
@@ -210,16 +210,10 @@ def build_hyperparameters(specs: Mapping[str, dict]):
 def check_keys(specs: Mapping[str, dict], config: Mapping) -> None:
     """Every key must name an existing config value (or, with ``+``, a new key under an existing mapping)."""
     for name, spec in specs.items():
-        parts = name.split(".")
-        node = config
-        for i, part in enumerate(parts[:-1]):
-            if not isinstance(node.get(part), Mapping):
-                raise SpaceError(f"tune.space.{name}: {'.'.join(parts[:i + 1])!r} is not a section of the config")
-            node = node[part]
-        if parts[-1] not in node and not spec.get("add"):
-            known = ", ".join(sorted(node)) or "(none)"
-            raise SpaceError(f"tune.space.{name}: unknown config key (known here: {known}); prefix it with '+' "
-                             f"to add a new key")
+        try:
+            dotted_parent(config, name, add=bool(spec.get("add")), context=f"tune.space.{name}")
+        except ConfigError as exc:
+            raise SpaceError(str(exc)) from None
 
 
 def native(value: Any) -> Any:
@@ -247,11 +241,9 @@ def apply_values(config: Mapping, values: Mapping[str, Any]) -> dict:
     """
     result = copy.deepcopy(dict(config))
     for name, value in values.items():
-        parts = name.split(".")
-        node = result
-        for i, part in enumerate(parts[:-1]):
-            if not isinstance(node.get(part), dict):
-                raise SpaceError(f"{name}: {'.'.join(parts[:i + 1])!r} is not a section of the config")
-            node = node[part]
-        node[parts[-1]] = native(value)
+        try:
+            node, last = dotted_parent(result, name, add=True, context=name)
+        except ConfigError as exc:
+            raise SpaceError(str(exc)) from None
+        node[last] = native(value)
     return result

@@ -1,4 +1,4 @@
-"""A real private SLURM for the HPC tests (started once per session, stopped at the end), plus tiny lgg shards.
+"""A real private SLURM for the HPC tests (started once per session, stopped at the end), its helpers and configs.
 
 Where SLURM cannot run (not root, packages missing) the SLURM tests skip with the reason, unless
 ``MEDTF_REQUIRE_SLURM=1`` (set by .ci/run): then the fixture fails, so a CI machine cannot silently skip them.
@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import TEST_SALT, run_medtf
+from tests.conftest import run_medtf
+
 
 FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
                 "DEADLINE", "PREEMPTED"}
@@ -85,18 +86,6 @@ def hpc_root(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("hpc")
 
 
-@pytest.fixture(scope="session")
-def lgg_tiny(hpc_root) -> Path:
-    """4 patients x 6 slices of 32x32 (train 2 / val 1 / test 1), as in tests/training/test_engine.py."""
-    from medtf.synth.lgg_mri import generate_lgg_mri
-
-    generate_lgg_mri(hpc_root / "src", cases=4, seed=3, num_slices=6, size=32)
-    out = hpc_root / "lgg"
-    assert run_medtf("convert", "lgg-mri", "--input", hpc_root / "src", "--output", out, "--split",
-                     "0.5,0.25,0.25", "--id-salt", TEST_SALT) == 0
-    return out
-
-
 def tiny_config(data_dir: Path, **train) -> dict:
     return {
         "data": {"dir": str(data_dir), "kind": "lgg-mri", "train_split": "train", "val_split": "val",
@@ -133,3 +122,12 @@ def submitted_id(out: str) -> str:
     lines = [line for line in out.splitlines() if line.strip()]
     assert lines and re.fullmatch(r"\d+", lines[-1]), out
     return lines[-1]
+
+
+def submit(capsys, *args) -> str:
+    """``medtf slurm --submit ARGS`` in-process; the job id it printed (the exit code must be 0)."""
+    capsys.readouterr()
+    code = run_medtf("slurm", "--submit", *map(str, args))
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    return submitted_id(captured.out)

@@ -11,15 +11,7 @@ import pytest
 import yaml
 
 from tests.conftest import TEST_SALT, run_medtf
-from tests.hpc.conftest import slurm_log, submitted_id, tiny_config, wait_for_job
-
-
-def submit(capsys, *args) -> str:
-    capsys.readouterr()
-    code = run_medtf("slurm", "--submit", *map(str, args))
-    captured = capsys.readouterr()
-    assert code == 0, captured.err
-    return submitted_id(captured.out)
+from tests.hpc.conftest import slurm_log, submit, tiny_config, wait_for_job
 
 
 @pytest.fixture(scope="module")

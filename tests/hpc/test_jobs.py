@@ -12,18 +12,10 @@ import pytest
 import yaml
 
 from tests.conftest import run_medtf
-from tests.hpc.conftest import scontrol_job, slurm_log, submitted_id, tiny_config, wait_for_job
+from tests.hpc.conftest import scontrol_job, slurm_log, submit, submitted_id, tiny_config, wait_for_job
 
 ENGINE = Path(__file__).resolve().parents[2] / "medtf" / "training" / "engine.py"
 ENGINE_HAS_PREEMPTION = "PreemptionCallback" in ENGINE.read_text()
-
-
-def submit(capsys, *args) -> str:
-    capsys.readouterr()
-    code = run_medtf("slurm", "--submit", *map(str, args))
-    captured = capsys.readouterr()
-    assert code == 0, captured.err
-    return submitted_id(captured.out)
 
 
 def history(run_dir: Path) -> list[dict]:

@@ -1,25 +1,8 @@
-"""Tiny lgg shards shared by the training tests (synth -> convert, once per session) and a tiny config."""
+"""A tiny training config for the training tests (the shards: `lgg_tiny` in tests/conftest.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-
-import pytest
-
-from tests.conftest import TEST_SALT, run_medtf
-
-
-@pytest.fixture(scope="session")
-def lgg_tiny(tmp_path_factory) -> Path:
-    """4 patients x 6 slices of 32x32 (train 2 / val 1 / test 1 patients)."""
-    from medtf.synth.lgg_mri import generate_lgg_mri
-
-    root = tmp_path_factory.mktemp("engine")
-    generate_lgg_mri(root / "src", cases=4, seed=3, num_slices=6, size=32)
-    out = root / "lgg"
-    assert run_medtf("convert", "lgg-mri", "--input", root / "src", "--output", out, "--split", "0.5,0.25,0.25",
-                     "--id-salt", TEST_SALT) == 0
-    return out
 
 
 def tiny_config(data_dir: Path, **train) -> dict:

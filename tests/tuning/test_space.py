@@ -121,7 +121,7 @@ def test_settings_check_keys_objective_and_tuner():
     cases = [
         ({"tuner": "grid", "space": SPACE}, "tune.tuner 'grid'"),
         ({"tuner": "hyperband", "max_trials": 3, "space": SPACE}, "unknown key(s) ['max_trials']"),
-        ({"tuner": "random", "space": {"model.args.base_filtres": [8, 16]}}, "unknown config key"),
+        ({"tuner": "random", "space": {"model.args.base_filtres": [8, 16]}}, "unknown key 'model.args.base_filtres'"),
         ({"tuner": "random", "space": {"loss.args.alpha": {"type": "float", "min": 0.1, "max": 0.9}}},
          "prefix it with '+'"),
         ({"tuner": "random", "space": {"model.name.x": [1, 2]}}, "'model.name' is not a section"),
