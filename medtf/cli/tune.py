@@ -7,6 +7,9 @@ Every trial is a normal run directory under DIR/trials/; DIR/results.csv, DIR/be
 continues the search. Distributed: set KERASTUNER_ORACLE_IP, KERASTUNER_ORACLE_PORT and KERASTUNER_TUNER_ID
 (``chief`` for the oracle, ``tuner0``, ``tuner1``, ... for the workers); `medtf slurm CONFIG --tune --workers N`
 writes a job that does this.
+
+SIGUSR1 (preemption) stops the search where it is, keeping what it needs to continue (medtf/tuning/stop.py):
+a running trial saves its backup, the oracle its state; the chief (or a local search) then exits 75, a worker 0.
 """
 
 from __future__ import annotations
@@ -27,6 +30,15 @@ def register(commands) -> None:
 
 
 def run(args) -> int:
+    from medtf.tuning.stop import STOP
+
+    # Armed before the slow imports: a USR1 that comes early must stop the search, not kill the process (a worker
+    # killed by it would make srun --kill-on-bad-exit stop the workers that are saving their backups).
+    with STOP.armed():
+        return _run(args)
+
+
+def _run(args) -> int:
     from medtf.training.config import ConfigError, load_config
 
     try:
@@ -45,5 +57,14 @@ def run(args) -> int:
         print(f"medtf tune: {exc}", file=sys.stderr)
         return 1
     if out["role"] == "worker":
-        print(f"medtf tune: worker {out['tuner_id']} done (no more trials)")
+        # 0 even when preempted: under srun --kill-on-bad-exit, an error would kill the workers still saving
+        print(f"medtf tune: worker {out['tuner_id']} " + ("preempted: stopped (the search continues on the next "
+                                                        "start)" if out["preempted"] else "done (no more trials)"))
+        return 0
+    if out["preempted"]:
+        from medtf.tuning.stop import EXIT_PREEMPTED
+
+        print(f"medtf tune: preempted: the search state is saved in {args.tune_dir}; run the same command again "
+              f"to continue (exit {EXIT_PREEMPTED})")
+        return EXIT_PREEMPTED
     return 0

@@ -20,6 +20,11 @@ import threading
 import keras
 
 
+def _late_signal(signum, frame):
+    print(f"medtf: signal {signal.Signals(signum).name} after training finished: ignored (nothing left to save)",
+          flush=True)
+
+
 def _num_workers(strategy) -> int:
     extended = getattr(strategy, "extended", None)
     return int(getattr(extended, "_num_workers", 1) or 1)
@@ -30,7 +35,9 @@ class PreemptionCallback(keras.callbacks.BackupAndRestore):
 
     Args:
         backup_dir: the BackupAndRestore folder (e.g. ``run_dir/backup``).
-        signals: signal numbers that mean "save and stop" (installed for the duration of ``fit``).
+        signals: signal numbers that mean "save and stop" (installed for the duration of ``fit``; afterwards the
+            previous handlers come back, except that a default (process-killing) disposition becomes "log and
+            ignore" once a run has finished, so a late signal cannot turn a finished job into a requeued one).
         sync_every: with several workers, combine the flag across workers every this many batches.
         **kwargs: passed to `keras.callbacks.BackupAndRestore` (``save_freq``, ``double_checkpoint`` ...).
 
@@ -70,8 +77,12 @@ class PreemptionCallback(keras.callbacks.BackupAndRestore):
                 self._previous_handlers[sig] = signal.signal(sig, self._on_signal)
         super().on_train_begin(logs)
 
-    def _restore_handlers(self):
+    def _restore_handlers(self, finished: bool):
         for sig, handler in self._previous_handlers.items():
+            if handler in (None, signal.SIG_DFL) and finished:
+                # The default action kills the process: a time-limit warning between the end of a finished run and
+                # the exit would make the job script (rc >= 128) requeue it and retrain from scratch.
+                handler = _late_signal
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
         self._previous_handlers = {}
 
@@ -112,6 +123,6 @@ class PreemptionCallback(keras.callbacks.BackupAndRestore):
             super().on_epoch_end(epoch, logs)
 
     def on_train_end(self, logs=None):
-        self._restore_handlers()
+        self._restore_handlers(finished=not self.preempted)
         if not self.preempted:  # a finished run deletes its backup; a preempted one keeps it to resume
             super().on_train_end(logs)

@@ -11,9 +11,14 @@ Tune directory layout::
     TUNE_DIR/hparams/                 TensorBoard HParams: the tuned hyperparameters against the objective
 
 Re-running the same command continues the search (keras-tuner ``overwrite=False``): finished trials are kept, an
-interrupted one is run again and resumes from its run directory's backup. Hyperband trials that continue an
-earlier trial (``tuner/trial_id``) train from scratch for ``tuner/epochs`` epochs in their own run directory
-(no warm start from the earlier trial's weights).
+interrupted one is handed out again under its own id and resumes from its run directory's backup.
+
+Preemption (SIGUSR1, see `medtf.tuning.stop`): a worker's running trial saves its backup mid-epoch and is left
+unfinished (still ongoing in the oracle), the chief saves the oracle, and `medtf tune` on the chief exits
+``EXIT_PREEMPTED`` (75); slurm/tune.sbatch then requeues the job and the search continues where it stopped.
+
+Hyperband trials that continue an earlier trial (``tuner/trial_id``) train from scratch for ``tuner/epochs`` epochs
+in their own run directory (no warm start from the earlier trial's weights).
 
 A trial that raises is recorded as FAILED (its error in results.csv) and the search goes on;
 ``tune.max_consecutive_failed_trials`` failures in a row stop it (results.csv is still written; `medtf tune` exits 1).
@@ -42,6 +47,7 @@ from keras_tuner.src.engine.trial import TrialStatus
 from medtf.training.config import ConfigError, save_resolved
 from medtf.tuning.settings import TuneConfigError, TuneSettings, base_config, build_oracle, tune_settings
 from medtf.tuning.space import active_values, apply_values
+from medtf.tuning.stop import STOP
 
 PROJECT = "oracle"
 RUNS_FILE = "tuner_runs.jsonl"
@@ -64,6 +70,14 @@ def best_epoch(values: list[float], direction: str) -> int | None:
     return min(finite, key=lambda vi: (sign * vi[0], vi[1]))[1]
 
 
+class TrialPreempted(keras_tuner.errors.FatalError):
+    """The trial's training saved a backup and stopped on the preemption signal: leave the trial unfinished.
+
+    A `FatalError` so that keras-tuner's ``_try_run_and_update_trial`` passes it on instead of recording the trial
+    as INVALID / FAILED; `ExperimentTuner.search` catches it and stops without ending the trial.
+    """
+
+
 class ExperimentTuner(keras_tuner.Tuner):
     """A keras-tuner `Tuner` whose trials are `medtf.training.engine.train` runs of the experiment.
 
@@ -80,6 +94,7 @@ class ExperimentTuner(keras_tuner.Tuner):
         self.base = dict(base)
         self.tune_dir = Path(tune_dir)
         self.idle_wait = idle_wait
+        self.preempted = False  # set by search(): it stopped on the preemption signal, the search is not over
         super().__init__(oracle=build_oracle(settings), directory=str(self.tune_dir), project_name=PROJECT,
                          overwrite=False)
 
@@ -90,7 +105,8 @@ class ExperimentTuner(keras_tuner.Tuner):
         """Run trials until the oracle says stop; the chief serves the oracle instead (see `serve_oracle`)."""
         if dist_utils.is_chief_oracle():
             self.save()
-            failure = serve_oracle(self.oracle, workers=int(os.environ.get("MEDTF_TUNE_WORKERS", "0")))
+            workers = int(os.environ.get("MEDTF_TUNE_WORKERS", "0"))
+            failure, self.preempted = serve_oracle(self.oracle, workers=workers, stop=STOP)
             if failure is not None:
                 raise failure
             return
@@ -100,6 +116,9 @@ class ExperimentTuner(keras_tuner.Tuner):
             self.save()
         self.on_search_begin()
         while True:
+            if STOP.requested:  # preempted between trials: ask for no new one
+                self.preempted = True
+                break
             self.pre_create_trial()
             trial = self.oracle.create_trial(self.tuner_id)
             if trial.status == TrialStatus.STOPPED:
@@ -108,7 +127,17 @@ class ExperimentTuner(keras_tuner.Tuner):
                 time.sleep(self.idle_wait)
                 continue
             self.on_trial_begin(trial)
-            self._try_run_and_update_trial(trial, *fit_args, **fit_kwargs)
+            try:
+                with STOP.resend_while_running():
+                    self._try_run_and_update_trial(trial, *fit_args, **fit_kwargs)
+            except TrialPreempted as exc:
+                # Not ended: the oracle keeps the trial ongoing, and its next start hands it out again (same id,
+                # same run directory, resumed from the backup). A local search saves that state here.
+                print(f"medtf tune: {exc}", flush=True)
+                self.preempted = True
+                if not self._is_worker():
+                    self.save()
+                break
             self.on_trial_end(trial)
         self.on_search_end()
 
@@ -132,7 +161,9 @@ class ExperimentTuner(keras_tuner.Tuner):
             raise keras_tuner.errors.FailedTrialError(str(exc)) from None
         seconds = time.monotonic() - start
         if result["preempted"]:
-            raise keras_tuner.errors.FatalError(f"trial {trial.trial_id} was preempted; re-run to continue")
+            STOP.request()  # the signal went to the training's own handler: this process stops too
+            raise TrialPreempted(f"trial {trial.trial_id} preempted: backup saved in {run_dir / 'backup'}; "
+                                 f"the next start of the search resumes it")
         history = result["history"]
         if name not in history:
             raise keras_tuner.errors.FatalError(f"tune.objective {name!r} is not a metric of the run "
@@ -142,7 +173,9 @@ class ExperimentTuner(keras_tuner.Tuner):
         metrics = {k: float(v[index]) for k, v in history.items() if len(v) > index}
         record = {"trial_id": trial.trial_id, "tuner_id": self.tuner_id, "host": socket.gethostname(),
                   "pid": os.getpid(), "started": started, "seconds": round(seconds, 3),
-                  "epochs": len(history[name]), "best_epoch": index + 1, name: metrics[name]}
+                  "epochs": len(history[name]), "best_epoch": index + 1, name: metrics[name],
+                  # > 0: this execution resumed a backup (a preempted earlier start) at this 0-based epoch
+                  "initial_epoch": int(result.get("initial_epoch") or 0)}
         with open(run_dir / RUNS_FILE, "a", encoding="utf-8") as f:  # appended: a re-run trial shows twice
             f.write(json.dumps(record) + "\n")
         return metrics
@@ -154,7 +187,8 @@ class ExperimentTuner(keras_tuner.Tuner):
         return keras.saving.load_model(self.trial_dir(trial.trial_id) / "checkpoints" / "best.keras")
 
 
-def serve_oracle(oracle, workers: int = 0, poll: float = 0.5, bind: str = "0.0.0.0") -> RuntimeError | None:
+def serve_oracle(oracle, workers: int = 0, poll: float = 0.5, bind: str = "0.0.0.0",
+                 stop=None) -> tuple[RuntimeError | None, bool]:
     """Serve ``oracle`` to the workers over gRPC until the search is over (the chief's job).
 
     keras-tuner's own ``oracle_chief.start_server`` binds to ``KERASTUNER_ORACLE_IP`` and polls every 20 s after
@@ -163,6 +197,12 @@ def serve_oracle(oracle, workers: int = 0, poll: float = 0.5, bind: str = "0.0.0
     restarted search does not run the last one again), and, given ``workers``, also waits until that many distinct
     workers were told to stop, so a worker that starts late is not left waiting for a chief that left. When
     ``tune.max_consecutive_failed_trials`` is reached, every worker is told to stop and the error is returned.
+    Given ``stop`` (a `medtf.tuning.stop.StopRequest`), it also returns once ``stop.requested`` (preemption: the
+    job script signals the chief after its workers left), saving the oracle with its ongoing trials.
+
+    Returns:
+        ``(failure, preempted)``: the too-many-failures error (or None) and whether it stopped on ``stop`` before
+        the search was over.
     """
     from concurrent import futures
 
@@ -209,16 +249,22 @@ def serve_oracle(oracle, workers: int = 0, poll: float = 0.5, bind: str = "0.0.0
     if not server.add_insecure_port(f"{bind}:{port}"):
         raise RuntimeError(f"the tuning chief cannot listen on port {port}")
     server.start()
+    preempted = False
     print(f"medtf tune: chief serving the oracle on {socket.gethostname()}:{port}"
           + (f" for {workers} workers" if workers else ""), flush=True)
     try:
         while not (servicer.stop_triggered and oracle_chief.exit_chief(oracle)
                    and len(servicer.stopped) >= workers):
+            if stop is not None and stop.requested:
+                print("medtf tune: chief preempted: oracle saved with its ongoing trials "
+                      f"{sorted(t.trial_id for t in oracle.ongoing_trials.values())}", flush=True)
+                preempted = True
+                break
             time.sleep(poll)
     finally:
         server.stop(grace=2)
         oracle.save()
-    return servicer.failure
+    return servicer.failure, preempted
 
 
 def settle_ended_trials(oracle) -> None:
@@ -255,9 +301,11 @@ def _check_same_search(config: Mapping, tune_dir: Path) -> None:
 def tune(config: Mapping, tune_dir: str | os.PathLike, verbose: int = 1) -> dict:
     """Run (or continue) the search described by ``config["tune"]`` in ``tune_dir``.
 
-    Returns ``{"role": "local" | "chief" | "worker", "tuner_id", "rows", "best", "results", "best_config",
-    "hparams"}`` (the last five None on a worker, which only trains). Raises `ConfigError` for a bad
-    ``tune`` section and `SearchFailedError` when too many trials failed in a row (after writing results.csv).
+    Returns ``{"role": "local" | "chief" | "worker", "tuner_id", "preempted", "rows", "best", "results",
+    "best_config", "hparams"}`` (the last five None on a worker, which only trains, and after a preemption:
+    SIGUSR1 stopped the search before its end, the state to continue from is saved, nothing is written).
+    Raises `ConfigError` for a bad ``tune`` section and `SearchFailedError` when too many trials failed in a row
+    (after writing results.csv).
 
     Example:
         >>> out = tune(load_config("experiments/lgg_unet2d_tune.yaml"), "runs/lgg-tune")   # doctest: +SKIP
@@ -271,8 +319,23 @@ def tune(config: Mapping, tune_dir: str | os.PathLike, verbose: int = 1) -> dict
     if role != "worker":
         _check_same_search(config, tune_dir)
         save_resolved(config, tune_dir, "search.yaml")
-    tuner = ExperimentTuner(settings, base_config(config), tune_dir)
-    tuner.oracle.verbose = verbose if role != "worker" else 0
+    with STOP.armed():  # SIGUSR1 from here on means "save and stop" (medtf.tuning.stop), not "die"
+        tuner = ExperimentTuner(settings, base_config(config), tune_dir)
+        tuner.oracle.verbose = verbose if role != "worker" else 0
+        failure = _search(tuner, role)
+    out = {"role": role, "tuner_id": tuner.tuner_id, "preempted": tuner.preempted, "rows": None, "best": None,
+           "results": None, "best_config": None, "hparams": None}
+    if role == "worker" or tuner.preempted:
+        return out
+    rows = collect_rows(tuner.oracle, settings, tune_dir)
+    out.update(rows=rows, **write_outputs(rows, settings, base_config(config), tuner.oracle, tune_dir))
+    if failure is not None:
+        raise SearchFailedError(f"search stopped: {failure}".strip()) from None
+    return out
+
+
+def _search(tuner: ExperimentTuner, role: str) -> RuntimeError | None:
+    """``tuner.search()``; returns keras-tuner's too-many-failures error (after settling the oracle)."""
     failure = None
     try:
         tuner.search()
@@ -284,15 +347,7 @@ def tune(config: Mapping, tune_dir: str | os.PathLike, verbose: int = 1) -> dict
         failure = exc
         settle_ended_trials(tuner.oracle)
         tuner.save()
-    out = {"role": role, "tuner_id": tuner.tuner_id, "rows": None, "best": None, "results": None,
-           "best_config": None, "hparams": None}
-    if role == "worker":
-        return out
-    rows = collect_rows(tuner.oracle, settings, tune_dir)
-    out.update(rows=rows, **write_outputs(rows, settings, base_config(config), tuner.oracle, tune_dir))
-    if failure is not None:
-        raise SearchFailedError(f"search stopped: {failure}".strip()) from None
-    return out
+    return failure
 
 
 class SearchFailedError(RuntimeError):

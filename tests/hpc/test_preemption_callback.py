@@ -73,6 +73,30 @@ def test_signal_saves_mid_epoch_and_resume_restarts_that_epoch(tmp_path):
     assert not cb2.preempted and not backup.exists()  # a finished run deletes its backup
 
 
+def test_a_late_signal_does_not_kill_a_finished_run(tmp_path):
+    """After a finished fit, USR1 (a time-limit warning arriving late) is logged and ignored, not fatal: the job
+    script would otherwise see exit >= 128 and requeue a finished run, which would retrain from scratch."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import os, signal, numpy as np, keras
+        from medtf.hpc.preemption import PreemptionCallback
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+        model.compile("sgd", "mse")
+        x = np.zeros((8, 4), "float32")
+        cb = PreemptionCallback({str(tmp_path / "backup")!r})
+        model.fit(x, x[:, :1], epochs=1, verbose=0, callbacks=[cb])
+        assert not cb.preempted
+        os.kill(os.getpid(), signal.SIGUSR1)
+        print("still alive", flush=True)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "SIGUSR1 after training finished: ignored" in proc.stdout and "still alive" in proc.stdout
+
+
 def test_without_signal_it_is_backup_and_restore(tmp_path):
     from medtf.hpc.preemption import PreemptionCallback
 

@@ -34,7 +34,9 @@ def test_tune_script_renders_chief_and_workers(tmp_path, monkeypatch, capsys):
     assert "{{" not in script
     directives = [line.split(None, 1)[1] for line in script.splitlines() if line.startswith("#SBATCH")]
     assert {"--nodes=2", "--ntasks=3", "--gpus-per-node=2", "--job-name=exp-tune"} <= set(directives)
-    assert not any(d.startswith(("--requeue", "--signal", "--ntasks-per-node")) for d in directives)
+    assert {"--requeue", "--signal=B:USR1@300"} <= set(directives)  # preemption-safe: it saves and requeues
+    assert not any(d.startswith("--ntasks-per-node") for d in directives)
+    assert "trap medtf_on_usr1 USR1" in script and 'scontrol requeue "$SLURM_JOB_ID"' in script
     assert f"TUNE_DIR={Path.cwd() / 'runs' / 'exp-tune'}\n" in script
     assert "export MEDTF_TUNE_WORKERS=3 " in script and "export MEDTF_GPUS_PER_NODE=2\n" in script
     assert re.search(rf"^KERASTUNER_TUNER_ID=chief CUDA_VISIBLE_DEVICES= medtf tune {path} --tune-dir "
