@@ -49,6 +49,17 @@ def lgg_source(tmp_path_factory) -> Path:
     return root
 
 
+def history_epochs(run_dir: Path) -> list[int]:
+    """The epoch column of ``run_dir/history.csv`` ([] when there is none yet)."""
+    import csv
+
+    path = run_dir / "history.csv"
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return [int(r["epoch"]) for r in csv.DictReader(f)]
+
+
 @pytest.fixture(scope="session")
 def lgg_tiny(tmp_path_factory) -> Path:
     """Tiny lgg-mri shards shared by the training, tuning and HPC tests: 4 patients x 6 slices of 32x32

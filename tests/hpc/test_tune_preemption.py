@@ -13,18 +13,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import history_epochs
 from tests.hpc.conftest import scontrol_job, slurm_log, submitted_id, tiny_config, wait_for_job
 
 REPO = Path(__file__).resolve().parents[2]
 EPOCHS, TRIALS = 4, 3
 
 
-def _epochs(run_dir: Path) -> list[int]:
-    path = run_dir / "history.csv"
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        return [int(r["epoch"]) for r in csv.DictReader(f)]
 
 
 @pytest.mark.parametrize("scancel", [["--batch"], []], ids=["batch-shell", "workers-only"])
@@ -54,7 +49,7 @@ def test_preempted_search_requeues_and_finishes_its_budget(scancel, slurm, lgg_t
 
     end = time.monotonic() + 150
     while time.monotonic() < end:  # signal once a trial has logged and backed up an epoch (and is still running)
-        running = [d for d in (tune_dir / "trials").glob("*") if 1 <= len(_epochs(d)) < EPOCHS - 1
+        running = [d for d in (tune_dir / "trials").glob("*") if 1 <= len(history_epochs(d)) < EPOCHS - 1
                    and (d / "backup" / "training_metadata.json").exists()]
         if running:
             break
@@ -82,7 +77,7 @@ def test_preempted_search_requeues_and_finishes_its_budget(scancel, slurm, lgg_t
     assert [r["status"] for r in rows] == ["COMPLETED"] * TRIALS
     for row in rows:
         run_dir = tune_dir / row["run_dir"]
-        assert _epochs(run_dir) == list(range(EPOCHS)), (row["trial_id"], _epochs(run_dir))  # each epoch once
+        assert history_epochs(run_dir) == list(range(EPOCHS)), (row["trial_id"], history_epochs(run_dir))  # each epoch once
         runs = [json.loads(line) for line in (run_dir / "tuner_runs.jsonl").read_text().splitlines()]
         assert len(runs) == 1 and runs[0]["epochs"] == EPOCHS, (row["trial_id"], runs)  # finished exactly once
         # a preempted trial resumed in its own directory from the epoch its backup saved; the others from scratch

@@ -9,20 +9,13 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
 
 import yaml
 
-from tests.conftest import run_medtf
+from tests.conftest import history_epochs, run_medtf
 from tests.tuning.conftest import tune_config
 
 
-def _epochs(run_dir: Path) -> list[int]:
-    path = run_dir / "history.csv"
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        return [int(r["epoch"]) for r in csv.DictReader(f)]
 
 
 def test_stop_request_nests_and_restores_the_handler():
@@ -77,8 +70,8 @@ def test_preempted_search_resumes_the_same_trial_from_its_backup(lgg_tiny, tmp_p
     def preempt_after_first_epoch():  # like SLURM's B:USR1, once trial 0 logged and backed up an epoch
         end = time.monotonic() + 120
         while time.monotonic() < end:
-            if _epochs(trial0) and (trial0 / "backup" / "training_metadata.json").exists():
-                seen["epochs"] = len(_epochs(trial0))
+            if history_epochs(trial0) and (trial0 / "backup" / "training_metadata.json").exists():
+                seen["epochs"] = len(history_epochs(trial0))
                 os.kill(os.getpid(), signal.SIGUSR1)
                 return
             time.sleep(0.02)
@@ -96,14 +89,14 @@ def test_preempted_search_resumes_the_same_trial_from_its_backup(lgg_tiny, tmp_p
     assert oracle["end_order"] == [] and oracle["run_times"] == {}, oracle
     assert (trial0 / "backup" / "training_metadata.json").is_file()
     assert not (trial0 / "tuner_runs.jsonl").exists() and not (tune_dir / "results.csv").exists()
-    assert 1 <= len(_epochs(trial0)) < 3
+    assert 1 <= len(history_epochs(trial0)) < 3
 
     assert run_medtf("tune", path, "--tune-dir", tune_dir, "--quiet") == 0
     with open(tune_dir / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["trial_id"] for r in rows] == ["0", "1"] and [r["status"] for r in rows] == ["COMPLETED"] * 2
     # trial 0 ran to its end once, in its own directory: every epoch once, the first of this start from the backup
-    assert _epochs(trial0) == [0, 1, 2]
+    assert history_epochs(trial0) == [0, 1, 2]
     runs = [json.loads(line) for line in (trial0 / "tuner_runs.jsonl").read_text().splitlines()]
     assert len(runs) == 1 and runs[0]["epochs"] == 3
     assert seen["epochs"] <= runs[0]["initial_epoch"] <= seen["epochs"] + 1 and runs[0]["initial_epoch"] < 3
