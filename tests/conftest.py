@@ -60,6 +60,24 @@ def history_epochs(run_dir: Path) -> list[int]:
         return [int(r["epoch"]) for r in csv.DictReader(f)]
 
 
+def sigkill_when(proc, ready, timeout: float, what: str, output) -> None:
+    """SIGKILL ``proc`` as soon as ``ready()`` is true (polled every 10 ms); fail if it exits first (showing
+    ``output()``, its last log) or ``timeout`` seconds pass ("``what`` in time"). The process is reaped."""
+    import signal
+    import time
+
+    deadline = time.monotonic() + timeout
+    try:
+        while not ready():
+            assert proc.poll() is None, output()[-3000:]
+            assert time.monotonic() < deadline, f"{what} in time"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 @pytest.fixture(scope="session")
 def lgg_tiny(tmp_path_factory) -> Path:
     """Tiny lgg-mri shards shared by the training, tuning and HPC tests: 4 patients x 6 slices of 32x32

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import TEST_SALT, run_medtf
+from tests.conftest import TEST_SALT, run_medtf, sigkill_when
 from tests.training.conftest import tiny_config
 
 
@@ -269,10 +269,8 @@ def _backup_epoch(meta: Path) -> int:
 
 def test_killed_cross_validation_resumes_the_interrupted_fold(tmp_path, lgg_folds2):
     """SIGKILL while fold 1 trains: the same command skips fold 0 and resumes fold 1 from its backup."""
-    import signal
     import subprocess
     import sys
-    import time
 
     from medtf.training.folds import training_state
 
@@ -290,16 +288,8 @@ def test_killed_cross_validation_resumes_the_interrupted_fold(tmp_path, lgg_fold
 
     with open(tmp_path / "first.log", "wb") as log:
         first = subprocess.Popen(command, cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 120
-        try:
-            while _backup_epoch(meta) < 1:
-                assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-                assert time.monotonic() < deadline, "fold 1 backed up no epoch in time"
-                time.sleep(0.01)
-            first.send_signal(signal.SIGKILL)
-        finally:
-            first.kill()
-            first.wait()
+        sigkill_when(first, lambda: _backup_epoch(meta) >= 1, 120, "fold 1 backed up no epoch",
+                     lambda: (tmp_path / "first.log").read_text())
     assert training_state(run_dir / "fold_0") == (True, "")
     assert not training_state(run_dir / "fold_1")[0] and not (run_dir / "cv_report.json").exists()
     resume_at = _backup_epoch(meta)
