@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+import medtf  # noqa: F401  (first: oneDNN and thread defaults are set before any test module imports TensorFlow)
+
 TEST_SALT = "medtf-test-salt"
 
 

@@ -13,6 +13,7 @@
     medtf slurm CONFIG [--nodes N ...] [--submit]           render / submit a SLURM job
     medtf tune CONFIG --tune-dir DIR [--set key=value ...]  keras-tuner search over the config's tune section
     medtf demo [--out DIR]                                  the built-in end-to-end job
+    medtf info [--json]                                     CPU features, oneDNN, usable cores, GPUs, versions
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from medtf import __version__
 # Sub-commands that live in their own module: each exposes ``register(commands)``, which adds its parser and sets
 # ``handler=<function(args) -> exit code>`` as a default, so main.py does not grow with every command.
 COMMAND_MODULES: tuple[str, ...] = ("medtf.cli.evaluate", "medtf.cli.export", "medtf.cli.predict",
-                                     "medtf.cli.slurm", "medtf.cli.tune", "medtf.cli.cv_report")
+                                     "medtf.cli.slurm", "medtf.cli.tune", "medtf.cli.cv_report", "medtf.cli.info")
 
 SYNTH_KINDS = {
     "brachy-ct": ("medtf.synth.brachy_ct", "generate_brachy_ct",

@@ -30,7 +30,7 @@ Config keys (beyond ``model``, ``loss``, ``optimizer``; everything below is opti
       {name: cosine, warmup_epochs: 0 | warmup_steps: 0, min_lr: 0, warmup_from: 0}
     train:
       epochs (1), steps_per_epoch (null: the whole split), validation_steps (null), monitor (val_dice), mode (max)
-      precision: float32        or mixed_float16 / mixed_bfloat16 (the global policy is restored afterwards)
+      precision: float32        or mixed_float16 / mixed_bfloat16 / auto (the global policy is restored afterwards)
       strategy: auto            auto | mirrored | one_device | multiworker (medtf.training.strategy); across
                                 several workers batch norm is synchronized (one set of moving statistics) and
                                 the validation split is sharded by example
@@ -54,6 +54,7 @@ from typing import Mapping
 
 import keras
 
+from medtf.runtime import resolve_precision
 from medtf.training.callbacks import (HParamsLogger, LearningRateLogger, NanGuard, backup_epoch, best_so_far,
                                       nan_message, trim_history)
 from medtf.training.config import save_resolved
@@ -162,7 +163,7 @@ def build_callbacks(config: Mapping, paths: RunPaths, guard: NanGuard, resumed_r
 def train(config: Mapping, run_dir: str | os.PathLike) -> dict:
     """Train the model described by ``config`` and write everything into ``run_dir`` (resuming a backup there).
 
-    Returns ``{"history": {metric: [per-epoch values, resumed epochs included]}, "model", "strategy",
+    Returns ``{"history": {metric: [per-epoch values, resumed epochs included]}, "model", "strategy", "precision",
     "initial_epoch", "preempted", "run_dir", "config", "best", "last", "logs", "csv"}`` (paths as strings).
     Raises `NonFiniteLossError` when the loss went NaN/inf (see `NanGuard`). The global mixed-precision policy is
     restored on exit, also on error.
@@ -178,7 +179,8 @@ def train(config: Mapping, run_dir: str | os.PathLike) -> dict:
     model_cfg, loss_cfg = _section(config, "model"), _section(config, "loss")
     opt_cfg, train_cfg = _section(config, "optimizer"), _section(config, "train")
     seed = config.get("seed")
-    policy = str(train_cfg.get("precision", "float32"))
+    # "auto": bfloat16 only where the hardware computes it natively, float16 on older GPUs (medtf.runtime).
+    policy = resolve_precision(train_cfg.get("precision", "float32"))
     epochs = int(train_cfg.get("epochs", 1))
 
     previous = keras.mixed_precision.global_policy().name
@@ -228,7 +230,7 @@ def train(config: Mapping, run_dir: str | os.PathLike) -> dict:
     history = {k: [float(r[k]) for r in resumed_rows if r.get(k) not in (None, "", "NA")] + [float(v) for v in vals]
                for k, vals in fit.history.items()}
     ckpt = run_dir / "checkpoints"
-    return {"history": history, "model": model, "strategy": strategy, "initial_epoch": initial_epoch,
+    return {"history": history, "model": model, "strategy": strategy, "initial_epoch": initial_epoch, "precision": policy,
             "preempted": bool(getattr(callbacks[-1], "preempted", False)), "run_dir": str(run_dir),
             "config": str(run_dir / "config.yaml"), "best": str(ckpt / "best.keras"),
             "last": str(ckpt / "last.keras"), "logs": str(run_dir / "logs"), "csv": str(run_dir / "history.csv")}
