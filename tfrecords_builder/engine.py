@@ -284,9 +284,21 @@ def _assign(patient_strata: list[tuple[str, Any]], fractions, options) -> tuple[
     for patient, stratum in patient_strata:
         per_patient.setdefault(patient, []).append(stratum)
     strata = splits.strata_from_values({p: _combine_strata(v) for p, v in per_patient.items()})
-    if options.folds:
-        return strata, splits.assign_folds(strata, options.folds, fractions.get("test", 0.0), options.seed)
-    return strata, splits.assign_splits(strata, fractions, options.seed)
+    try:
+        if options.folds:
+            return strata, splits.assign_folds(strata, options.folds, fractions.get("test", 0.0), options.seed)
+        return strata, splits.assign_splits(strata, fractions, options.seed)
+    except splits.EmptySplitError as exc:
+        asked = f"--folds {options.folds}" if options.folds else f"--split {options.split}"
+        n = f"{exc.num_patients} patient{'s' if exc.num_patients != 1 else ''}"
+        raise ConversionError(
+            f"{asked} leaves {_and(exc.empty)} empty: the data set has {n} (a split needs at least one); "
+            f"convert more patients, or ask only for splits that can be filled: --split 1,0,0 for train only, "
+            f"other --split fractions, or fewer --folds") from None
+
+
+def _and(names: list[str]) -> str:
+    return " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
 
 
 class _OrderedFeeder:

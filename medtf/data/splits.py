@@ -3,7 +3,9 @@
 Splitting happens on patients, never on examples, so no patient can appear in two splits. Patients are ordered by
 stratum and, within a stratum, by a seeded shuffle; they are then dealt one by one to the split that is furthest
 below its target share (a quota sampler). Every stratum is therefore spread over the splits in proportion, and
-the split sizes equal the largest-remainder rounding of ``fraction * num_patients``.
+the split sizes equal the largest-remainder rounding of ``fraction * num_patients``. A split (or fold) asked for
+with a non-zero fraction that this rounding leaves without a patient is an error (`EmptySplitError`), never a
+silently missing split.
 """
 
 from __future__ import annotations
@@ -14,6 +16,17 @@ from collections.abc import Mapping
 import numpy as np
 
 SPLIT_NAMES = ("train", "val", "test")
+
+
+class EmptySplitError(ValueError):
+    """A requested split (or fold) would get no patient; ``empty`` names them, ``num_patients`` says how many
+    patients there were to deal."""
+
+    def __init__(self, empty: list[str], num_patients: int, fractions: Mapping[str, float]):
+        self.empty, self.num_patients, self.fractions = list(empty), num_patients, dict(fractions)
+        shares = ", ".join(f"{k} {v:g}" for k, v in fractions.items())
+        super().__init__(f"split(s) {', '.join(empty)} would get no patient: {num_patients} "
+                         f"patient{'s' if num_patients != 1 else ''} dealt by fractions {shares}")
 
 
 def parse_fractions(text: str) -> dict[str, float]:
@@ -52,6 +65,9 @@ def assign_splits(patients: Mapping[str, str], fractions: Mapping[str, float], s
     total = sum(fractions.values())
     fractions = {k: v / total for k, v in fractions.items()}
     quota = _largest_remainder(len(patients), fractions)
+    empty = [k for k in fractions if fractions[k] > 0 and quota[k] == 0]
+    if empty:
+        raise EmptySplitError(empty, len(patients), fractions)
     assigned = {k: 0 for k in fractions}
     result = {}
     for i, patient in enumerate(_stratified_order(patients, seed)):

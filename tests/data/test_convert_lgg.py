@@ -109,12 +109,12 @@ def test_same_input_and_seed_give_byte_identical_shards(lgg_source, converted, t
 
 def test_rerun_is_a_no_op_and_key_is_outside_the_shards(lgg_source, tmp_path):
     out = tmp_path / "shards"
-    assert run_medtf("convert", "lgg-mri", "--input", lgg_source, "--output", out) == 0
+    assert run_medtf("convert", "lgg-mri", "--input", lgg_source, "--output", out, "--split", "0.5,0.25,0.25") == 0
     key_file = tmp_path / "shards.idkey"
     assert key_file.exists() and oct(key_file.stat().st_mode & 0o777) == "0o600"
     assert key_file.read_text().strip() not in (out / "manifest.json").read_text()
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
-    assert run_medtf("convert", "lgg-mri", "--input", lgg_source, "--output", out) == 0
+    assert run_medtf("convert", "lgg-mri", "--input", lgg_source, "--output", out, "--split", "0.5,0.25,0.25") == 0
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
 
 
@@ -232,3 +232,27 @@ def test_inspect_summarises_and_writes_previews(converted, capsys):
         assert preview.shape == (64, 64, 3)
         # The chosen slice shows tumour: some pixels are tinted red by the mask overlay.
         assert ((preview[..., 0].astype(int) - preview[..., 1]) > 60).sum() > 0
+
+
+def test_a_split_left_empty_is_an_error(tmp_path, caplog):
+    """One patient cannot fill train, val and test: say so (with the count) instead of writing a train-only set."""
+    from medtf.synth.lgg_mri import generate_lgg_mri
+
+    generate_lgg_mri(tmp_path / "src", cases=1, seed=1, num_slices=3, size=32)
+    out = tmp_path / "out"
+    caplog.clear()
+    assert run_medtf("convert", "lgg-mri", "--input", tmp_path / "src", "--output", out, "--id-salt", TEST_SALT,
+                     "--split", "0.8,0.1,0.1") == 2
+    message = " ".join(r.getMessage() for r in caplog.records if r.levelname == "ERROR")
+    assert "--split 0.8,0.1,0.1 leaves val and test empty" in message, message
+    assert "1 patient" in message and "--split 1,0,0" in message and "--folds" in message, message
+    assert not (out / "manifest.json").exists() and not list(out.glob("*.tfrecord"))
+    caplog.clear()
+    assert run_medtf("convert", "lgg-mri", "--input", tmp_path / "src", "--output", tmp_path / "folds",
+                     "--id-salt", TEST_SALT, "--folds", "2", "--split", "1") == 2
+    message = " ".join(r.getMessage() for r in caplog.records if r.levelname == "ERROR")
+    assert "--folds 2 leaves fold-1 empty" in message and "1 patient" in message, message
+    # Asking for train only is explicit, and works.
+    assert run_medtf("convert", "lgg-mri", "--input", tmp_path / "src", "--output", out, "--id-salt", TEST_SALT,
+                     "--split", "1,0,0") == 0
+    assert list(read_manifest(out)["splits"]) == ["train"]

@@ -69,3 +69,16 @@ def test_writer_refuses_one_patient_in_two_splits(tmp_path):
     writer.add("train", "p-1", second)
     with pytest.raises(SplitLeakError, match="p-1"):
         writer.add("test", "p-1", first)
+
+
+def test_a_split_without_patients_is_an_error():
+    with pytest.raises(splits.EmptySplitError, match=r"val, test .*1 patient") as info:
+        splits.assign_splits(_patients({"a": 1}), {"train": 0.8, "val": 0.1, "test": 0.1}, seed=0)
+    assert info.value.empty == ["val", "test"] and info.value.num_patients == 1
+    with pytest.raises(splits.EmptySplitError, match="test") as info:  # 6 x (0.8, 0.1, 0.1) -> 5, 1, 0
+        splits.assign_splits(_patients({"a": 6}), {"train": 0.8, "val": 0.1, "test": 0.1}, seed=0)
+    assert info.value.empty == ["test"]
+    with pytest.raises(splits.EmptySplitError, match="fold-2") as info:
+        splits.assign_folds(_patients({"a": 2}), folds=3, test_fraction=0, seed=0)
+    assert info.value.empty == ["fold-2"]
+    assert set(splits.assign_splits(_patients({"a": 1}), {"train": 1.0}, seed=0).values()) == {"train"}

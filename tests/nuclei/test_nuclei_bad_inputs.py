@@ -117,7 +117,7 @@ def test_mixed_layouts_and_bad_options_are_refused(nuclei_source, tmp_path, capl
     assert "--tile-overlap must be in [0, 256)" in caplog.text
     assert not (tmp_path / "b" / "manifest.json").exists()
     # --layout picks one of the two, and --resize without tiles needs square images (these are)
-    assert _convert(nuclei_source, tmp_path / "c", "--layout", "consep", "--resize", "200") == 0
+    assert _convert(nuclei_source, tmp_path / "c", "--layout", "consep", "--resize", "200", "--split", "0.5,0.5") == 0
     assert {e["image"].shape for e in decoded(tmp_path / "c")} == {(200, 200, 3)}
 
 
@@ -132,7 +132,7 @@ def test_resize_of_a_non_square_image_is_a_clear_case_failure(nuclei_source, tmp
     mat = loadmat(label)
     savemat(label, {"inst_map": mat["inst_map"][:300], "inst_type": mat["inst_type"]})
     out = tmp_path / "out"
-    assert _convert(src, out, "--resize", "200") == 0
+    assert _convert(src, out, "--resize", "200", "--split", "1") == 0  # one of the two images converts
     manifest = read_manifest(out)
     assert _failures(manifest) == [
         ("test_1.png", "resizing needs square tiles; this tile is 300x400 (set a tile size)")]

@@ -13,6 +13,8 @@ from tests.conftest import TEST_SALT, find_phi, run_medtf
 from tests.nuclei.conftest import check_boxes, decoded
 
 ORIGINS = [(0, 0), (0, 144), (144, 0), (144, 144)]  # 400 px, tile 256, overlap 64
+# Two CoNSeP images (the split unit): train and val; a third split would stay empty, which is an error.
+CONSEP_SPLIT = ("--split", "0.5,0.5")
 CONSEP_MERGE = {1: 1, 2: 2, 3: 3, 4: 3, 5: 4, 6: 4, 7: 4}  # HoVer-Net: epithelial 3+4, spindle 5+6+7
 
 
@@ -113,7 +115,8 @@ def test_pannuke_tile_split_unit(nuclei_source, tmp_path):
 ])
 def test_consep_tiles_boxes_border_rule_and_classes(nuclei_source, tmp_path, extra, min_visible, size):
     out = tmp_path / "out"
-    assert _convert(nuclei_source / "consep", out, "--tile-size", "256", "--tile-overlap", "64", *extra) == 0
+    assert _convert(nuclei_source / "consep", out, "--tile-size", "256", "--tile-overlap", "64", *CONSEP_SPLIT,
+                    *extra) == 0
     original = "original" in extra
     manifest = read_manifest(out)
     assert len(manifest["options"]["class_names"]) == (8 if original else 5)
@@ -152,7 +155,7 @@ def test_border_rule_drops_some_and_keeps_clipped_nuclei(nuclei_source, tmp_path
     for mv in ("0", "1"):
         out = tmp_path / mv
         assert _convert(nuclei_source / "consep", out, "--tile-size", "256", "--tile-overlap", "64",
-                        "--min-visible", mv) == 0
+                        "--min-visible", mv, *CONSEP_SPLIT) == 0
         examples = decoded(out)
         counts[mv] = sum(e["instance_ids"].size for e in examples)
         touching = sum(int(((e["boxes"][:, :2] == 0) | (e["boxes"][:, 2:] == 256)).any(1).sum()) for e in examples)
