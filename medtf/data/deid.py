@@ -26,16 +26,34 @@ def load_or_create_key(output_dir, id_salt: str | None = None, key_file: str | o
     if id_salt:
         return id_salt.encode("utf-8")
     path = Path(key_file) if key_file else key_file_for(output_dir)
-    if path.exists():
-        key = path.read_text().strip()
-        if not key:
-            raise ValueError(f"{path}: id key file is empty")
-        return key.encode("utf-8")
+    if not path.exists():
+        _create_key_file(path)
+    key = path.read_text().strip()
+    if not key:
+        raise ValueError(f"{path}: id key file is empty")
+    return key.encode("utf-8")
+
+
+def _create_key_file(path: Path) -> None:
+    """Write a fresh secret to ``path`` unless another process got there first.
+
+    Several processes may start at once (the tasks of a conversion job array): the key is written to a private
+    temporary file and hard-linked into place, so ``path`` appears complete or not at all, and exactly one key wins.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(secrets.token_hex(32) + "\n")
-    return path.read_text().strip().encode("utf-8")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(32) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another process created it: use theirs
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def key_fingerprint(key: bytes) -> str:
