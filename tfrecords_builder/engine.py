@@ -10,6 +10,9 @@ A converter module only says how to *find* cases in its layout and how to turn *
 2. **Patient-level splits** (stratified when the converter gives a stratum), assigned after all cases are known.
 3. **Shards + manifest** through `medtf.data.writer.DatasetWriter`; ``.work`` is removed after success.
 
+On a cluster, ``--num-tasks N --task-index I`` runs step 1 for one share of the patients and ``--merge`` runs steps
+2 and 3 over the work of all tasks, with the same result (see `tfrecords_builder.tasks`).
+
 Patient identifiers never leave a worker un-hashed: examples, file names, failures and log lines carry only the
 keyed pseudonym (`medtf.data.deid.IdHasher`).
 """
@@ -34,6 +37,7 @@ from medtf.data.manifest import ManifestError, read_manifest, write_json_atomic
 from medtf.data.schema import Schema
 from medtf.data.writer import DatasetWriter, iter_record_file, write_record_file
 from medtf.io.errors import InputError
+from tfrecords_builder import tasks
 
 log = logging.getLogger("medtf.convert")
 WORK_DIR = ".work"
@@ -118,6 +122,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-raw-paths", action="store_true",
                         help="print raw input paths of failures on the console (may show patient IDs; never "
                              "written to the manifest)")
+    tasks.add_task_arguments(parser)
 
 
 def _fingerprint(payload: Any) -> str:
@@ -181,8 +186,9 @@ def _worker_init():
 
 
 def run_conversion(converter: Converter, options: argparse.Namespace) -> dict:
-    """Convert ``options.input`` into ``options.output``; returns the manifest."""
+    """Convert ``options.input`` into ``options.output``; returns the manifest (a task: its status)."""
     input_dir, output_dir = Path(options.input), Path(options.output)
+    task = tasks.task_from_options(options)
     if not input_dir.is_dir():
         raise ConversionError(f"{input_dir}: input folder does not exist")
     fractions = splits.parse_fractions(options.split)
@@ -208,8 +214,11 @@ def run_conversion(converter: Converter, options: argparse.Namespace) -> dict:
                               (f" ({len(failures)} inputs rejected)" if failures else ""))
 
     split_options = {"fractions": fractions, "folds": options.folds, "seed": options.seed}
-    run_fp = _fingerprint([case_fp, split_options, options.shard_size_mb, options.compression,
-                           _input_fingerprint(cases, key)])
+    input_fp = _input_fingerprint(cases, key)
+    run_fp = _fingerprint([case_fp, split_options, options.shard_size_mb, options.compression, input_fp])
+    # What a task and the merge must agree on (named in the merge's message when they do not).
+    settings = {"case_options": case_options, "split": split_options, "shard_size_mb": options.shard_size_mb,
+                "compression": options.compression, "id_key": deid.key_fingerprint(key), "input": input_fp}
     if not options.force:
         try:
             existing = read_manifest(output_dir)
@@ -221,6 +230,10 @@ def run_conversion(converter: Converter, options: argparse.Namespace) -> dict:
 
     work_dir = output_dir / WORK_DIR
     work_dir.mkdir(parents=True, exist_ok=True)
+    if task is not None:
+        # A split that all patients cannot fill fails every task now, not the merge after all the work.
+        _assign([(hasher(c.patient_id), None) for c in cases], fractions, options)
+        return _run_task(converter, cases, options, key, work_dir, case_fp, settings, task)
     writer = DatasetWriter(output_dir, converter.schema, options.shard_size_mb, options.compression)
     feeder = None
     if converter.stratify_at_discovery:
@@ -233,8 +246,14 @@ def run_conversion(converter: Converter, options: argparse.Namespace) -> dict:
         rank = {key: i for i, (_, _, key) in enumerate(order)}
         cases = sorted(cases, key=lambda c: rank[c.key])
     try:
-        statuses = _convert_cases(converter, cases, options, key, work_dir, case_fp,
-                                  on_done=feeder.case_done if feeder else None)
+        if getattr(options, "merge", False):
+            statuses = _merged_statuses(cases, options, key, work_dir, case_fp, settings)
+            for status in statuses:
+                if feeder:
+                    feeder.case_done(status)
+        else:
+            statuses = _convert_cases(converter, cases, options, key, work_dir, case_fp,
+                                      on_done=feeder.case_done if feeder else None)
         for status in statuses:
             failures.extend(_status_failures(status, options))
         if options.strict and failures:
@@ -268,6 +287,56 @@ def run_conversion(converter: Converter, options: argparse.Namespace) -> dict:
         raise
     shutil.rmtree(work_dir, ignore_errors=True)
     return manifest
+
+
+def _run_task(converter, cases, options, key, work_dir, case_fp, settings, task) -> dict:
+    """Convert one task's share of ``cases`` into ``work_dir`` (resuming); returns the task's status."""
+    index, count = task
+    case_ids, hasher = deid.IdHasher(key, prefix="c"), deid.IdHasher(key)
+    of_task = tasks.assign_tasks({case_ids(c.key): hasher(c.patient_id) for c in cases}, count)
+    mine = [c for c in cases if of_task[case_ids(c.key)] == index]
+    ids = [case_ids(c.key) for c in mine]
+    log.info("task %d of %d: %d of %d cases", index, count, len(mine), len(cases))
+    tasks.write_task_status(work_dir, index, count, settings, ids, finished=False)
+    statuses = _convert_cases(converter, mine, options, key, work_dir, case_fp)
+    failures = [f for status in statuses for f in _status_failures(status, options)]
+    if options.strict and failures:
+        raise ConversionError(f"--strict: {failures[0]['file']}: {failures[0]['reason']}")
+    return tasks.write_task_status(work_dir, index, count, settings, ids, finished=True, num_cases=len(mine),
+                                   num_examples=sum(s["num_examples"] for s in statuses if s["ok"]),
+                                   num_failed=len(failures))
+
+
+def _merged_statuses(cases, options, key, work_dir, case_fp, settings) -> list[dict]:
+    """Every case's status as the tasks left it in ``work_dir`` (failures included), in ``cases`` order.
+
+    Raises `tasks.TaskError` naming the cases (and their tasks) that have no finished conversion with these
+    options, or the tasks that ran with other input or options.
+    """
+    problems = tasks.settings_problems(work_dir, settings, options.num_tasks)
+    case_ids, hasher = deid.IdHasher(key, prefix="c"), deid.IdHasher(key)
+    statuses, missing, other = [], [], []
+    for case in cases:
+        case_id = case_ids(case.key)
+        try:
+            status = json.loads((work_dir / f"{case_id}.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            missing.append(case_id)
+            continue
+        if status.get("options") != case_fp:
+            other.append(case_id)
+            missing.append(case_id)
+        elif status["ok"] and not _work_file_intact(work_dir, status):
+            missing.append(case_id)
+        else:
+            statuses.append({**status, "raw_file": case.key})
+    if missing:
+        raise tasks.TaskError(tasks.missing_message(
+            missing, len(cases), work_dir, {case_ids(c.key): hasher(c.patient_id) for c in cases},
+            options.num_tasks, other, problems))
+    if problems:
+        raise tasks.TaskError("cannot merge: " + tasks.settings_message(problems))
+    return statuses
 
 
 def _public_path(input_dir: Path, path: str, pseudonym) -> str:
@@ -434,6 +503,9 @@ def run_from_options(converter: Converter, options) -> int:
     except (ConversionError, ValueError, InputError) as exc:
         log.error("%s", exc)
         return 2
+    if "splits" not in manifest:  # one task of a cluster conversion: no shards yet
+        print(tasks.summary(manifest, converter.kind, options.output))
+        return 0
     summary = ", ".join(f"{name}: {s['num_patients']} patients / {s['num_examples']} examples"
                         for name, s in manifest["splits"].items())
     print(f"{manifest['kind']} -> {options.output}: {summary}; {manifest['num_failed']} failed inputs")

@@ -123,7 +123,7 @@ def _convert(args) -> int:
     from tfrecords_builder.engine import run_from_options
 
     code = run_from_options(args.converter, args)
-    if code == 0:
+    if code == 0 and (args.merge or args.num_tasks is None):  # a task (--num-tasks) writes no shards to preview
         for path in write_previews(args.output):
             print(f"preview: {path}")
     return code
