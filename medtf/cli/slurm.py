@@ -5,6 +5,8 @@
                        [--run-dir DIR] [--cluster-config FILE] [--after JOBID] [--dry-run | --submit]
     medtf slurm CONFIG --tune --workers N [--nodes M] [--gpus-per-node G] ...   a `medtf tune` search job
     medtf slurm run [options] -- COMMAND ...     any other medtf command as a job (convert, evaluate, ...)
+    medtf slurm convert KIND --input IN --output OUT --num-tasks N [convert options] [job options]
+                                                 conversion as a job array of N tasks + a dependent merge job
     medtf slurm status JOBID [JOBID ...]         state, reason, elapsed time, nodes, array tasks
 
 The template follows from the resources: 1 GPU (or 0: a CPU job), several GPUs on one node (MirroredStrategy),
@@ -16,6 +18,10 @@ RUN_DIR/slurm/NAME.sbatch, submits it and prints only the job id on stdout, so c
 
     conv=$(medtf slurm run --submit --run-dir runs/lgg -- convert lgg-mri --input raw --output data/lgg)
     train=$(medtf slurm experiments/lgg_unet2d.yaml --submit --after "$conv" --run-dir runs/lgg)
+
+`slurm convert` takes `medtf convert KIND`'s options (checked before anything is submitted; `--workers W` also asks
+for W CPUs per task) and the job options --time, --partition, --account, --job-name, --run-dir (default
+runs/convert-KIND), --after, --cluster-config; --submit prints the merge job's id (wait on it with --after).
 
 Site settings (modules, venv, account, partition, --gres vs --gpus-per-node) come from the cluster config:
 --cluster-config FILE, $MEDTF_CLUSTER_CONFIG or ~/.config/medtf/cluster.yaml (format: medtf/hpc/cluster_config.py).
@@ -62,8 +68,9 @@ def _add_options(p, default=None) -> None:
 def register(commands) -> None:
     p = commands.add_parser("slurm", help="render / submit SLURM job scripts, and show job status",
                             description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("target", metavar="CONFIG|run|status",
-                   help="experiment YAML to train, `run` (any medtf command after --) or `status`")
+    p.add_argument("target", metavar="CONFIG|run|convert|status",
+                   help="experiment YAML to train, `run` (any medtf command after --), `convert` (a conversion as "
+                        "a job array + merge) or `status`")
     # REMAINDER: options after the target and a medtf command after `--` (re-parsed in `_split_rest`).
     p.add_argument("rest", nargs=argparse.REMAINDER, metavar="...",
                    help="options; job ids for `status`; `-- COMMAND ...` for `run`")
@@ -76,6 +83,8 @@ def _split_rest(args) -> list[str] | None:
     rest = list(args.rest)
     if args.target == "status":
         return rest
+    if args.target == "convert":
+        return _split_convert_rest(args, rest)
     command: list[str] = []
     if "--" in rest:
         rest, command = rest[: rest.index("--")], rest[rest.index("--") + 1:]
@@ -95,6 +104,91 @@ def _split_rest(args) -> list[str] | None:
         print("medtf slurm: --dry-run and --submit exclude each other", file=sys.stderr)
         return None
     return command
+
+
+# Job options of a training job that mean nothing for a conversion (its --workers goes to `medtf convert`).
+_NOT_FOR_CONVERT = {"nodes": 1, "tasks_per_node": 1, "array": None, "overrides": [], "tune": False}
+
+
+def _split_convert_rest(args, rest: list[str]) -> list[str] | None:
+    """`slurm convert`: apply the job options; return the `medtf convert` arguments (KIND first)."""
+    parser = argparse.ArgumentParser(prog="medtf slurm convert", add_help=False, allow_abbrev=False)
+    _add_options(parser, default=argparse.SUPPRESS)
+    given, command = parser.parse_known_args(rest)
+    for key, value in vars(given).items():
+        setattr(args, key, getattr(args, key) + value if isinstance(value, list) else value)
+    wrong = [f"--{k.replace('_', '-')}" if k != "overrides" else "--set" for k, default in _NOT_FOR_CONVERT.items()
+             if getattr(args, k) != default]
+    if wrong:
+        print(f"medtf slurm convert: {', '.join(wrong)} are training options; a conversion runs as --num-tasks "
+              f"single-node tasks", file=sys.stderr)
+        return None
+    if args.workers is not None:  # worker processes of each task: `medtf convert --workers`
+        command += ["--workers", str(args.workers)]
+    if args.dry_run and args.submit:
+        print("medtf slurm: --dry-run and --submit exclude each other", file=sys.stderr)
+        return None
+    return command
+
+
+def _convert_jobs(args, command: list[str], cluster) -> int:
+    """Render (or write and submit) the task array and the merge job of a cluster conversion."""
+    from medtf.data import deid
+    from medtf.hpc.slurm import JobSpec, render_job, submit, write_job
+    from tfrecords_builder import CONVERTERS, get_converter
+    from tfrecords_builder.engine import add_common_arguments
+
+    if not command or command[0].startswith("-"):
+        print(f"medtf slurm convert: give the kind first, one of {sorted(CONVERTERS)}", file=sys.stderr)
+        return 2
+    kind, convert_args = command[0], command[1:]
+    if kind not in CONVERTERS:
+        print(f"medtf slurm convert: unknown kind {kind!r}; known: {sorted(CONVERTERS)}", file=sys.stderr)
+        return 2
+    converter = get_converter(kind)
+    parser = argparse.ArgumentParser(prog=f"medtf slurm convert {kind}")
+    add_common_arguments(parser)
+    converter.add_arguments(parser)
+    try:
+        options = parser.parse_args(convert_args)  # the tasks' options fail here, not in the queue
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    if options.num_tasks is None or options.task_index is not None or options.merge:
+        print("medtf slurm convert: give --num-tasks N (the array's size); the job sets each task's index and "
+              "runs --merge itself", file=sys.stderr)
+        return 2
+    if options.num_tasks < 1:
+        print(f"medtf slurm convert: --num-tasks must be at least 1, got {options.num_tasks}", file=sys.stderr)
+        return 2
+    if not options.input.is_dir():
+        print(f"medtf slurm convert: {options.input}: input folder does not exist", file=sys.stderr)
+        return 2
+    n = options.num_tasks
+    name = args.job_name or f"convert-{kind}"
+    common = dict(run_dir=args.run_dir or f"runs/convert-{kind}", time=args.time, partition=args.partition,
+                  account=args.account, resumable=True, cpus_per_task=options.workers if options.workers > 1 else None)
+    tasks = JobSpec(command=["convert", *command], array=f"0-{n - 1}", job_name=name, after=args.after, **common)
+
+    def merge(array_id: str) -> JobSpec:
+        return JobSpec(command=["convert", *command, "--merge"], job_name=f"{name}-merge", after=[array_id],
+                       **{**common, "cpus_per_task": None})  # the merge copies records: one process
+
+    if not args.submit:
+        sys.stdout.write(render_job(tasks, cluster))
+        sys.stdout.write(f"\n# ==== merge job: submitted after the array, ARRAY_JOB_ID is the array's job id ====\n")
+        sys.stdout.write(render_job(merge("ARRAY_JOB_ID"), cluster))
+        return 0
+    if not (options.id_salt or options.id_key_file):
+        # Made once, here, rather than by whichever task starts first.
+        deid.load_or_create_key(options.output)
+    tasks_path = write_job(tasks, cluster)
+    array_id = submit(tasks_path)
+    merge_path = write_job(merge(array_id), cluster)
+    merge_id = submit(merge_path)
+    print(f"submitted {tasks_path} as job array {array_id} ({n} tasks) and {merge_path} as job {merge_id} "
+          f"(merges after every task succeeded)", file=sys.stderr)
+    print(merge_id)
+    return 0
 
 
 def run(args) -> int:
@@ -117,6 +211,8 @@ def run(args) -> int:
                 print(summarize(jobs))
             return 0 if found else 1
         cluster = load_cluster_config(args.cluster_config)
+        if args.target == "convert":
+            return _convert_jobs(args, rest, cluster)
         if args.target == "run":
             if not rest:
                 print("medtf slurm run: give the medtf command after --, e.g. -- convert lgg-mri ...",

@@ -26,7 +26,8 @@ from typing import Mapping, Sequence
 from medtf.hpc.cluster_config import ClusterConfig
 
 TEMPLATES = {"gpu": "train_gpu.sbatch", "multigpu": "train_multigpu.sbatch", "multinode": "train_multinode.sbatch",
-             "array": "train_array.sbatch", "command": "command.sbatch", "tune": "tune.sbatch"}
+             "array": "train_array.sbatch", "command": "command.sbatch", "tune": "tune.sbatch",
+             "convert": "convert.sbatch"}
 _PLACEHOLDER = re.compile(r"\{\{\s*([a-z_]+)\s*\}\}")
 _INCLUDE = re.compile(r"\{\{\s*include\s+([\w./-]+)\s*\}\}")
 _TIME = re.compile(r"^(?:(\d+)-)?(\d+):(\d{2}):(\d{2})$")
@@ -78,6 +79,9 @@ class JobSpec:
         config: experiment YAML (training jobs) — made absolute, jobs start in ``workdir``.
         run_dir: the run directory; the script and SLURM logs go to ``run_dir/slurm/``.
         command: for a non-training job, the medtf arguments (e.g. ``["convert", "lgg-mri", ...]``).
+        resumable: the command resumes when run again (``medtf convert``, its tasks and merge): the job requeues
+            itself when preempted, and with ``array`` runs one command per task (convert.sbatch).
+        cpus_per_task: CPUs per task (default: the cluster config's), e.g. a conversion's ``--workers``.
         nodes, gpus_per_node, tasks_per_node: 1 / 1 / 1 -> single-GPU template; G > 1 -> MirroredStrategy;
             N > 1 or T > 1 -> N x T workers (srun tasks) with MultiWorkerMirroredStrategy, T per node (1: each
             worker uses all GPUs of its node; T = G: one worker per GPU); gpus_per_node 0 -> a CPU job.
@@ -106,10 +110,12 @@ class JobSpec:
     workdir: str = field(default_factory=os.getcwd)
     tune: bool = False
     workers: int = 1
+    resumable: bool = False
+    cpus_per_task: int | None = None
 
     def kind(self) -> str:
         if self.command:
-            return "command"
+            return "convert" if self.resumable else "command"
         if self.tune:
             return "tune"
         if self.array:
@@ -126,11 +132,12 @@ def sbatch_options(spec: JobSpec, cluster: ClusterConfig) -> list[str]:
         options.append(f"--partition={spec.partition or cluster.partition}")
     if spec.account or cluster.account:
         options.append(f"--account={spec.account or cluster.account}")
-    gpus = 0 if spec.kind() == "command" else spec.gpus_per_node
+    gpus = 0 if spec.command else spec.gpus_per_node
     if cluster.gpu_option(gpus):
         options.append(cluster.gpu_option(gpus))
-    if cluster.cpus(gpus):
-        options.append(f"--cpus-per-task={cluster.cpus(gpus)}")
+    cpus = spec.cpus_per_task or cluster.cpus(gpus)
+    if cpus:
+        options.append(f"--cpus-per-task={cpus}")
     if cluster.mem:
         options.append(f"--mem={cluster.mem}")
     if spec.after:
@@ -144,7 +151,7 @@ def render_job(spec: JobSpec, cluster: ClusterConfig | None = None) -> str:
     """The complete job script for ``spec`` on ``cluster`` (no files written)."""
     cluster = cluster or ClusterConfig()
     kind = spec.kind()
-    if kind != "command" and not spec.config:
+    if not spec.command and not spec.config:
         raise SlurmError("a training job needs an experiment config")
     if kind == "tune":
         _check_tune(spec)
@@ -167,8 +174,9 @@ def render_job(spec: JobSpec, cluster: ClusterConfig | None = None) -> str:
         "template": TEMPLATES[kind], "script_name": f"{name}.sbatch", "job_name": name, "time": spec.time,
         "nodes": spec.nodes, "gpus_per_node": spec.gpus_per_node, "tasks_per_node": spec.tasks_per_node,
         "array": spec.array or "",
+        "array_option": f"#SBATCH --array={spec.array}" if spec.array else "",
         "log_dir": shlex.quote(str(run_dir / "slurm")),
-        "output_pattern": "%x-%A_%a.out" if kind == "array" else "%x-%j.out",
+        "output_pattern": "%x-%A_%a.out" if spec.array and kind in ("array", "convert") else "%x-%j.out",
         "sbatch_options": "\n".join(sbatch_options(spec, cluster)),
         "env_setup": cluster.env_setup(), "workdir": shlex.quote(str(Path(spec.workdir).absolute())),
         "run_dir": shlex.quote(str(run_dir)), "medtf": cluster.medtf,

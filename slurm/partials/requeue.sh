@@ -1,14 +1,15 @@
 # --- Preemption-safe resume -----------------------------------------------------------------------------------
 # SLURM signals this shell (B:USR1) {{signal_seconds}} s before the time limit; `scancel --signal=USR1 --batch JOBID`
-# does the same by hand. The trap forwards USR1 to the training process, whose PreemptionCallback saves a backup
-# at the end of the current batch and stops; this script then requeues the job (#SBATCH --requeue) and the next
-# start resumes from $RUN_DIR/backup (BackupAndRestore), losing at most the unfinished part of one epoch.
+# does the same by hand. The trap forwards USR1 to the medtf process: a training's PreemptionCallback saves a backup
+# at the end of the current batch and stops (a conversion task just stops: its finished cases are on disk); this
+# script then requeues the job (#SBATCH --requeue) and the next start resumes: a training from $RUN_DIR/backup
+# (BackupAndRestore), losing at most the unfinished part of one epoch; a conversion at its first unfinished case.
 MEDTF_PREEMPTED=0
 MEDTF_CHILD=
 MEDTF_MAX_REQUEUES={{max_requeues}}
 medtf_on_usr1() {
   MEDTF_PREEMPTED=1
-  echo "medtf-slurm: USR1 at $(date -Is): asking the training to save a backup and stop"
+  echo "medtf-slurm: USR1 at $(date -Is): asking medtf to stop (a training saves a backup first)"
   if [[ -n $MEDTF_CHILD ]]; then kill -USR1 "$MEDTF_CHILD" 2>/dev/null || true; fi
 }
 trap medtf_on_usr1 USR1
@@ -31,7 +32,7 @@ run_resumable() {
       echo "medtf-slurm: preempted but already requeued $restarts times; giving up (resubmit to continue)" >&2
       return 3
     fi
-    echo "medtf-slurm: requeueing job ${SLURM_JOB_ID} (exit $rc); the next start resumes from $RUN_DIR/backup"
+    echo "medtf-slurm: requeueing job ${SLURM_JOB_ID} (exit $rc); the next start resumes where this one stopped"
     scontrol requeue "$SLURM_JOB_ID"
     exit 0
   fi

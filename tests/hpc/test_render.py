@@ -143,3 +143,51 @@ def test_parse_scontrol_keeps_values_with_spaces():
     (job,) = parse_scontrol(line + "\n")
     assert job["Command"] == "/tmp/a b/x.sbatch" and job["StdOut"] == "/tmp/a b/slurm/exp-7.out"
     assert job["ArrayTaskId"] == "1" and job["Reason"] == "Dependency"
+
+
+def test_convert_array_and_merge(tmp_path, capsys):
+    """`slurm convert`: an array of N requeueing tasks, and a merge job that waits for all of them."""
+    src = tmp_path / "raw"
+    src.mkdir()
+    capsys.readouterr()
+    assert run_medtf("slurm", "convert", "lgg-mri", "--input", src, "--output", tmp_path / "shards", "--num-tasks", 4,
+                     "--split", "0.7,0.15,0.15", "--workers", 3, "--time", "00:30:00", "--run-dir", tmp_path / "conv",
+                     "--after", "17") == 0
+    text = capsys.readouterr().out
+    tasks, merge = text.split("\n# ==== merge job: submitted after the array, ARRAY_JOB_ID is the array's job id "
+                              "====\n")
+    for script in (tasks, merge):
+        proc = subprocess.run(["bash", "-n"], input=script, text=True, capture_output=True)
+        assert proc.returncode == 0, proc.stderr + script
+        assert "{{" not in script and "scontrol requeue" in script and "trap medtf_on_usr1 USR1" in script
+    opts = sbatch_lines(tasks)
+    assert {"--array=0-3", "--requeue", "--cpus-per-task=3", "--time=00:30:00", "--job-name=convert-lgg-mri",
+            f"--output={tmp_path}/conv/slurm/%x-%A_%a.out", "--dependency=afterok:17"} <= set(opts), opts
+    assert not any("gpu" in o for o in opts)
+    command = (f"run_resumable medtf convert lgg-mri --input {src} --output {tmp_path}/shards --num-tasks 4 "
+               f"--split 0.7,0.15,0.15 --workers 3")
+    assert re.search(rf"^{re.escape(command)}$", tasks, re.M), tasks
+    opts = sbatch_lines(merge)
+    assert {"--requeue", "--job-name=convert-lgg-mri-merge", "--dependency=afterok:ARRAY_JOB_ID",
+            "--kill-on-invalid-dep=yes", f"--output={tmp_path}/conv/slurm/%x-%j.out"} <= set(opts), opts
+    assert not any(o.startswith(("--array", "--cpus-per-task")) for o in opts)
+    assert re.search(rf"^{re.escape(command)} --merge$", merge, re.M), merge
+
+
+@pytest.mark.parametrize("args, message", [
+    (("lgg-mri", "--input", "{src}", "--output", "o"), "give --num-tasks N"),
+    (("lgg-mri", "--input", "{src}", "--output", "o", "--num-tasks", "2", "--task-index", "1"), "give --num-tasks N"),
+    (("lgg-mri", "--input", "{src}", "--output", "o", "--num-tasks", "2", "--merge"), "give --num-tasks N"),
+    (("lgg-mri", "--input", "{src}", "--output", "o", "--num-tasks", "0"), "--num-tasks must be at least 1"),
+    (("lgg-mri", "--input", "{src}/nope", "--output", "o", "--num-tasks", "2"), "input folder does not exist"),
+    (("lgg-mri", "--input", "{src}", "--output", "o", "--num-tasks", "2", "--spacing", "1"),
+     "unrecognized arguments: --spacing 1"),
+    (("mri", "--input", "{src}", "--output", "o", "--num-tasks", "2"), "unknown kind 'mri'"),
+    (("--input", "{src}", "--output", "o", "--num-tasks", "2"), "give the kind first"),
+    (("lgg-mri", "--input", "{src}", "--output", "o", "--num-tasks", "2", "--nodes", "2"), "--nodes are training"),
+])
+def test_bad_convert_requests_fail_before_submitting(tmp_path, capsys, args, message):
+    args = [a.replace("{src}", str(tmp_path)) for a in args]
+    assert run_medtf("slurm", "convert", *args, "--submit") == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists() and not (tmp_path / "o.idkey").exists()
