@@ -32,6 +32,10 @@ stratified by class. The report is clinical free text and is stored as it is: de
 responsibility (``--scrub-report-ids`` only replaces the case's own case and patient ids by ``[ID]``). Report
 text is never written to logs or failure messages.
 
+Non-finite voxels (NaN/Inf) fail the case with their count (SimpleITK alone would read them as 0, which
+z-scores to a plausible value); ``--nonfinite fill:VALUE`` fills them with VALUE instead (in source intensity
+units, before normalisation) and the example's ``nonfinite_filled`` says how many, per sequence.
+
 Bad input is reported per case and the rest converts: a missing or unreadable sequence, an empty or non-UTF-8
 report, an unknown class, a CSV row without a case folder or a folder without a row (each with the CSV row
 number). A CSV without the required columns stops the run with a message naming the missing columns.
@@ -54,6 +58,7 @@ import numpy as np
 from medtf.data.schema import MRI_REPORTS
 from medtf.io.errors import InputError
 from medtf.io.images import IMAGE_SUFFIXES
+from medtf.io.nonfinite import NONFINITE_HELP, parse_nonfinite
 from tfrecords_builder.engine import Case, CaseOutput, Converter, converter_main
 from tfrecords_builder.reports_csv import read_reports_csv
 
@@ -173,6 +178,8 @@ class MriReportsConverter(Converter):
         group.add_argument("--classes", default=DEFAULT_CLASSES,
                            help="class names; label = index (default %(default)s); tumour/haemorrhage/other "
                                 "are read as tumor/hemorrhage/others")
+        group.add_argument("--nonfinite", default="error", metavar="{error,fill:VALUE}",
+                           help=NONFINITE_HELP + " (per sequence, in the example's nonfinite_filled)")
         group.add_argument("--scrub-report-ids", action="store_true",
                            help="replace the case's own case/patient id in its report by [ID] (default: store "
                                 "the report byte-exact; de-identifying free text is the user's responsibility)")
@@ -190,10 +197,12 @@ class MriReportsConverter(Converter):
                 raise ValueError(f"--spacing expects 3 positive comma-separated numbers, got {options.spacing!r}")
         if options.clip <= 0:
             raise ValueError(f"--clip must be positive, got {options.clip}")
+        fill = parse_nonfinite(options.nonfinite)
         return {"sequences": sequences, "reference": reference, "target_size_hwd": [h, w, d],
                 "spacing": list(spacing) if spacing else None, "clip": options.clip,
                 "normalization": f"z-score over voxels > {FOREGROUND_FRACTION} x p99, clipped",
                 "class_names": _names(options.classes, "--classes"),
+                "nonfinite": "error" if fill is None else f"fill:{fill:g}",
                 "scrub_report_ids": bool(options.scrub_report_ids)}
 
     def discover(self, input_dir: Path, options):
@@ -238,11 +247,12 @@ class MriReportsConverter(Converter):
         if info["problem"]:
             raise InputError(info["where"], info["problem"])
         settings = self.case_options(options)
+        fill = parse_nonfinite(settings["nonfinite"])
         folder = case.paths[0]
         volumes = {}
         for name in settings["sequences"]:
             path = _sequence_file(folder, name)
-            volume = read_image(path)
+            volume = read_image(path, fill_nonfinite=fill)
             if volume.ndim != 3 or volume.is_vector:
                 raise InputError(path, f"expected a 3D scalar image, got array shape {volume.array.shape}")
             volumes[name] = (path, volume)
@@ -269,6 +279,7 @@ class MriReportsConverter(Converter):
             "label": info["label"],
             "class_name": info["class_name"],
             "sequences": settings["sequences"],
+            "nonfinite_filled": [v.metadata.get("nonfinite_filled", 0) for _, v in volumes.values()],
             "spacing": grid.spacing,
             "origin": grid.origin,
             "direction": grid.direction,

@@ -42,7 +42,7 @@ import numpy as np
 
 from medtf.data import deid
 from medtf.data.schema import PROSTATE_MPMRI
-from medtf.io.errors import InputError
+from medtf.io.errors import InputError, UnreadableDicomError
 from tfrecords_builder import prostatex_layout as layout
 from tfrecords_builder.engine import Case, CaseOutput, Converter, converter_main
 
@@ -173,8 +173,6 @@ class ProstateMpmriConverter(Converter):
         return cases, failures
 
     def convert_case(self, case: Case, options) -> CaseOutput:
-        from medtf.io.dicom_series import read_dicom_series
-
         findings, rows = case.info
         folder = case.paths[0] if case.paths and case.paths[0].is_dir() else None
         if folder is None:
@@ -187,7 +185,7 @@ class ProstateMpmriConverter(Converter):
         volumes, images = {}, {}
         for kind in CHANNELS:
             s, files, _ = chosen[kind]
-            volumes[kind] = read_dicom_series(files)
+            volumes[kind] = _read_series(s, files)
             try:
                 normalised, _, _ = zscore(volumes[kind])
             except ValueError as exc:
@@ -269,6 +267,29 @@ class ProstateMpmriConverter(Converter):
                 k = int(np.clip(np.rint(dots[kind][2]), 0, volumes[kind].array.shape[0] - 1))
                 before.append((volumes[kind].array[k], (float(dots[kind][0]), float(dots[kind][1]))))
             write_png_atomic(out / f"{case_hash}-{i:04d}.png", render_alignment(before, example["image"]))
+
+
+def _read_series(series, files):
+    """The chosen files of a series folder as a `Volume`; a damaged DICOM file anywhere in the folder (also in
+    another b-value stack, where it could be one of the chosen stack's slices) fails the series, naming it."""
+    from medtf.io.dicom_headers import read_header
+    from medtf.io.dicom_series import read_dicom_series
+
+    chosen = set(files)
+    try:
+        for path in series.files:
+            if path not in chosen:
+                try:
+                    read_header(path)
+                except UnreadableDicomError:
+                    raise
+                except InputError:  # not DICOM, or no series object: not a slice of this series
+                    pass
+        return read_dicom_series(files)
+    except UnreadableDicomError as exc:
+        raise InputError(exc.path, f"unreadable DICOM file in the folder of {series.label}: {exc.reason}; it may "
+                                   "be one of the series' slices, so the series is not read: remove or replace "
+                                   "it") from None
 
 
 def _stratum(labels) -> str:

@@ -33,20 +33,40 @@ class TensorField:
 
 @dataclasses.dataclass(frozen=True)
 class ValueField:
-    """A scalar or vector feature. ``length=None`` means variable length."""
+    """A scalar or vector feature. ``length=None`` means variable length.
+
+    ``optional`` (variable length only) fields may be left out of an example: they are written, and decoded from
+    shards older than the field, as empty (meaning "not known").
+    """
 
     name: str
     kind: str  # "int64" | "float" | "bytes"
     length: int | None = 1
     description: str = ""
+    optional: bool = False
+
+    def __post_init__(self):
+        if self.optional and self.length is not None:
+            raise ValueError(f"field {self.name!r}: only variable-length fields can be optional")
 
 
 @dataclasses.dataclass(frozen=True)
 class Schema:
+    """The feature spec of one data kind.
+
+    ``oldest_readable`` is the oldest schema version whose shards this spec still decodes: fields added since
+    are optional variable-length value fields, which decode as empty from older shards.
+    """
+
     kind: str
     version: int
     fields: tuple[TensorField | ValueField, ...]
     description: str = ""
+    oldest_readable: int | None = None
+
+    def reads(self, version) -> bool:
+        """True when shards written with schema ``version`` decode with this spec."""
+        return version in range(self.oldest_readable or self.version, self.version + 1)
 
     @property
     def tensor_fields(self) -> tuple[TensorField, ...]:
@@ -78,7 +98,8 @@ class Schema:
 
     def encode_chunk(self, example: Mapping[str, Any]) -> ep.Chunk:
         """Like `encode`, as buffers that still share the tensors' memory (written to disk without copies)."""
-        missing = [f.name for f in self.fields if f.name not in example]
+        missing = [f.name for f in self.fields
+                   if f.name not in example and not (isinstance(f, ValueField) and f.optional)]
         extra = sorted(set(example) - {f.name for f in self.fields})
         if missing or extra:
             raise ValueError(f"{self.kind} example does not match its schema: missing {missing}, unexpected {extra}")
@@ -94,7 +115,7 @@ class Schema:
             features[f.name + "/shape"] = ep.int64_feature(array.shape)
             features[f.name + "/dtype"] = ep.bytes_feature(f.dtype.encode())
         for f in self.value_fields:
-            value = example[f.name]
+            value = example.get(f.name, ())  # only optional fields can be absent (checked above)
             if f.kind == "bytes":
                 values = [value] if isinstance(value, (bytes, str)) else list(value)
                 values = [v.encode("utf-8") if isinstance(v, str) else bytes(v) for v in values]
@@ -119,16 +140,21 @@ _IDS = (
 
 BRACHY_CT = Schema(
     kind="brachy-ct",
-    version=1,
+    version=2,
+    oldest_readable=1,  # v2 added channel_numbers (empty when decoded from v1 shards: numbers 1..n)
     description="CT volume with brachytherapy catheters rasterised from a DICOM RT Plan; one example per plan.",
     fields=_IDS
     + (
         TensorField("image", "int16", 3, "CT in Hounsfield units, (D, H, W) = (z, y, x)"),
         TensorField("mask", "uint8", 3, "1 inside any catheter tube, (D, H, W)"),
-        TensorField("instances", "uint8", 3, "catheter k has label k (1-based, plan channel order), 0 elsewhere; "
-                                             "uint8: plans with more than 255 catheters are rejected"),
+        TensorField("instances", "uint8", 3, "catheter k has label k (1-based, plan channel order; its plan "
+                                             "ChannelNumber is channel_numbers[k-1]), 0 elsewhere; uint8: plans "
+                                             "with more than 255 catheters are rejected"),
         TensorField("catheter_points", "float32", 2, "all catheter polyline vertices (P, 3), mm LPS"),
         ValueField("catheter_offsets", "int64", None, "row splits into catheter_points: catheter k is rows [o[k], o[k+1])"),
+        ValueField("channel_numbers", "int64", None, "the plan's ChannelNumber of each catheter, in catheter order "
+                                                     "(empty when unknown, e.g. shards written before schema v2)",
+                   optional=True),
         ValueField("window", "float", 2, "display window centre and width from the CT"),
     )
     + _GEOMETRY,
@@ -182,7 +208,8 @@ NUCLEI_HE = Schema(
 
 MRI_REPORTS = Schema(
     kind="mri-reports",
-    version=1,
+    version=2,
+    oldest_readable=1,  # v2 added nonfinite_filled (empty when decoded from v1 shards)
     description="Brain MRI (several sequences on one grid) paired with its radiology report text and class.",
     fields=_IDS
     + (
@@ -191,6 +218,9 @@ MRI_REPORTS = Schema(
         ValueField("label", "int64", 1, "class index into the manifest's class names"),
         ValueField("class_name", "bytes", 1, "class name (infarct, tumor, hemorrhage, normal, others)"),
         ValueField("sequences", "bytes", None, "sequence names in channel order"),
+        ValueField("nonfinite_filled", "int64", None, "per sequence, NaN/Inf voxels of the source image filled by "
+                                                      "--nonfinite fill:VALUE (0 without it: such images fail; "
+                                                      "empty in shards written before schema v2)", optional=True),
     )
     + _GEOMETRY,
 )

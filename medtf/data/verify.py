@@ -78,8 +78,9 @@ def verify_dataset(folder) -> VerifyReport:
     manifest = read_manifest(folder)
     schema = get_schema(manifest["kind"])
     problems: list[str] = []
-    if manifest.get("schema_version") != schema.version:
-        problems.append(f"schema version {manifest.get('schema_version')} but this medtf reads {schema.version}")
+    if not schema.reads(manifest.get("schema_version")):
+        readable = f"{schema.oldest_readable or schema.version}..{schema.version}"
+        problems.append(f"schema version {manifest.get('schema_version')} but this medtf reads {readable}")
     owner: dict[str, str] = {}
     for split, info in manifest["splits"].items():
         for patient in info["patients"]:

@@ -4,6 +4,7 @@ from medtf.io import errors
 from medtf.io.dicom_series import DicomScan, SeriesInfo, read_dicom_series, scan_dicom_folder
 from medtf.io.errors import FrameOfReferenceError, InputError, SeriesGeometryError
 from medtf.io.images import read_image, read_slice_2d
+from medtf.io.nonfinite import parse_nonfinite
 from medtf.io.volume import Volume
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "SeriesInfo",
     "Volume",
     "errors",
+    "parse_nonfinite",
     "read_dicom_series",
     "read_image",
     "read_slice_2d",

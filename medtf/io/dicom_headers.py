@@ -21,7 +21,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.errors import InvalidDicomError
 from pydicom.tag import BaseTag
 
-from medtf.io.errors import InputError, SeriesGeometryError
+from medtf.io.errors import InputError, SeriesGeometryError, UnreadableDicomError
 
 METADATA_KEYWORDS = ("Modality", "SeriesDescription", "SeriesInstanceUID", "StudyInstanceUID",
                      "FrameOfReferenceUID", "Manufacturer", "SOPClassUID")
@@ -59,6 +59,7 @@ class SliceHeader:
     samples_per_pixel: int = 1
     pixel_value_offset: int | None = None  # byte offset of the native PixelData value in the file
     pixel_length: int | None = None
+    series_number: int | None = None
 
 
 def _floats(value, n: int | None = None) -> tuple[float, ...] | None:
@@ -85,8 +86,9 @@ def _first_float(value) -> float | None:
 
 _TAGS = {kw: BaseTag(tag_for_keyword(kw)) for kw in (
     "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "FrameOfReferenceUID", "Modality",
-    "SeriesDescription", "Manufacturer", "Rows", "Columns", "NumberOfFrames", "BitsAllocated", "BitsStored",
-    "PixelRepresentation", "SamplesPerPixel", "ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing",
+    "SeriesDescription", "SeriesNumber", "Manufacturer", "Rows", "Columns", "NumberOfFrames", "BitsAllocated",
+    "BitsStored", "PixelRepresentation", "SamplesPerPixel", "ImageOrientationPatient", "ImagePositionPatient",
+    "PixelSpacing",
     "SliceThickness", "SpacingBetweenSlices", "RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth",
     "SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence")}
 _TEXT_VR = {"SeriesInstanceUID": "UI", "SOPInstanceUID": "UI", "SOPClassUID": "UI", "StudyInstanceUID": "UI",
@@ -250,16 +252,43 @@ def _truncation(ds, size: int, meta_start: int) -> str | None:
     return None
 
 
+# What a file that is not DICOM most likely is, from its first bytes (named in messages: "a PNG image").
+_MAGIC = ((b"\x89PNG\r\n\x1a\n", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"II*\x00", "a TIFF image"),
+          (b"MM\x00*", "a TIFF image"), (b"%PDF", "a PDF document"), (b"PK\x03\x04", "a ZIP archive"),
+          (b"\x1f\x8b", "a gzip file (e.g. .nii.gz)"), (b"BM", "a BMP image"), (b"GIF8", "a GIF image"))
+
+
+def file_kind(head: bytes) -> str | None:
+    """What a non-DICOM file is from its first bytes (``"a PNG image"``), or None when unknown."""
+    for magic, kind in _MAGIC:
+        if head.startswith(magic):
+            return kind
+    if len(head) >= 348 and head[344:348] in (b"n+1\x00", b"ni1\x00"):
+        return "a NIfTI image"
+    return None
+
+
+def _partial_series_uid(ds) -> str | None:
+    """The SeriesInstanceUID of a damaged header when the part before the damage holds it."""
+    try:
+        return str(ds.get("SeriesInstanceUID", "") or "").strip() or None
+    except Exception:  # noqa: BLE001 - the element itself may be the damaged one
+        return None
+
+
 def read_header(path: str | Path) -> SliceHeader:
     """Parse one file's header (no pixel data) into a `SliceHeader`.
 
     Raises:
-        InputError: not DICOM, truncated/corrupt header, or no SeriesInstanceUID.
+        UnreadableDicomError: a DICOM file (or one that starts like a DICOM dataset) whose header is truncated or
+            corrupt, or a file that cannot be opened.
+        InputError: not DICOM (the message says what it looks like, e.g. a PNG image), or no SeriesInstanceUID.
     """
     path = Path(path)
+    ds, head = None, b""
     try:
         with open(path, "rb") as fp:
-            head = fp.read(132)
+            head = fp.read(348)
             # Files without the preamble (older writers) are read only when they start like a DICOM dataset.
             force = head[128:132] != b"DICM" and head[:2] in (b"\x02\x00", b"\x08\x00") and len(head) >= 8
             fp.seek(0)
@@ -267,22 +296,35 @@ def read_header(path: str | Path) -> SliceHeader:
             ts = _transfer_syntax(ds)
             truncated = _truncation(ds, os.fstat(fp.fileno()).st_size, meta_start=0 if force else 132)
             if truncated:
-                raise InputError(path, f"truncated DICOM header: {truncated}")
+                raise UnreadableDicomError(path, f"truncated DICOM header: {truncated}", _partial_series_uid(ds))
             offset, length, has_pixels = _pixel_element(fp, ts)
     except InputError:
         raise
     except InvalidDicomError:
-        raise InputError(path, "not a DICOM file (no 'DICM' marker after the 128-byte preamble)") from None
+        kind = file_kind(head)
+        raise InputError(path, f"not a DICOM file ({kind + ', ' if kind else ''}no 'DICM' marker after the "
+                               "128-byte preamble)") from None
     except OSError as exc:
-        raise InputError(path, f"cannot open: {exc.strerror or exc}") from None
+        raise UnreadableDicomError(path, f"cannot open: {exc.strerror or exc}") from None
     except Exception as exc:  # pydicom raises a variety of errors on damaged files
-        raise InputError(path, f"truncated or corrupt DICOM header ({type(exc).__name__}: {exc})") from None
+        raise UnreadableDicomError(path, f"truncated or corrupt DICOM header ({type(exc).__name__}: {exc})",
+                                   _partial_series_uid(ds) if ds is not None else None) from None
     try:
         return _parse(path, ds, ts, offset, length, has_pixels)
     except InputError:
         raise
     except Exception as exc:
-        raise InputError(path, f"unreadable header value ({type(exc).__name__}: {exc})") from None
+        raise UnreadableDicomError(path, f"unreadable header value ({type(exc).__name__}: {exc})",
+                                   _partial_series_uid(ds)) from None
+
+
+def _series_number(e: _Elements) -> int | None:
+    if not e.present("SeriesNumber"):
+        return None
+    try:
+        return e.int_string("SeriesNumber", 0)
+    except (TypeError, ValueError):  # an unparsable SeriesNumber only loses the number in messages
+        return None
 
 
 def _parse(path, ds, ts, offset, length, has_pixels) -> SliceHeader:
@@ -340,6 +382,9 @@ def _parse(path, ds, ts, offset, length, has_pixels) -> SliceHeader:
         positions = [tuple(np.asarray(ipp) + k * step * normal) for k in range(n_frames)]
 
     metadata = {kw: e.text(kw) for kw in METADATA_KEYWORDS}
+    number = _series_number(e)
+    if number is not None:
+        metadata["SeriesNumber"] = number
     if window[0] is not None and window[1] is not None:
         metadata["WindowCenter"], metadata["WindowWidth"] = window
     return SliceHeader(
@@ -353,6 +398,7 @@ def _parse(path, ds, ts, offset, length, has_pixels) -> SliceHeader:
         problems=problems, transfer_syntax=ts, bits_allocated=e.uint("BitsAllocated", 16),
         bits_stored=e.uint("BitsStored", 16), pixel_representation=e.uint("PixelRepresentation", 0),
         samples_per_pixel=e.uint("SamplesPerPixel", 1), pixel_value_offset=offset, pixel_length=length,
+        series_number=number,
     )
 
 

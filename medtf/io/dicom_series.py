@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from medtf.io.dicom_headers import SliceHeader, raw_pixel_dtype, read_header, read_pixels, read_pixels_into
-from medtf.io.errors import InputError, SeriesGeometryError
+from medtf.io.errors import InputError, SeriesGeometryError, UnreadableDicomError
+from medtf.io.nonfinite import nonfinite_mask, reject_or_fill
 from medtf.io.volume import Volume
 
 DUPLICATE_TOL_MM = 1e-3
@@ -30,7 +31,11 @@ MISSING_FACTOR = 1.5
 
 @dataclasses.dataclass
 class SeriesInfo:
-    """One series found by `scan_dicom_folder`. ``files`` are sorted by path, not by geometry."""
+    """One series found by `scan_dicom_folder`. ``files`` are sorted by path, not by geometry.
+
+    ``unreadable`` lists ``(path, reason)`` of damaged DICOM files that may belong to this series (see
+    `scan_dicom_folder`); `read_dicom_series` refuses the series while there are any.
+    """
 
     series_uid: str
     modality: str
@@ -40,6 +45,8 @@ class SeriesInfo:
     files: list[Path]
     n_frames: int
     headers: list[SliceHeader] = dataclasses.field(default_factory=list, repr=False, compare=False)
+    series_number: int | None = None
+    unreadable: list[tuple[Path, str]] = dataclasses.field(default_factory=list, compare=False)
 
     @property
     def is_image(self) -> bool:
@@ -47,14 +54,24 @@ class SeriesInfo:
         return any(h.rows for h in self.headers) if self.headers else self.n_frames > 0
 
     def summary(self) -> str:
-        """A PHI-free one-line description for error messages and logs."""
+        """A PHI-free one-line description for error messages and logs (with the SeriesInstanceUID, which the
+        converters pseudonymise before anything is written)."""
         return (f"{self.modality or '?'} '{self.description}' ({len(self.files)} files, {self.n_frames} frames) "
                 f"uid={self.series_uid}")
+
+    def label(self) -> str:
+        """PHI- and UID-free name for messages: ``CT series 3 'Thorax 1mm' (120 slices)``."""
+        number = f" {self.series_number}" if self.series_number is not None else " (no SeriesNumber)"
+        description = f" '{self.description}'" if self.description else ""
+        unit = "slice" if self.n_frames == 1 else "slices"
+        return f"{self.modality or '?'} series{number}{description} ({self.n_frames} {unit})"
 
 
 @dataclasses.dataclass
 class DicomScan:
-    """Result of `scan_dicom_folder`: series sorted by (modality, description, uid) and the unreadable files."""
+    """Result of `scan_dicom_folder`: series sorted by (modality, description, uid) and the files that are in
+    none of them (``skipped``: not DICOM, no SeriesInstanceUID, or damaged; the damaged ones are also in their
+    series' ``unreadable``)."""
 
     folder: Path
     series: list[SeriesInfo]
@@ -86,16 +103,36 @@ def _group(headers: list[SliceHeader]) -> list[SeriesInfo]:
             series_uid=uid, modality=first.modality, sop_class_uid=first.sop_class_uid,
             frame_of_reference_uid=first.frame_of_reference_uid, description=first.description,
             files=[h.path for h in hs], n_frames=sum(h.n_frames for h in hs), headers=hs,
+            series_number=first.series_number,
         ))
     series.sort(key=lambda s: (s.modality, s.description, s.series_uid))
     return series
+
+
+def _attach_unreadable(series: list[SeriesInfo], broken: list[UnreadableDicomError]) -> None:
+    """Attach each damaged file to the series it may belong to.
+
+    A file cut inside its header usually no longer names its series. It is attached to the series its readable
+    part names when there is one; else to every series with a file in the same folder (a folder holding one
+    series: that series); else to every series of the scan (it could be a slice of any of them).
+    """
+    for exc in broken:
+        path = Path(exc.path)
+        targets = [s for s in series if exc.series_uid and s.series_uid == exc.series_uid]
+        if not targets and not exc.series_uid:
+            targets = [s for s in series if any(f.parent == path.parent for f in s.files)] or series
+        for s in targets:
+            s.unreadable.append((path, exc.reason))
 
 
 def scan_dicom_folder(folder: str | os.PathLike, recursive: bool = True) -> DicomScan:
     """Read the headers of every file under ``folder`` and group them by SeriesInstanceUID.
 
     Files that are not DICOM, have truncated headers or lack a SeriesInstanceUID are listed in ``skipped``
-    with a reason. Hidden files (``.name``) are ignored.
+    with a reason. Hidden files (``.name``) are ignored. A damaged DICOM file (truncated or corrupt header,
+    unreadable) is also attached to the series it may belong to (`SeriesInfo.unreadable`; the series its
+    readable part names, else every series in its folder, else every series), so reading such a series fails
+    naming the file instead of returning a volume without that slice.
 
     Raises:
         InputError: the folder does not exist, or holds no readable DICOM file.
@@ -105,16 +142,29 @@ def scan_dicom_folder(folder: str | os.PathLike, recursive: bool = True) -> Dico
         raise InputError(folder, "not a folder" if folder.exists() else "folder does not exist")
     walker = folder.rglob("*") if recursive else folder.glob("*")
     paths = sorted(p for p in walker if p.is_file() and not p.name.startswith("."))
-    headers, skipped = [], []
+    headers, skipped, broken = [], [], []
     for path in paths:
         try:
             headers.append(read_header(path))
         except InputError as exc:
             skipped.append((path, exc.reason))
+            if isinstance(exc, UnreadableDicomError):
+                broken.append(exc)
     if not headers:
         detail = f"; skipped {len(skipped)}: " + "; ".join(f"{p.name}: {r}" for p, r in skipped[:5]) if skipped else ""
         raise InputError(folder, f"no DICOM files found ({len(paths)} files){detail}")
-    return DicomScan(folder=folder, series=_group(headers), skipped=skipped)
+    series = _group(headers)
+    _attach_unreadable(series, broken)
+    return DicomScan(folder=folder, series=series, skipped=skipped)
+
+
+def _check_readable(info: SeriesInfo) -> None:
+    if not info.unreadable:
+        return
+    (path, reason), more = info.unreadable[0], info.unreadable[1:]
+    others = f"; {len(more)} more: {', '.join(p.name for p, _ in more[:5])}" if more else ""
+    raise InputError(path, f"unreadable DICOM file in the folder of {info.label()}: {reason}{others}; it may be "
+                           "one of the series' slices, so the series is not read: remove or replace it")
 
 
 def _select(series: list[SeriesInfo], series_uid: str | None, where: str | os.PathLike) -> SeriesInfo:
@@ -136,6 +186,8 @@ def _select(series: list[SeriesInfo], series_uid: str | None, where: str | os.Pa
 def read_dicom_series(
     source: str | os.PathLike | Sequence[str | os.PathLike] | SeriesInfo,
     series_uid: str | None = None,
+    *,
+    fill_nonfinite: float | None = None,
 ) -> Volume:
     """Read one DICOM image series (single-frame slices or an Enhanced multi-frame file) into a `Volume`.
 
@@ -143,16 +195,22 @@ def read_dicom_series(
         source: a folder (scanned recursively), one file, a list of files, or a `SeriesInfo` from
             `scan_dicom_folder` (its headers are reused, nothing is read twice).
         series_uid: which series to read when the source holds several image series.
+        fill_nonfinite: None (default) rejects a series whose rescaled values hold NaN/Inf (a broken
+            RescaleSlope/Intercept, float32 overflow); a number replaces them and
+            ``metadata["nonfinite_filled"]`` counts them.
 
     Returns:
         `Volume` with array ``(z, y, x)`` in the dtype rule of this module, LPS geometry, and ``metadata`` keys
         ``Modality, SeriesDescription, SeriesInstanceUID, StudyInstanceUID, FrameOfReferenceUID, Manufacturer,
-        SOPClassUID, WindowCenter, WindowWidth`` (window values as floats, first value; absent when not set)
-        and ``SOPInstanceUIDs`` (per z-slice in sorted order; ``uid#n`` for frame n of a multi-frame file).
+        SOPClassUID, WindowCenter, WindowWidth`` (window values as floats, first value; absent when not set),
+        ``SeriesNumber`` (int, absent when not set) and ``SOPInstanceUIDs`` (per z-slice in sorted order;
+        ``uid#n`` for frame n of a multi-frame file).
         No patient identifiers or dates.
 
     Raises:
-        InputError: unreadable files, truncated pixel data, several series and no ``series_uid``.
+        InputError: unreadable files (also a damaged file beside the series' files, see `scan_dicom_folder`),
+            truncated pixel data, several series and no ``series_uid``, NaN/Inf
+            values after rescaling (without ``fill_nonfinite``).
         SeriesGeometryError: duplicate/missing slices, uneven spacing, inconsistent orientation/size/spacing,
             missing ImagePositionPatient/ImageOrientationPatient or PixelData.
 
@@ -177,7 +235,8 @@ def read_dicom_series(
         headers, where = info.headers, files[0].parent
     if not headers:
         raise InputError(where, "series has no files")
-    return _assemble(headers)
+    _check_readable(info)
+    return _assemble(headers, fill_nonfinite)
 
 
 def _check_consistent(headers: list[SliceHeader]) -> None:
@@ -236,7 +295,7 @@ def _sort_slices(headers: list[SliceHeader], normal: np.ndarray):
     return slices, dist
 
 
-def _assemble(headers: list[SliceHeader]) -> Volume:
+def _assemble(headers: list[SliceHeader], fill_nonfinite: float | None = None) -> Volume:
     _check_consistent(headers)
     ref = headers[0]
     row, col = np.asarray(ref.orientation[:3]), np.asarray(ref.orientation[3:])
@@ -279,9 +338,20 @@ def _assemble(headers: list[SliceHeader]) -> Volume:
                 stored[z] = frames[f]
                 slope[z], intercept[z] = h.rescale[f]
     array = _rescale(stored, slope, intercept)
+    mask = nonfinite_mask(array)
+    where, first_bad = "", ref.path
+    if mask is not None:  # a broken RescaleSlope/Intercept (NaN, Inf) or float32 overflow
+        bad = np.flatnonzero(mask.any(axis=(1, 2)))
+        header, frame, _ = slices[bad[0]]
+        first_bad = header.path
+        where = (f" after RescaleSlope/RescaleIntercept, in {len(bad)} slice{'s' if len(bad) != 1 else ''} "
+                 f"(first: {header.path.name}{f' frame {frame + 1}' if header.n_frames > 1 else ''})")
+    array, filled = reject_or_fill(first_bad, array, mask, fill_nonfinite, where=where)
 
     direction = np.stack([row, col, normal], axis=1)
     meta = dict(ref.metadata)
+    if fill_nonfinite is not None:
+        meta["nonfinite_filled"] = filled
     meta["SOPInstanceUIDs"] = [h.sop_uid if h.n_frames == 1 else f"{h.sop_uid}#{f + 1}" for h, f, _ in slices]
     return Volume(
         array=array,
@@ -323,8 +393,9 @@ def _rescale(stored: np.ndarray, slope: np.ndarray, intercept: np.ndarray) -> np
             out += intercept.astype(np.int32)[:, None, None]
             return out.astype(np.int16)
     out = np.empty(stored.shape, dtype=np.float32)
-    for z in range(len(stored)):  # float64 arithmetic per slice, float32 result
-        out[z] = stored[z] * slope[z] + intercept[z]
+    with np.errstate(over="ignore", invalid="ignore"):  # NaN/Inf results are reported by the caller
+        for z in range(len(stored)):  # float64 arithmetic per slice, float32 result
+            out[z] = stored[z] * slope[z] + intercept[z]
     return out
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from medtf.io.errors import InputError
+from medtf.io.nonfinite import nonfinite_mask, reject_or_fill
 from medtf.io.volume import Volume
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
@@ -37,18 +38,54 @@ def _check_file(path: str | os.PathLike) -> Path:
     return path
 
 
-def read_image(path: str | os.PathLike) -> Volume:
+def _nifti_nonfinite(path: Path, array: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """``(mask, values)`` of the NIfTI's non-finite voxels as stored in the file, the mask laid out like
+    SimpleITK's ``array``; ``(None, None)`` when there are none.
+
+    ITK's NIfTI reader turns NaN/Inf into 0, so they are looked up with nibabel, and only when they can exist:
+    float data (or scaling) and zeros in ITK's array.
+    """
+    import nibabel as nib
+
+    if array.dtype.kind not in "fc" or not np.any(array == 0):
+        return None, None
+    try:
+        image = nib.load(str(path))
+        if image.get_data_dtype().kind not in "fc" and all(
+                v is None or np.isfinite(v) for v in (image.dataobj.slope, image.dataobj.inter)):
+            return None, None
+        data = np.asanyarray(image.dataobj)
+    except Exception as exc:  # noqa: BLE001 - SimpleITK read it; say why the check could not be made
+        raise InputError(path, f"cannot check the NIfTI for NaN/Inf voxels with nibabel ({type(exc).__name__}: "
+                               f"{exc})") from None
+    bad = ~np.isfinite(data)
+    if not bad.any():
+        return None, None
+    values = data[bad]
+    spatial = bad.reshape(bad.shape + (1,) * (3 - bad.ndim)) if bad.ndim < 3 else bad
+    zyx = spatial.reshape(spatial.shape[:3] + (-1,)).transpose(2, 1, 0, 3)  # nibabel (x, y, z, ...) -> ITK
+    if zyx.size != array.size:
+        raise InputError(path, f"{values.size} NaN/Inf voxels in a NIfTI of shape {data.shape} that SimpleITK "
+                               f"reads as {array.shape}; cannot locate them")
+    return zyx.reshape(array.shape), values
+
+
+def read_image(path: str | os.PathLike, *, fill_nonfinite: float | None = None) -> Volume:
     """Read a NIfTI (``.nii``/``.nii.gz``), MetaImage (``.mha``/``.mhd`` + data file) or NRRD image.
 
     Args:
         path: the image file (for ``.mhd``/``.nhdr`` the header; its data file must sit where it says).
+        fill_nonfinite: None (default) rejects an image holding NaN/Inf voxels; a number replaces them by it
+            (`medtf.io.nonfinite`). SimpleITK alone reads NIfTI NaN/Inf as 0; here they are found either way.
 
     Returns:
         `Volume` with SimpleITK's array ``(z, y, x)`` and LPS geometry; multi-component images come back
-        with ``is_vector=True``. ``metadata["format"]`` names the format.
+        with ``is_vector=True``. ``metadata["format"]`` names the format; with ``fill_nonfinite``,
+        ``metadata["nonfinite_filled"]`` is the number of voxels filled.
 
     Raises:
-        InputError: missing file, unsupported extension, unreadable/corrupt file, or not 2D/3D.
+        InputError: missing file, unsupported extension, unreadable/corrupt file, not 2D/3D, or NaN/Inf voxels
+            (the message gives their count) without ``fill_nonfinite``.
 
     Example:
         >>> t1 = read_image("sub-01_T1w.nii.gz")
@@ -66,7 +103,14 @@ def read_image(path: str | os.PathLike) -> Volume:
         raise InputError(path, f"SimpleITK cannot read this {_FORMAT[suffix]} file: {detail[-300:]}") from None
     if image.GetDimension() not in (2, 3):
         raise InputError(path, f"{image.GetDimension()}D images are not supported (2D or 3D only)")
-    return Volume.from_sitk(image, metadata={"format": _FORMAT[suffix]})
+    volume = Volume.from_sitk(image, metadata={"format": _FORMAT[suffix]})
+    mask, values = nonfinite_mask(volume.array), None
+    if mask is None and _FORMAT[suffix] == "nifti":
+        mask, values = _nifti_nonfinite(path, volume.array)
+    volume.array, filled = reject_or_fill(path, volume.array, mask, fill_nonfinite, values)
+    if fill_nonfinite is not None:
+        volume.metadata["nonfinite_filled"] = filled
+    return volume
 
 
 def _tiff_spacing(page) -> tuple[float, float] | None:
@@ -115,15 +159,16 @@ def _read_png(path: Path) -> tuple[np.ndarray, tuple[float, float] | None]:
     return array, spacing
 
 
-def read_slice_2d(path: str | os.PathLike) -> Volume:
+def read_slice_2d(path: str | os.PathLike, *, fill_nonfinite: float | None = None) -> Volume:
     """Read a 2D TIFF or PNG slice/tile; grayscale -> ``(H, W)``, colour -> ``(H, W, 3)`` with ``is_vector``.
 
     An alpha channel is dropped. Spacing ``(x, y)`` in mm comes from the file's resolution (TIFF
     X/YResolution in inch or cm; PNG pHYs) and is ``(1, 1)`` when the file states none. Origin ``(0, 0)``,
-    identity direction.
+    identity direction. Float TIFFs holding NaN/Inf are rejected unless ``fill_nonfinite`` is given (as
+    `read_image`; ``metadata["nonfinite_filled"]`` counts them).
 
     Raises:
-        InputError: missing file, unsupported extension, corrupt file, or not a single 2D image.
+        InputError: missing file, unsupported extension, corrupt file, not a single 2D image, or NaN/Inf values.
 
     Example:
         >>> tile = read_slice_2d("tile_000.png")
@@ -145,5 +190,12 @@ def read_slice_2d(path: str | os.PathLike) -> Volume:
         is_vector = False
     else:
         raise InputError(path, f"expected a single 2D grayscale or RGB image, got array shape {array.shape}")
+    metadata = {"format": "tiff" if suffix != ".png" else "png"}
+    mask = nonfinite_mask(array)
+    if mask is not None:
+        array = np.array(array)  # the reader's own, writeable copy
+    array, filled = reject_or_fill(path, array, mask, fill_nonfinite)
+    if fill_nonfinite is not None:
+        metadata["nonfinite_filled"] = filled
     return Volume(array=array, spacing=spacing or (1.0, 1.0), origin=(0.0, 0.0), is_vector=is_vector,
-                  metadata={"format": "tiff" if suffix != ".png" else "png"})
+                  metadata=metadata)

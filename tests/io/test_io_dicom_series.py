@@ -134,14 +134,44 @@ def test_truncated_pixel_data_names_the_file(tmp_path, axial_ct):
         assert err.value.path == str(paths[5]) and "truncated pixel data" in err.value.reason
 
 
-def test_truncated_header_is_skipped_by_scan(tmp_path, axial_ct):
+@pytest.mark.parametrize("z", [15, 7])  # the last slice (was silently dropped) and one in the middle
+def test_truncated_header_fails_its_series_and_is_named(tmp_path, axial_ct, z):
     paths = _series(tmp_path, axial_ct)
-    bad = tmp_path / "series" / "zz_cut.dcm"
-    bad.write_bytes(paths[0].read_bytes()[:700])
+    paths[z].write_bytes(paths[z].read_bytes()[:400])  # cut inside the header: its series UID is gone too
     scan = scan_dicom_folder(tmp_path / "series")
-    assert [(p.name, "truncated" in r) for p, r in scan.skipped] == [("zz_cut.dcm", True)]
-    assert scan.series[0].n_frames == 16
-    np.testing.assert_array_equal(read_dicom_series(tmp_path / "series").array, axial_ct.array)
+    assert [(p.name, "truncated DICOM header" in r) for p, r in scan.skipped] == [(f"IM{z:04d}.dcm", True)]
+    (info,) = scan.series
+    assert info.n_frames == 15 and [p.name for p, _ in info.unreadable] == [f"IM{z:04d}.dcm"]
+    for source in (tmp_path / "series", info):
+        with pytest.raises(InputError) as err:
+            read_dicom_series(source)
+        assert not isinstance(err.value, SeriesGeometryError)  # not reported as a "missing slice"
+        assert err.value.path == str(paths[z])
+        assert err.value.reason.startswith("unreadable DICOM file in the folder of CT series 1 (15 slices): "
+                                           "truncated DICOM header")
+        assert "remove or replace it" in err.value.reason
+
+
+def test_truncated_file_fails_only_the_series_it_can_belong_to(tmp_path, make_volume):
+    ct, mr = make_volume(seed=3, shape=(4, 6, 5)), make_volume(seed=4, shape=(3, 5, 6), oblique=False, low=0)
+    write_dicom_series(ct, tmp_path / "ct", series_description="CT thorax", seed=1, file_names="index")
+    mr_paths = write_dicom_series(mr, tmp_path / "mr", modality="MR", series_description="T1 axial", seed=2,
+                                  file_names="index")
+    mr_paths[-1].write_bytes(mr_paths[-1].read_bytes()[:400])
+    scan = scan_dicom_folder(tmp_path)
+    by_mod = {s.modality: s for s in scan.series}
+    assert by_mod["CT"].unreadable == [] and [p for p, _ in by_mod["MR"].unreadable] == [mr_paths[-1]]
+    np.testing.assert_array_equal(read_dicom_series(by_mod["CT"]).array, ct.array)
+    with pytest.raises(InputError, match="unreadable DICOM file in the folder of MR series 3 'T1 axial' "
+                                         r"\(2 slices\)") as err:
+        read_dicom_series(by_mod["MR"])
+    assert err.value.path == str(mr_paths[-1])
+    # A broken file beside both series could be a slice of either: both fail, naming it.
+    (tmp_path / "ct" / "x.dcm").write_bytes(mr_paths[0].read_bytes()[:400])
+    (tmp_path / "mr" / "IM0002.dcm").unlink()
+    shutil.move(tmp_path / "ct" / "x.dcm", tmp_path / "x.dcm")
+    scan = scan_dicom_folder(tmp_path)
+    assert all([p.name for p, _ in s.unreadable] == ["x.dcm"] for s in scan.series)
 
 
 @pytest.mark.parametrize("changes, reason", [
@@ -214,6 +244,23 @@ def test_two_series_in_one_folder(tmp_path, make_volume):
     assert scan_dicom_folder(tmp_path, recursive=False).series[0].description == "CT thorax"
     with pytest.raises(InputError, match="no series with SeriesInstanceUID 1.2.3"):
         read_dicom_series(tmp_path, series_uid="1.2.3")
+
+
+def test_nonfinite_rescaled_values_are_rejected_or_filled(tmp_path, axial_ct):
+    paths = _series(tmp_path, axial_ct)
+    _edit(paths[4], RescaleSlope="NaN")  # not valid DS, but real exports hold such values
+    _edit(paths[9], RescaleSlope=1e36)  # stored * 1e36 overflows float32 where stored > 340
+    stored = pydicom.dcmread(paths[9]).pixel_array.astype(np.float64)
+    overflow = int(np.sum(stored * 1e36 - 1024.0 > np.finfo(np.float32).max))
+    assert 0 < overflow < stored.size == 480
+    with pytest.raises(InputError) as err:
+        read_dicom_series(tmp_path / "series")
+    assert err.value.path == str(paths[4])
+    assert err.value.reason.startswith(f"{480 + overflow} non-finite voxels (480 NaN, {overflow} +Inf) of 7680 "
+                                       "after RescaleSlope/RescaleIntercept, in 2 slices (first: IM0004.dcm)")
+    vol = read_dicom_series(tmp_path / "series", fill_nonfinite=-1000.0)
+    assert vol.metadata["nonfinite_filled"] == 480 + overflow and np.all(vol.array[4] == -1000.0)
+    np.testing.assert_array_equal(vol.array[:4], axial_ct.array[:4])
 
 
 def test_non_dicom_file_is_skipped(tmp_path, axial_ct):

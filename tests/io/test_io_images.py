@@ -9,7 +9,7 @@ import SimpleITK as sitk
 import tifffile
 from PIL import Image
 
-from medtf.io import InputError, read_image, read_slice_2d
+from medtf.io import InputError, parse_nonfinite, read_image, read_slice_2d
 from medtf.io.volume import Volume
 
 SUFFIXES = [".nii.gz", ".mha", ".mhd", ".nrrd"]
@@ -118,3 +118,48 @@ def test_png_dpi_rgba_and_errors(tmp_path):
     tifffile.imwrite(tmp_path / "stack.tif", np.zeros((3, 4, 5), np.uint8), photometric="minisblack")
     with pytest.raises(InputError, match="single 2D grayscale or RGB image"):
         read_slice_2d(tmp_path / "stack.tif")
+
+
+# --- non-finite voxels ------------------------------------------------------------------------------------------
+NONFINITE_ZYX = {(1, 2, 3): np.nan, (3, 0, 5): np.nan, (2, 4, 1): np.inf, (0, 1, 1): -np.inf}
+
+
+def _write_float_image(path, suffix):
+    """A float32 (4, 5, 6) volume with 2 NaN, 1 +Inf and 1 -Inf voxels; NIfTI written by nibabel (not ITK)."""
+    array = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6) + 10.0
+    for zyx, value in NONFINITE_ZYX.items():
+        array[zyx] = value
+    if suffix == ".nii.gz":
+        nib.save(nib.Nifti1Image(np.ascontiguousarray(array.transpose(2, 1, 0)), np.diag([0.8, 0.9, 2.0, 1.0])),
+                 str(path))
+    else:
+        sitk.WriteImage(sitk.GetImageFromArray(array), str(path))
+    return array
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".mhd", ".nrrd"])
+def test_nonfinite_voxels_are_rejected_with_their_count_or_filled_on_request(tmp_path, suffix):
+    path = tmp_path / f"flair{suffix}"
+    array = _write_float_image(path, suffix)
+    with pytest.raises(InputError) as err:
+        read_image(path)
+    assert err.value.path == str(path)
+    assert "4 non-finite voxels (2 NaN, 1 +Inf, 1 -Inf) of 120" in err.value.reason
+    vol = read_image(path, fill_nonfinite=-7.5)
+    assert vol.metadata["nonfinite_filled"] == 4 and vol.array.dtype == np.float32
+    expected = array.copy()
+    for zyx in NONFINITE_ZYX:
+        expected[zyx] = -7.5
+    np.testing.assert_array_equal(vol.array, expected)
+    finite = array.copy()
+    finite[~np.isfinite(finite)] = 1.0
+    sitk.WriteImage(sitk.GetImageFromArray(finite), str(tmp_path / "clean.nrrd"))
+    assert read_image(tmp_path / "clean.nrrd", fill_nonfinite=0.0).metadata["nonfinite_filled"] == 0
+
+
+def test_nonfinite_policy_parsing():
+    assert parse_nonfinite("error") is None and parse_nonfinite("fill:0") == 0.0
+    assert parse_nonfinite("fill:-1024.5") == -1024.5
+    for bad in ("fill", "fill:nan", "fill:abc", "zero"):
+        with pytest.raises(ValueError, match="--nonfinite expects 'error' or 'fill:VALUE'"):
+            parse_nonfinite(bad)

@@ -80,3 +80,29 @@ def test_strict_mode_stops_at_the_first_bad_input(prostate_source, tmp_path):
 
 def test_bad_options_are_refused(prostate_source, tmp_path):
     assert convert(prostate_source, tmp_path / "o", "--patch-size", "2") == 2
+
+
+def test_a_file_cut_inside_its_header_fails_its_series_and_is_named(prostate_source, tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(prostate_source, src)
+    patients = sorted((src / "PROSTATEx").iterdir())
+    cut = {}  # patient -> the damaged file: the last slice of the T2, ADC and chosen (highest b) DWI series
+    for patient, pattern in zip(patients, ("4-t2tsetra-*", "8-ep2ddifftraDYNDISTADC-*", "9-ep2ddifftraDYNDISTCALC*",
+                                           "3-t2tsesag-*")):
+        path = sorted(next(patient.glob(f"*/{pattern}")).iterdir())[-1]
+        path.write_bytes(path.read_bytes()[:400])
+        cut[patient.name] = path
+    unused = cut.pop(patients[3].name)  # the sagittal T2 is not converted: its damaged file fails nothing
+    out = tmp_path / "out"
+    assert convert(src, out) == 0
+    manifest = read_manifest(out)
+    hasher = IdHasher(TEST_SALT.encode())
+    assert manifest["num_failed"] == 3, manifest["failures"]
+    for prox, path in cut.items():
+        (failure,) = [f for f in manifest["failures"] if f"/{hasher(prox)}/" in f["file"]]
+        assert failure["file"].endswith(f"/{path.parent.name}/{path.name}")
+        number, name = path.parent.name.split("-")[:2]
+        assert failure["reason"].startswith(f"unreadable DICOM file in the folder of series {number} (")
+        assert "truncated DICOM header" in failure["reason"], failure
+    converted = {e["patient_id"].decode() for e in examples(out)}
+    assert converted.isdisjoint(hasher(p) for p in cut) and hasher(unused.parents[2].name) in converted

@@ -6,6 +6,8 @@ import json
 import re
 import shutil
 
+import nibabel as nib
+import numpy as np
 import pytest
 import SimpleITK as sitk
 
@@ -115,3 +117,42 @@ def test_strict_mode_stops_at_the_first_bad_case(damaged, tmp_path):
     out = tmp_path / "out"
     assert convert_reports(damaged[0], out, "--strict") == 2
     assert not (out / "manifest.json").exists()
+
+
+def test_nonfinite_voxels_fail_the_case_or_are_filled_on_request(reports_source, tmp_path):
+    from tests.reports.test_reports_convert import by_case
+
+    src = tmp_path / "src"
+    shutil.copytree(reports_source, src)
+    case = sorted(csv_rows(src))[0]
+    flair = src / case / "flair.nii.gz"
+    image = nib.load(flair)  # int16 from the generator: stored again as float32 with 3 NaN and 2 +Inf voxels
+    data = np.asanyarray(image.dataobj).astype(np.float32)
+    centre = tuple(n // 2 for n in data.shape)
+    for k, value in enumerate([np.nan, np.nan, np.nan, np.inf, np.inf]):
+        data[centre[0] + k, centre[1], centre[2]] = value
+    header = image.header.copy()
+    header.set_data_dtype(np.float32)
+    nib.save(nib.Nifti1Image(data, image.affine, header), flair)
+    case_hash, patient = IdHasher(TEST_SALT.encode(), prefix="c")(case), IdHasher(TEST_SALT.encode())(
+        csv_rows(src)[case]["patient_id"])
+
+    out = tmp_path / "rejected"
+    assert convert_reports(src, out) == 0
+    manifest = read_manifest(out)
+    assert [(f["case"], f["file"]) for f in manifest["failures"]] == [(case_hash, f"{patient}/flair.nii.gz")]
+    assert manifest["failures"][0]["reason"].startswith(f"5 non-finite voxels (3 NaN, 2 +Inf) of {data.size}; ")
+    assert "--nonfinite fill:VALUE" in manifest["failures"][0]["reason"]
+    assert sum(s["num_examples"] for s in manifest["splits"].values()) == CASES - 1
+    assert manifest["options"]["nonfinite"] == "error"
+
+    out = tmp_path / "filled"
+    assert convert_reports(src, out, "--nonfinite", "fill:0") == 0
+    manifest = read_manifest(out)
+    assert manifest["num_failed"] == 0 and manifest["options"]["nonfinite"] == "fill:0"
+    examples = by_case(out, src)
+    assert len(examples) == CASES
+    assert examples[case]["nonfinite_filled"].tolist() == [0, 0, 5]  # per sequence: dwi_b1000, t2s, flair
+    assert all(e["nonfinite_filled"].tolist() == [0, 0, 0] for cid, e in examples.items() if cid != case)
+    assert np.isfinite(examples[case]["image"]).all()
+    assert convert_reports(src, tmp_path / "bad", "--nonfinite", "zero") == 2
