@@ -139,10 +139,12 @@ def reconstruct_prediction(case_dir: Path, prediction: Path) -> dict:
     reference = pydicom.dcmread(next(iter(sorted((case_dir / "CT").iterdir()))), stop_before_pixels=True)
     json_path = write_catheters_json(prediction / "catheters.json", centrelines,
                                      frame_of_reference_uid=str(reference.FrameOfReferenceUID), step_mm=1.0)
-    plan_path = write_reconstructed_plan(prediction / "RP.reconstructed.dcm", centrelines, reference_ct=reference)
-    planned = read_brachy_plan(next(case_dir.glob("RP*.dcm"))).polylines
-    summary = match_catheters(centrelines, planned).summary()
-    return {"summary": summary, "json": json_path, "plan": plan_path, "planned": len(planned)}
+    planned = read_brachy_plan(next(case_dir.glob("RP*.dcm"))).catheters
+    match = match_catheters(centrelines, [c.points for c in planned])
+    # A catheter found where the plan has one gets that channel's number, so the plans map onto each other.
+    plan_path = write_reconstructed_plan(prediction / "RP.reconstructed.dcm", centrelines, reference_ct=reference,
+                                         channel_numbers=match.channel_numbers([c.channel_number for c in planned]))
+    return {"summary": match.summary(), "json": json_path, "plan": plan_path, "planned": len(planned)}
 
 
 def _number(value, digits: int) -> str:

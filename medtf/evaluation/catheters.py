@@ -36,6 +36,18 @@ def planned_catheters(example: dict) -> list[np.ndarray]:
     return [points[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
 
 
+def planned_channel_numbers(example: dict) -> list[int]:
+    """The plan's ``ChannelNumber`` of each catheter of a brachy-ct record (``channel_numbers``), in catheter
+    order; ``1..n`` for records that do not store them (written before brachy-ct schema v2).
+
+    Example:
+        >>> planned_channel_numbers({"catheter_offsets": [0, 2, 5], "channel_numbers": [3, 9]})
+        [3, 9]
+    """
+    numbers = [int(n) for n in np.asarray(example.get("channel_numbers", []), np.int64).ravel()]
+    return numbers or list(range(1, len(np.asarray(example["catheter_offsets"]).ravel())))
+
+
 def catheter_metrics(pred_mask: np.ndarray, example: dict, *, step_mm: float = 1.0, min_length_mm: float = 10.0,
                      max_mean_distance_mm: float = 3.0) -> dict:
     """`COLUMNS` of one case: reconstruct catheters from ``pred_mask (z, y, x)`` and match them to the plan.

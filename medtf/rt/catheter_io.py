@@ -108,6 +108,7 @@ def write_reconstructed_plan(
     dwell_time_s: float = 0.0,
     plan_label: str = "RECONSTRUCTED",
     referenced_structure_set_uid: str | None = None,
+    channel_numbers: Sequence[int] | None = None,
 ) -> Path:
     """Write reconstructed catheters as a brachytherapy RT Plan on the CT's frame of reference.
 
@@ -120,7 +121,10 @@ def write_reconstructed_plan(
 
     Args:
         path: output file (written atomically).
-        catheters: ``(N, 3)`` LPS mm centrelines, tip first (one channel each, numbered 1..n).
+        catheters: ``(N, 3)`` LPS mm centrelines, tip first (one channel each).
+        channel_numbers: ``ChannelNumber`` per catheter (distinct); default ``1..n``. When the catheters were
+            matched to a plan, `medtf.rt.CatheterMatch.channel_numbers` gives each one its planned channel's
+            number, so the reconstructed plan maps back onto the original.
         reference_ct: a slice of the planning CT (``pydicom.dcmread(f, stop_before_pixels=True)`` is enough).
         frame_of_reference_uid: needed when ``reference_ct`` is None; must equal the CT's when both are given.
         dwell_step_mm: control points every this many mm; None keeps every given point, so
@@ -146,7 +150,8 @@ def write_reconstructed_plan(
     identity = reference_ct if reference_ct is not None else pydicom.Dataset()
     return _atomic_write(Path(path), lambda tmp: write_brachy_plan(
         tmp, cats, frame_of_reference_uid=for_uid, dwell_step_mm=dwell_step_mm, dwell_time_s=dwell_time_s,
-        plan_label=plan_label, sop_instance_uid=generate_uid(), series_uid=generate_uid(),
+        plan_label=plan_label, channel_numbers=channel_numbers, sop_instance_uid=generate_uid(),
+        series_uid=generate_uid(),
         study_uid=generate_uid(), identity_source=identity,
         plan_geometry="PATIENT" if referenced_structure_set_uid else "TREATMENT_DEVICE",
         referenced_structure_set_uid=referenced_structure_set_uid,

@@ -80,6 +80,30 @@ class CatheterMatch:
             "tip_error_max_mm": float(arr[:, 2].max()) if len(arr) else nan,
         }
 
+    def channel_numbers(self, planned_numbers: Sequence[int]) -> list[int]:
+        """A ``ChannelNumber`` per predicted catheter, in prediction order: a matched catheter gets its planned
+        catheter's number, an unmatched (spurious) one the next numbers above all planned ones.
+
+        Args:
+            planned_numbers: the plan's ChannelNumber per planned catheter (``Catheter.channel_number``, or a
+                brachy-ct record's ``channel_numbers``), in the order given to `match_catheters`.
+
+        Example:
+            >>> m = match_catheters(reconstructed, plan.polylines)
+            >>> write_reconstructed_plan(path, reconstructed, reference_ct=hdr,
+            ...                          channel_numbers=m.channel_numbers([c.channel_number for c in plan.catheters]))
+        """
+        planned = [int(n) for n in planned_numbers]
+        n_predicted = len(self.pairs) + len(self.spurious)
+        numbers: list[int | None] = [None] * n_predicted
+        for pred, plan, *_ in self.pairs:
+            numbers[pred] = planned[plan]
+        next_free = max(planned, default=0) + 1
+        for i in range(n_predicted):
+            if numbers[i] is None:
+                numbers[i], next_free = next_free, next_free + 1
+        return numbers
+
 
 def match_catheters(
     predicted: Sequence[np.ndarray], planned: Sequence[np.ndarray], *, max_mean_distance_mm: float = 3.0

@@ -162,6 +162,8 @@ def write_brachy_plan(
     numbers = list(channel_numbers) if channel_numbers is not None else list(range(1, len(catheters) + 1))
     if len(numbers) != len(catheters):
         raise ValueError(f"{len(numbers)} channel numbers for {len(catheters)} catheters")
+    if len(set(numbers)) != len(numbers) or any(int(n) < 1 for n in numbers):
+        raise ValueError(f"channel numbers must be distinct positive integers, got {numbers}")
     study_uid = study_uid or _uid("study", seed, patient_id)
     series_uid = series_uid or _uid("series", seed, patient_id, frame_of_reference_uid)
     sop_uid = sop_instance_uid or _uid("sop", seed, patient_id, frame_of_reference_uid)

@@ -7,7 +7,7 @@ import csv
 import numpy as np
 import pytest
 
-from medtf.evaluation.catheters import planned_catheters
+from medtf.evaluation.catheters import planned_catheters, planned_channel_numbers
 from medtf.evaluation.predict import probabilities_to_mask
 from medtf.evaluation.report import statistics, write_per_case
 from medtf.evaluation.run import eval_patch_size
@@ -41,6 +41,14 @@ def test_planned_catheters_row_splits():
     cats = planned_catheters({"catheter_points": points, "catheter_offsets": np.array([0, 2, 6])})
     assert [c.shape for c in cats] == [(2, 3), (4, 3)]
     np.testing.assert_array_equal(cats[1][0], [6, 7, 8])
+
+
+def test_planned_channel_numbers_stored_or_positional():
+    assert planned_channel_numbers({"catheter_offsets": np.array([0, 2, 6]), "channel_numbers": np.array([3, 9])}) \
+        == [3, 9]
+    assert planned_channel_numbers({"catheter_offsets": np.array([0, 2, 6]), "channel_numbers": np.array([], int)}) \
+        == [1, 2]  # a record written before channel numbers were stored
+    assert planned_channel_numbers({"catheter_offsets": [0, 2, 6, 9]}) == [1, 2, 3]
 
 
 def test_csv_round_trip_and_statistics(tmp_path):

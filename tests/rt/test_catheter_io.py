@@ -103,6 +103,45 @@ def test_reconstructed_plan_options(tmp_path, ct_header):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.dcm", "b.dcm"]
 
 
+def test_reconstructed_plan_writes_the_given_channel_numbers(tmp_path, ct_header):
+    path = write_reconstructed_plan(tmp_path / "RP.dcm", _catheters(), reference_ct=ct_header, channel_numbers=[9, 3])
+    assert [c.channel_number for c in read_brachy_plan(path).catheters] == [9, 3]
+    for bad in ([3, 3], [1], [0, 2]):
+        with pytest.raises(ValueError, match="channel numbers"):
+            write_reconstructed_plan(tmp_path / "bad.dcm", _catheters(), reference_ct=ct_header, channel_numbers=bad)
+
+
+def test_demo_reconstruction_maps_catheters_back_to_the_plans_channels(tmp_path):
+    """The demo's reconstructed plan numbers each found catheter like the planned one it matches."""
+    import SimpleITK as sitk
+
+    from medtf.cli.demo import reconstruct_prediction
+    from medtf.io import read_dicom_series
+    from medtf.rt import match_catheters, rasterize_polylines
+    from medtf.synth.brachy_ct import generate_brachy_case
+
+    case = tmp_path / "case"
+    ct_dir, plan_path = generate_brachy_case(case, 0, seed=3, shape=(32, 80, 80), n_catheters=(6, 6))
+    plan = pydicom.dcmread(plan_path)
+    numbers = [2, 3, 5, 7, 11, 13]
+    for channel, number in zip(plan.ApplicationSetupSequence[0].ChannelSequence, numbers):
+        channel.ChannelNumber = number
+    plan.save_as(plan_path)
+    planned = read_brachy_plan(plan_path)
+    ct = read_dicom_series(ct_dir)
+    mask, _ = rasterize_polylines(planned.polylines, ct, 1.25)  # a perfect prediction
+    (tmp_path / "prediction").mkdir()
+    sitk.WriteImage(ct.with_array(mask).to_sitk(), str(tmp_path / "prediction" / "mask.nii.gz"))
+    result = reconstruct_prediction(case, tmp_path / "prediction")
+    assert result["summary"]["found"] == 6 and result["summary"]["spurious"] == 0
+    rebuilt = read_brachy_plan(result["plan"])
+    pairs = match_catheters(rebuilt.polylines, planned.polylines).pairs
+    assert len(pairs) == 6
+    for rec, ref, *_ in pairs:
+        assert rebuilt.catheters[rec].channel_number == planned.catheters[ref].channel_number
+    assert sorted(c.channel_number for c in rebuilt.catheters) == numbers
+
+
 def test_synth_writer_is_a_re_export():
     from medtf.rt import rtplan_writer as rt_writer
     from medtf.synth import rtplan_writer as synth_writer

@@ -67,3 +67,12 @@ def test_threshold_and_empty_inputs():
     assert (s["found"], s["missed"], s["spurious"]) == (0, 1, 0)
     assert all(math.isnan(s[k]) for k in ("mean_distance_mm", "max_distance_mm", "tip_error_mm", "tip_error_max_mm"))
     assert match_catheters([_line()], []).spurious == [0]
+
+
+def test_channel_numbers_follow_the_matched_planned_catheters():
+    planned, numbers = [_line(0.0), _line(10.0), _line(20.0)], [1, 5, 9]
+    predicted = [_line(20.4), _line(40.0), _line(0.2), _line(60.0)]  # plan 2, spurious, plan 0, spurious
+    m = match_catheters(predicted, planned)
+    assert m.channel_numbers(numbers) == [9, 10, 1, 11]  # unmatched: above every planned number
+    assert m.missed == [1] and match_catheters([], planned).channel_numbers(numbers) == []
+    assert match_catheters(predicted[:1], []).channel_numbers([]) == [1]
