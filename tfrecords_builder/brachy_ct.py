@@ -8,7 +8,8 @@ brachytherapy RT Plans, as exported from a treatment planning system::
 
 One example per plan (see `medtf.data.schema.BRACHY_CT`): the CT in HU, the catheters rasterised as tubes of
 ``--catheter-radius-mm`` onto the (optionally resampled and cropped) CT grid as a binary mask and an instance
-map, the catheter polylines, and the grid geometry. The plan must share the CT's FrameOfReferenceUID; a plan
+map (catheter k = label k in plan order), the catheter polylines with each one's plan ``ChannelNumber``, and the
+grid geometry. The plan must share the CT's FrameOfReferenceUID; a plan
 without a matching CT is reported, not guessed. The patient (for splits) is the DICOM PatientID, so several
 folders of one patient (fractions, re-plans) always land in the same split.
 
@@ -126,9 +127,11 @@ class BrachyCtConverter(Converter):
         plans = [f for s in scan.series if s.modality == "RTPLAN" for f in s.files]
         cts = [s for s in scan.image_series if s.modality == "CT"]
         if not plans:
-            raise InputError(folder, "no RT Plan (Modality RTPLAN) in folder")
+            raise InputError(folder, "no RT Plan (Modality RTPLAN) in folder" + _skipped_note(scan))
         if not cts:
-            raise InputError(folder, "no CT image series in folder")
+            found = "; ".join(s.label() for s in scan.image_series)
+            raise InputError(folder, "no CT image series in folder" + (f" (image series: {found})" if found else "")
+                             + _skipped_note(scan))
         return CaseOutput(examples=[self._convert_plan(path, cts, options) for path in sorted(plans)])
 
     def _convert_plan(self, plan_path: Path, cts, options) -> dict:
@@ -139,8 +142,14 @@ class BrachyCtConverter(Converter):
         plan = read_brachy_plan(plan_path)
         matching = [s for s in cts if s.frame_of_reference_uid == plan.frame_of_reference_uid]
         if len(matching) > 1:
-            raise InputError(plan_path, f"{len(matching)} CT series share the plan's frame of reference; "
-                                        "keep one CT per patient folder")
+            raise InputError(plan_path, f"{len(matching)} CT series share the plan's frame of reference: "
+                                        + "; ".join(s.label() for s in matching) + ". Keep only the CT the plan "
+                                        "was made on in this patient folder (move the other series' files out)")
+        if not matching and len(cts) > 1:
+            raise FrameOfReferenceError(plan_path, f"no CT series shares the plan's FrameOfReferenceUID "
+                                                   f"{plan.frame_of_reference_uid or '(missing)'}: " + "; ".join(
+                                                       f"{s.label()} has {s.frame_of_reference_uid or '(none)'}"
+                                                       for s in cts) + "; the plan belongs to none of these CTs")
         ct = read_dicom_series(matching[0] if matching else cts[0])
         try:
             check_frame_of_reference(plan, ct)
@@ -164,11 +173,42 @@ class BrachyCtConverter(Converter):
             "instances": instances.astype(np.uint8),
             "catheter_points": np.concatenate(polylines).astype(np.float32),
             "catheter_offsets": np.cumsum([0] + [len(p) for p in polylines]),
+            "channel_numbers": [c.channel_number for c in plan.catheters],
             "window": np.asarray(window, np.float32),
             "spacing": ct.spacing,
             "origin": ct.origin,
             "direction": ct.direction,
         }
+
+
+def _skipped_note(scan, shown: int = 5) -> str:
+    """The files of a patient folder that are in no series, named relative to it, for a "not found" message:
+    a plan or CT exported as something else (a PNG named .dcm) or cut short is then found at once."""
+    def names(items):
+        listed = ", ".join(f"{_relative(path, scan.folder)} ({reason})" for path, reason in items[:shown])
+        return listed + (f" and {len(items) - shown} more" if len(items) > shown else "")
+
+    not_dicom = [(p, _file_kind(p)) for p, r in scan.skipped if r.startswith("not a DICOM file")]
+    other = [(p, r) for p, r in scan.skipped if not r.startswith("not a DICOM file")]
+    note = f"; not DICOM: {names(not_dicom)}" if not_dicom else ""
+    return note + (f"; unreadable or not part of a series: {names(other)}" if other else "")
+
+
+def _file_kind(path: Path) -> str:
+    from medtf.io.dicom_headers import file_kind
+
+    try:
+        with open(path, "rb") as fh:
+            return file_kind(fh.read(348)) or "unknown format"
+    except OSError as exc:
+        return f"cannot open: {exc.strerror or exc}"
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(Path(path).relative_to(root))
+    except ValueError:
+        return Path(path).name
 
 
 def main(argv=None) -> int:

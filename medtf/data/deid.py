@@ -4,6 +4,12 @@ The key comes from ``--id-salt`` or, by default, from a generated secret kept in
 folder (``<output>.idkey``, mode 0600), never inside it: shards and manifest can be shared without it, and the
 same key re-used on the next run gives the same hashed IDs (byte-identical re-runs, linkable datasets).
 The manifest records only a fingerprint of the key, so a user can tell which key a dataset was made with.
+
+DICOM UIDs (Study/Series/SOP Instance, Frame of Reference; often also file names) identify a patient's data in
+the hospital's archive, so text written to an output file passes through `IdHasher.scrub`, which replaces every
+UID by its own keyed pseudonym ``uid-<16 hex>``: equal UIDs stay equal (a frame-of-reference mismatch still
+shows two different values) and nothing leads back to the archive without the key. UIDs defined by the DICOM
+standard itself (``1.2.840.10008.*``: SOP classes, transfer syntaxes) identify nothing and are kept.
 """
 
 from __future__ import annotations
@@ -14,6 +20,12 @@ import os
 import re
 import secrets
 from pathlib import Path
+
+# A DICOM UID (PS3.5 9.1): numeric components without leading zeros, the first 0, 1 or 2; four or more of them
+# (shorter dotted numbers are versions and decimals); not inside a longer number (``CT.1.2.3.4.dcm`` holds the
+# UID ``1.2.3.4``).
+UID_PATTERN = re.compile(r"(?<![0-9])[0-2](?:\.(?:0|[1-9][0-9]*)){3,}(?![0-9])")
+STANDARD_UID_ROOT = "1.2.840.10008."
 
 
 def key_file_for(output_dir: str | os.PathLike) -> Path:
@@ -73,6 +85,7 @@ class IdHasher:
         self._key = key
         self.prefix = prefix
         self._seen: dict[str, str] = {}
+        self._uids: IdHasher | None = None  # pseudonyms of DICOM UIDs, made on first use
 
     def __call__(self, raw: str) -> str:
         raw = str(raw).strip()
@@ -84,11 +97,32 @@ class IdHasher:
         return self._seen[raw]
 
     def scrub(self, text: str, raw_ids, replacement: str | None = None) -> str:
-        """Replace every occurrence of any raw id in ``text`` (paths, error messages).
+        """Replace every occurrence of any raw id in ``text`` (paths, error messages), then every DICOM UID.
 
         Each id becomes ``replacement`` when given (e.g. the patient's pseudonym for all of one case's
-        identifiers, so a failure stays traceable with the key), else its own pseudonym.
+        identifiers, so a failure stays traceable with the key), else its own pseudonym. Each DICOM UID becomes
+        its own ``uid-<16 hex>`` pseudonym (see the module docstring).
         """
         for raw in sorted({str(r).strip() for r in raw_ids if str(r).strip()}, key=len, reverse=True):
             text = re.sub(re.escape(raw), replacement or self(raw), text, flags=re.IGNORECASE)
-        return text
+        return scrub_uids(text, self._uid_hasher())
+
+    def _uid_hasher(self) -> "IdHasher":
+        if self._uids is None:
+            self._uids = IdHasher(self._key, prefix="uid")
+        return self._uids
+
+
+def scrub_uids(text: str, pseudonym) -> str:
+    """``text`` with every DICOM UID except the standard's own (``1.2.840.10008.*``) replaced by
+    ``pseudonym(uid)``.
+
+    Example:
+        >>> scrub_uids("FrameOfReferenceUID 1.2.826.0.1.3680043.2.1 differs", lambda uid: "uid-x")
+        'FrameOfReferenceUID uid-x differs'
+    """
+    def replace(match: re.Match) -> str:
+        uid = match.group(0)
+        return uid if uid.startswith(STANDARD_UID_ROOT) else pseudonym(uid)
+
+    return UID_PATTERN.sub(replace, text)
