@@ -109,3 +109,16 @@ def pytest_runtest_makereport(item, call):
         report.longrepr = f"skipped under MEDTF_FAIL_ON_SKIP=1: {call.excinfo.value}"
         return report
     return None
+
+
+@pytest.fixture(scope="session")
+def dciodvfy():
+    """``validate(path) -> DicomReport`` with dicom3tools' dciodvfy (installed with apt as root when missing; skips
+    with the reason elsewhere, which fails under ``MEDTF_FAIL_ON_SKIP=1``). See tests/dicom_validation.py."""
+    from tests.dicom_validation import ValidatorUnavailable, ensure_dciodvfy, validate_dicom
+
+    try:
+        program = ensure_dciodvfy()
+    except ValidatorUnavailable as exc:
+        pytest.skip(f"no DICOM validator: {exc}")
+    return lambda path: validate_dicom(path, program)

@@ -24,7 +24,7 @@ import pydicom
 from pydicom.uid import generate_uid
 
 from medtf.rt.polyline import polyline_length
-from medtf.rt.rtplan_writer import write_brachy_plan
+from medtf.rt.rtplan_writer import DeliverySetup, write_brachy_plan
 
 JSON_VERSION = 1
 
@@ -109,6 +109,7 @@ def write_reconstructed_plan(
     plan_label: str = "RECONSTRUCTED",
     referenced_structure_set_uid: str | None = None,
     channel_numbers: Sequence[int] | None = None,
+    source_plan: pydicom.Dataset | str | os.PathLike | None = None,
 ) -> Path:
     """Write reconstructed catheters as a brachytherapy RT Plan on the CT's frame of reference.
 
@@ -118,6 +119,14 @@ def write_reconstructed_plan(
     generated per call. Nothing is printed or logged. Without a structure set to reference, RTPlanGeometry is
     ``TREATMENT_DEVICE`` (DICOM requires ReferencedStructureSetSequence only for ``PATIENT``). Dwell times are
     ``dwell_time_s`` (0: geometry only, the planner sets times). The plan is UNAPPROVED.
+
+    With ``source_plan`` (the implant's original plan) the new plan carries its treatment machine, source(s),
+    treatment type and technique, application setup type, and each channel's applicator data (ChannelLength,
+    SourceApplicator ID/type/length/step size, transfer tube, ...) by channel number; a catheter the source plan
+    does not have gets the applicator data of its first channel. Without one, the documented defaults are an
+    empty TreatmentMachineName (type 2: unknown), an HDR Ir-192 source, ApplicationSetupType
+    `medtf.rt.rtplan_writer.DEFAULT_APPLICATION_SETUP_TYPE`, flexible applicators and SourceApplicatorStepSize =
+    ``dwell_step_mm`` or the spacing of the given points (1 mm for `medtf.rt.reconstruct_catheters` output).
 
     Args:
         path: output file (written atomically).
@@ -130,6 +139,7 @@ def write_reconstructed_plan(
         dwell_step_mm: control points every this many mm; None keeps every given point, so
             ``read_brachy_plan(path).polylines`` returns ``catheters`` (to the DS precision, < 1e-3 mm).
         dwell_time_s, plan_label, referenced_structure_set_uid: see `medtf.rt.rtplan_writer.write_brachy_plan`.
+        source_plan: the original RT Plan (dataset or file) whose machine and applicator data are copied.
 
     Example:
         >>> hdr = pydicom.dcmread(first_ct_slice, stop_before_pixels=True)
@@ -148,6 +158,12 @@ def write_reconstructed_plan(
     # Without a CT header an empty dataset is the identity source: patient attributes are written empty instead
     # of the synthetic writer's placeholders.
     identity = reference_ct if reference_ct is not None else pydicom.Dataset()
+    if source_plan is not None:
+        source = source_plan if isinstance(source_plan, pydicom.Dataset) else pydicom.dcmread(source_plan)
+        delivery = DeliverySetup.from_plan(source)
+        treatment_type = str(source.get("BrachyTreatmentType") or "HDR")
+    else:
+        delivery, treatment_type = DeliverySetup(machine_name=""), "HDR"
     return _atomic_write(Path(path), lambda tmp: write_brachy_plan(
         tmp, cats, frame_of_reference_uid=for_uid, dwell_step_mm=dwell_step_mm, dwell_time_s=dwell_time_s,
         plan_label=plan_label, channel_numbers=channel_numbers, sop_instance_uid=generate_uid(),
@@ -157,7 +173,7 @@ def write_reconstructed_plan(
         referenced_structure_set_uid=referenced_structure_set_uid,
         plan_datetime=(now.strftime("%Y%m%d"), now.strftime("%H%M%S")),
         series_description="Catheters reconstructed by medtf", manufacturer="medtf",
-        implementation_version="MEDTF",
+        implementation_version="MEDTF", delivery=delivery, treatment_type=treatment_type,
     ))
 
 

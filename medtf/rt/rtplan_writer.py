@@ -5,16 +5,28 @@ Used by the synthetic brachy-CT generator and tests (no installable package ship
 becomes one ``ChannelSequence`` item whose ``BrachyControlPointSequence`` holds a dwell pair (arrival and
 departure control points at the same position, cumulative time weight rising by the dwell time) at every dwell
 position. `medtf.rt.read_brachy_plan` merges each pair back into one polyline vertex.
+
+What the plan says about the afterloader and the applicators (treatment machine, source, application setup type,
+per-channel applicator ID/type/length/step size, transfer tubes) is a `DeliverySetup`: its defaults describe the
+synthetic HDR unit, `DeliverySetup.from_plan` copies a real plan's, so a plan rebuilt from reconstructed catheters
+can carry the source plan's machine and applicators (`medtf.rt.catheter_io.write_reconstructed_plan`).
+
+Written plans pass dicom3tools' ``dciodvfy`` without errors (tests/dicom_validation.py): channels always carry
+``SourceApplicatorStepSize`` (type 1C for STEPWISE movement) and a zero-length ``ReferencedROINumber`` (type 2C
+with a source applicator: the applicator ROI of a structure set, which these plans do not have).
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
@@ -27,6 +39,19 @@ PLAN_DATE = "20240103"
 PLAN_TIME = "091500"
 CHANNEL_LENGTH_MM = 1000.0  # afterloader channel length (transfer tube + applicator)
 RT_STRUCTURE_SET_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
+#: DICOM has no Application Setup Type for a free-hand or breast interstitial implant; PERINEAL (template-guided
+#: interstitial implant) is the closest defined term. A source plan's own value replaces it (`DeliverySetup`).
+DEFAULT_APPLICATION_SETUP_TYPE = "PERINEAL"
+DEFAULT_MACHINE_NAME = "SYNTH_HDR"
+
+#: Channel attributes that describe the afterloader channel and its applicator (copied from a source plan).
+CHANNEL_KEYWORDS = (
+    "ChannelLength", "ChannelEffectiveLength", "ChannelInnerLength", "AfterloaderChannelID", "SourceMovementType",
+    "ReferencedSourceNumber", "SourceApplicatorNumber", "SourceApplicatorID", "SourceApplicatorType",
+    "SourceApplicatorName", "SourceApplicatorLength", "SourceApplicatorManufacturer", "SourceApplicatorStepSize",
+    "SourceApplicatorTipLength", "SourceApplicatorWallNominalThickness", "SourceApplicatorWallNominalTransmission",
+    "TransferTubeNumber", "TransferTubeLength", "ChannelShieldSequence", "NumberOfPulses", "PulseRepetitionInterval",
+)
 
 #: Patient and General Study attributes copied from ``identity_source`` (e.g. one CT slice header), so that a
 #: plan attached to a real image belongs to the same patient and study.
@@ -47,6 +72,81 @@ def _uid(*parts: Any) -> str:
     return generate_uid(entropy_srcs=["medtf.synth.rtplan", *[str(p) for p in parts]])
 
 
+@dataclasses.dataclass
+class DeliverySetup:
+    """The afterloader and applicators a plan describes (everything but the catheter paths and dwell times).
+
+    Args:
+        machine_name: ``TreatmentMachineName`` (type 2: empty when unknown).
+        machine_manufacturer: the machine's ``Manufacturer`` (None: the plan's manufacturer).
+        application_setup_type: ``ApplicationSetupType`` (a DICOM defined term, see
+            `DEFAULT_APPLICATION_SETUP_TYPE`).
+        treatment_technique: ``BrachyTreatmentTechnique`` (INTERSTITIAL, INTRACAVITARY, ...).
+        sources: ``SourceSequence`` items (None: one Ir-192 HDR source of 40700 uGy/h at 1 m).
+        channels: ``{ChannelNumber: {keyword: value}}`` of `CHANNEL_KEYWORDS` per channel; a channel not listed
+            gets `default_channel` and its own number as applicator and transfer tube number.
+        default_channel: applicator attributes of channels not in ``channels`` (e.g. a catheter found by
+            reconstruction that the source plan did not have).
+        step_size_mm: ``SourceApplicatorStepSize`` where neither of the above gives one (None: the dwell step
+            of the written plan, or the median spacing of its control points).
+
+    Example:
+        >>> setup = DeliverySetup.from_plan(pydicom.dcmread("RP.original.dcm"))
+        >>> setup.machine_name, sorted(setup.channels)
+    """
+
+    machine_name: str = DEFAULT_MACHINE_NAME
+    machine_manufacturer: str | None = None
+    application_setup_type: str = DEFAULT_APPLICATION_SETUP_TYPE
+    treatment_technique: str = "INTERSTITIAL"
+    sources: list[Dataset] | None = None
+    channels: dict[int, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    default_channel: dict[str, Any] = dataclasses.field(default_factory=dict)
+    step_size_mm: float | None = None
+
+    @classmethod
+    def from_plan(cls, plan: Dataset | str | os.PathLike) -> "DeliverySetup":
+        """The machine, sources, setup type and per-channel applicator data of an RT Plan (a dataset or a file).
+
+        Channels not in the plan get the applicator data of the plan's first channel (same implant, same
+        applicator kind) without its identifiers (number, ID, name, transfer tube number).
+        """
+        ds = plan if isinstance(plan, Dataset) else pydicom.dcmread(plan, stop_before_pixels=True)
+        machines = ds.get("TreatmentMachineSequence") or [Dataset()]
+        setups = ds.get("ApplicationSetupSequence") or [Dataset()]
+        channels: dict[int, dict[str, Any]] = {}
+        for setup in setups:
+            for ch in setup.get("ChannelSequence") or []:
+                channels[int(ch.ChannelNumber)] = {k: copy.deepcopy(ch.data_element(k).value)
+                                                   for k in CHANNEL_KEYWORDS if k in ch}
+        first = next(iter(channels.values()), {})
+        own = {"SourceApplicatorNumber", "SourceApplicatorID", "SourceApplicatorName", "TransferTubeNumber",
+               "AfterloaderChannelID"}
+        steps = [float(c["SourceApplicatorStepSize"]) for c in channels.values() if "SourceApplicatorStepSize" in c]
+        return cls(
+            machine_name=str(machines[0].get("TreatmentMachineName", "") or ""),
+            machine_manufacturer=machines[0].get("Manufacturer"),
+            application_setup_type=str(setups[0].get("ApplicationSetupType") or DEFAULT_APPLICATION_SETUP_TYPE),
+            treatment_technique=str(ds.get("BrachyTreatmentTechnique") or "INTERSTITIAL"),
+            sources=[copy.deepcopy(s) for s in ds.get("SourceSequence") or []] or None,
+            channels=channels,
+            default_channel={k: v for k, v in first.items() if k not in own},
+            step_size_mm=float(np.median(steps)) if steps else None,
+        )
+
+
+def _default_source(reference_date: str) -> Dataset:
+    source = Dataset()
+    source.SourceNumber = 1
+    source.SourceType = "POINT"
+    source.SourceIsotopeName = "Ir-192"
+    source.SourceIsotopeHalfLife = _ds(73.83)  # days
+    source.SourceStrengthUnits = "AIR_KERMA_RATE"
+    source.ReferenceAirKermaRate = _ds(40700.0)  # uGy h^-1 at 1 m (~10 Ci)
+    source.SourceStrengthReferenceDate, source.SourceStrengthReferenceTime = reference_date, "000000"
+    return source
+
+
 def _dwell_positions(catheter, k: int, dwell_step_mm: float | None) -> np.ndarray:
     pts = np.asarray(catheter, dtype=np.float64)
     if pts.ndim != 2 or pts.shape[1] != 3 or len(pts) == 0 or not np.all(np.isfinite(pts)):
@@ -54,6 +154,16 @@ def _dwell_positions(catheter, k: int, dwell_step_mm: float | None) -> np.ndarra
     if dwell_step_mm is None:
         return dedup_consecutive(pts)[0]
     return resample_polyline(pts, dwell_step_mm)
+
+
+def _step_size(delivery: DeliverySetup, dwell_step_mm: float | None, positions: np.ndarray) -> float:
+    """SourceApplicatorStepSize where the channel's applicator data gives none (see `write_brachy_plan`)."""
+    if delivery.step_size_mm is not None:
+        return float(delivery.step_size_mm)
+    if dwell_step_mm is not None:
+        return float(dwell_step_mm)
+    gaps = np.linalg.norm(np.diff(positions, axis=0), axis=1)
+    return round(float(np.median(gaps)), 3) if len(gaps) else 0.0
 
 
 def _finish(ds: Dataset, sop_uid: str, version: str) -> None:
@@ -69,21 +179,25 @@ def _finish(ds: Dataset, sop_uid: str, version: str) -> None:
     ds.file_meta = meta
 
 
-def _channel(number: int, positions: np.ndarray, dwell_s: np.ndarray, step: float | None) -> Dataset:
+def _channel(number: int, positions: np.ndarray, dwell_s: np.ndarray, step: float,
+             applicator: Mapping[str, Any] | None = None, source_number: int = 1) -> Dataset:
     ch = Dataset()
     ch.ChannelNumber = number
     ch.ChannelLength = _ds(CHANNEL_LENGTH_MM)
     ch.ChannelTotalTime = _ds(float(dwell_s.sum()))
     ch.SourceMovementType = "STEPWISE"
-    ch.ReferencedSourceNumber = 1
+    ch.ReferencedSourceNumber = source_number
     ch.SourceApplicatorNumber = number
     ch.SourceApplicatorID = f"NEEDLE{number:02d}"
     ch.SourceApplicatorType = "FLEXIBLE"
     ch.SourceApplicatorLength = _ds(CHANNEL_LENGTH_MM)
-    if step is not None:
-        ch.SourceApplicatorStepSize = _ds(step)
+    ch.SourceApplicatorStepSize = _ds(step)
     ch.TransferTubeNumber = number
     ch.TransferTubeLength = _ds(CHANNEL_LENGTH_MM - 200.0)
+    for keyword, value in (applicator or {}).items():
+        setattr(ch, keyword, copy.deepcopy(value))  # one source value may serve several channels
+    if "SourceApplicatorNumber" in ch:
+        ch.ReferencedROINumber = None  # type 2C: the applicator's ROI in a structure set (none here)
     # Relative position: arc length from the first (distal-most) dwell position.
     rel = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(positions, axis=0), axis=1))])
     cps, cumulative = [], 0.0
@@ -126,6 +240,7 @@ def write_brachy_plan(
     series_description: str = "Synthetic HDR plan",
     manufacturer: str = "medtf synthetic",
     implementation_version: str = "MEDTF_SYNTH",
+    delivery: DeliverySetup | None = None,
 ) -> Path:
     """Write an HDR interstitial RT Plan with one channel per catheter.
 
@@ -150,6 +265,9 @@ def write_brachy_plan(
             (DICOM requires one only for ``"PATIENT"``).
         plan_datetime: ``(date, time)`` DICOM strings for RTPlanDate/Time and InstanceCreationDate/Time.
         series_description, manufacturer, implementation_version: descriptive strings.
+        delivery: machine, sources, setup type and applicator data (default `DeliverySetup()`: the synthetic HDR
+            unit, ``SourceApplicatorStepSize`` = ``dwell_step_mm`` or, without one, the median spacing of each
+            channel's dwell positions).
 
     Returns:
         The written path.
@@ -168,6 +286,8 @@ def write_brachy_plan(
     series_uid = series_uid or _uid("series", seed, patient_id, frame_of_reference_uid)
     sop_uid = sop_instance_uid or _uid("sop", seed, patient_id, frame_of_reference_uid)
 
+    delivery = delivery if delivery is not None else DeliverySetup()
+    sources = delivery.sources or [_default_source(plan_datetime[0])]
     channels = []
     for k, (cath, number) in enumerate(zip(catheters, numbers)):
         positions = _dwell_positions(cath, k, dwell_step_mm)
@@ -177,8 +297,10 @@ def write_brachy_plan(
             times = np.asarray(dwell_time_s[k], dtype=np.float64)
             if times.shape != (len(positions),):
                 raise ValueError(f"catheter {k}: {times.shape} dwell times for {len(positions)} dwell positions")
-        ch = _channel(int(number), positions, times, dwell_step_mm)
-        if treatment_type == "PDR":  # type 1C attributes for pulsed treatments
+        applicator = delivery.channels.get(int(number), delivery.default_channel)
+        ch = _channel(int(number), positions, times, _step_size(delivery, dwell_step_mm, positions), applicator,
+                      source_number=int(sources[0].SourceNumber))
+        if treatment_type == "PDR" and "NumberOfPulses" not in ch:  # type 1C attributes for pulsed treatments
             ch.NumberOfPulses = 1
             ch.PulseRepetitionInterval = 3600.0
         channels.append(ch)
@@ -225,27 +347,20 @@ def write_brachy_plan(
     fg.ReferencedBrachyApplicationSetupSequence = DicomSequence([ref_setup])
     ds.FractionGroupSequence = DicomSequence([fg])
     # RT Brachy Application Setups
-    ds.BrachyTreatmentTechnique = "INTERSTITIAL"
+    ds.BrachyTreatmentTechnique = delivery.treatment_technique
     ds.BrachyTreatmentType = treatment_type
     machine = Dataset()
-    machine.TreatmentMachineName = "SYNTH_HDR"
-    machine.Manufacturer = manufacturer
+    machine.TreatmentMachineName = delivery.machine_name
+    machine.Manufacturer = delivery.machine_manufacturer or manufacturer
     ds.TreatmentMachineSequence = DicomSequence([machine])
-    source = Dataset()
-    source.SourceNumber = 1
-    source.SourceType = "POINT"
-    source.SourceIsotopeName = "Ir-192"
-    source.SourceIsotopeHalfLife = _ds(73.83)  # days
-    source.SourceStrengthUnits = "AIR_KERMA_RATE"
-    source.ReferenceAirKermaRate = _ds(40700.0)  # uGy h^-1 at 1 m (~10 Ci)
-    source.SourceStrengthReferenceDate, source.SourceStrengthReferenceTime = plan_datetime[0], "000000"
-    ds.SourceSequence = DicomSequence([source])
+    ds.SourceSequence = DicomSequence(sources)
     setup = Dataset()
-    setup.ApplicationSetupType = "FLEXIBLE"
+    setup.ApplicationSetupType = delivery.application_setup_type
     setup.ApplicationSetupNumber = 1
     setup.ApplicationSetupName = "Interstitial implant"
     total_s = sum(float(c.ChannelTotalTime) for c in channels)
-    setup.TotalReferenceAirKerma = _ds(40700.0 * total_s / 3600.0)  # uGy at 1 m
+    rate = float(sources[0].get("ReferenceAirKermaRate", 0.0) or 0.0)
+    setup.TotalReferenceAirKerma = _ds(rate * total_s / 3600.0)  # uGy at 1 m
     setup.ChannelSequence = DicomSequence(channels)
     ds.ApplicationSetupSequence = DicomSequence([setup])
     ds.ApprovalStatus = "UNAPPROVED"
@@ -266,4 +381,4 @@ def write_brachy_plan(
     return path
 
 
-__all__ = ["IDENTITY_KEYWORDS", "write_brachy_plan"]
+__all__ = ["DEFAULT_APPLICATION_SETUP_TYPE", "DeliverySetup", "IDENTITY_KEYWORDS", "write_brachy_plan"]

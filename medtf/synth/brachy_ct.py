@@ -176,7 +176,8 @@ def generate_brachy_case(
         ct, ct_dir, modality="CT", patient_name=ident.patient_name, patient_id=ident.patient_id,
         birth_date=ident.birth_date, study_uid=study_uid, series_uid=_uid("ct-series", seed, case_index),
         frame_of_reference_uid=for_uid, series_description="Synthetic breast brachytherapy planning CT",
-        rescale_slope=1.0, rescale_intercept=-1024.0, window=(40.0, 400.0), seed=seed,
+        rescale_slope=1.0, rescale_intercept=-1024.0, window=(40.0, 400.0), seed=seed, body_part="BREAST",
+        laterality="L",
     )
     plan_uid = _uid("plan", seed, case_index)
     dwell_times = [rng.uniform(2.0, 8.0, len(p)).round(1) for p in plan_lines]

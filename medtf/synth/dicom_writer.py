@@ -4,6 +4,9 @@ Used by the tests and by the synthetic-data generators. Geometry is written from
 the row cosine (``ImageOrientationPatient[:3]``) is the x index axis, the column cosine the y axis, and slice
 ``k`` sits at ``origin + k * spacing_z * direction[:, 2]``. Everything is deterministic: UIDs derive from
 ``seed`` through ``pydicom.uid.generate_uid(entropy_srcs=...)``, so the same call writes the same bytes.
+
+Single-frame CT/MR series pass dicom3tools' ``dciodvfy`` without errors (tests/dicom_validation.py). The Enhanced
+multi-frame writer is a reader-test fixture only: it leaves out most of the Enhanced CT/MR functional groups.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ SOP_CLASSES = {
 STUDY_DATE = "20240102"
 STUDY_TIME = "101500"
 _AUTO = "auto"
+#: MR Image module type 2 timing written by default (a T2-weighted turbo spin echo); ``extra_tags`` override it.
+MR_TIMING = {"RepetitionTime": 5000.0, "EchoTime": 100.0, "EchoTrainLength": 16}
 
 
 def _ds(value: float) -> DSfloat:
@@ -159,6 +164,8 @@ def write_dicom_series(
     file_names: str | Callable[[int, Dataset], str] = "sop",
     instance_numbers: Sequence[int] | None = None,
     seed: int = 0,
+    body_part: str | None = None,
+    laterality: str | None = None,
     extra_tags: dict[str, Any] | None = None,
 ) -> list[Path]:
     """Write one single-frame CT/MR Image Storage file per z-slice of ``volume``.
@@ -174,6 +181,9 @@ def write_dicom_series(
             ``(z_index, dataset) -> file name``.
         instance_numbers: InstanceNumber per z-slice (default ``1..n``); need not be monotonic.
         seed: entropy for every generated UID (same seed and arguments -> identical files).
+        body_part: ``BodyPartExamined`` (e.g. ``"BREAST"``, ``"PROSTATE"``).
+        laterality: ``Laterality`` (``"L"``/``"R"``) of a paired body part. Without ``body_part`` and
+            ``laterality`` it is written empty (type 2C: unknown), which dciodvfy accepts with a warning.
         extra_tags: ``{keyword: value}`` set on every dataset after the defaults.
 
     Returns:
@@ -204,7 +214,15 @@ def write_dicom_series(
             study_uid=study_uid, series_uid=series_uid, frame_of_reference_uid=frame_of_reference_uid,
             series_description=series_description, stored=stored, window=window, seed=seed,
         )
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        # Value 3: AXIAL is a CT defined term; MR has none for a plain acquired image (OTHER).
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL" if modality == "CT" else "OTHER"]
+        if body_part:
+            ds.BodyPartExamined = body_part
+        if laterality or not body_part:
+            ds.Laterality = laterality or ""
+        if modality == "MR":
+            ds.RepetitionTime, ds.EchoTime = _ds(MR_TIMING["RepetitionTime"]), _ds(MR_TIMING["EchoTime"])
+            ds.EchoTrainLength = MR_TIMING["EchoTrainLength"]
         ds.InstanceNumber = int(instance_numbers[k])
         ds.SliceThickness = _ds(spacing[2])
         ds.SpacingBetweenSlices = _ds(spacing[2])

@@ -46,6 +46,9 @@ SERIES = {
     "adc": (8, "ep2ddifftraDYNDISTADC", "ep2d_diff_tra_DYNDIST_ADC"),
     "bval": (9, "ep2ddifftraDYNDISTCALCBVAL", "ep2d_diff_tra_DYNDISTCALC_BVAL"),
 }
+#: (RepetitionTime ms, EchoTime ms, EchoTrainLength) per series, as a 3 T prostate protocol (TSE T2, EPI DWI).
+TIMING = {"t2_sag": (5660.0, 104.0, 25), "t2_tra": (5660.0, 104.0, 25), "dwi": (2700.0, 63.0, 1),
+          "adc": (2700.0, 63.0, 1), "bval": (2700.0, 63.0, 1)}
 FINDINGS_COLUMNS = ("ProxID", "fid", "pos", "zone", "ClinSig")
 IMAGES_COLUMNS = ("ProxID", "Name", "fid", "pos", "WorldMatrix", "ijk", "TopLevel", "SpacingBetweenSlices",
                   "VoxelSpacing", "Dim", "DCMSerDescr", "DCMSerNum")
@@ -209,10 +212,11 @@ def write_patient_series(patient_dir, identity: ProstateIdentity, volumes: dict,
                 vol.with_array(_stored(vol.array)), series_dir, modality="MR", patient_name=identity.patient_name,
                 patient_id=identity.prox_id, birth_date=identity.birth_date, study_uid=study_uid,
                 series_uid=_uid("stack", series_uid, b), frame_of_reference_uid=for_uid, series_description=descr,
-                window=None, instance_numbers=[bi * nz + k + 1 for k in range(nz)], seed=seed,
+                window=None, instance_numbers=[bi * nz + k + 1 for k in range(nz)], seed=seed, body_part="PROSTATE",
                 file_names=lambda k, ds: f"1-{int(ds.InstanceNumber):02d}.dcm",
                 extra_tags={"SeriesNumber": number, "ProtocolName": descr, "StudyDate": identity.study_date,
-                            "SeriesDate": identity.study_date},
+                            "SeriesDate": identity.study_date, "RepetitionTime": TIMING[key][0],
+                            "EchoTime": TIMING[key][1], "EchoTrainLength": TIMING[key][2]},
             )
             for path in paths:  # one series for all b-values, each slice tagged with its b
                 ds = pydicom.dcmread(path)

@@ -1,6 +1,4 @@
 """Backward-compatible alias: the RT Plan writer lives in `medtf.rt.rtplan_writer` (it is not synthetic-only)."""
 
 from medtf.rt.rtplan_writer import *  # noqa: F401,F403
-from medtf.rt.rtplan_writer import IDENTITY_KEYWORDS, write_brachy_plan
-
-__all__ = ["IDENTITY_KEYWORDS", "write_brachy_plan"]
+from medtf.rt.rtplan_writer import __all__  # noqa: F401

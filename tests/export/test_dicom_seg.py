@@ -92,3 +92,16 @@ def test_writing_a_seg_logs_no_source_uids(ct_series, tmp_path, caplog):
         write_dicom_seg(mask, source.source_files, "brachy-ct", tmp_path / "seg.dcm", algorithm="m")
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert not [uid for uid in source.volume.metadata["SOPInstanceUIDs"] if uid in text]
+
+
+@pytest.mark.parametrize("filled", [False, True], ids=["empty", "two-classes"])
+def test_seg_is_valid_dicom(ct_series, tmp_path, dciodvfy, filled):
+    from medtf.export.dicom_seg import write_dicom_seg
+
+    source = _sources(ct_series)
+    mask = np.zeros(source.volume.array.shape, np.uint8)
+    if filled:
+        mask[3, 5:9, 6:10], mask[10, 20:22, 30:33] = 1, 2
+    path = write_dicom_seg(mask, source.source_files, "brachy-ct", tmp_path / "seg.dcm", num_segments=1 + filled)
+    report = dciodvfy(path)
+    assert (report.errors, report.warnings) == ([], []), report.output

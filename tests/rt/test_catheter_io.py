@@ -111,6 +111,51 @@ def test_reconstructed_plan_writes_the_given_channel_numbers(tmp_path, ct_header
             write_reconstructed_plan(tmp_path / "bad.dcm", _catheters(), reference_ct=ct_header, channel_numbers=bad)
 
 
+def test_reconstructed_plan_is_valid_dicom_with_documented_defaults(tmp_path, ct_header, dciodvfy):
+    """No source plan: dciodvfy finds nothing; unknown machine (empty, type 2), PERINEAL setup, the points' step."""
+    path = write_reconstructed_plan(tmp_path / "RP.dcm", _catheters(), reference_ct=ct_header)
+    report = dciodvfy(path)
+    assert (report.errors, report.warnings) == ([], []), report.output
+    ds = pydicom.dcmread(path)
+    assert ds.TreatmentMachineSequence[0].TreatmentMachineName == ""
+    setup = ds.ApplicationSetupSequence[0]
+    assert setup.ApplicationSetupType == "PERINEAL"
+    channels = setup.ChannelSequence
+    assert [c.SourceMovementType for c in channels] == ["STEPWISE", "STEPWISE"]
+    # the median spacing of each catheter's points: ~1 mm along the curve, 15.04 mm between the 3 points of b
+    assert [float(c.SourceApplicatorStepSize) for c in channels] == pytest.approx([1.0, 15.04], abs=0.01)
+    assert all(c.ReferencedROINumber is None for c in channels)  # present, zero length
+
+
+def test_reconstructed_plan_carries_the_source_plans_machine_and_applicators(tmp_path, ct_header, dciodvfy):
+    from medtf.rt import write_brachy_plan
+
+    source_path = write_brachy_plan(tmp_path / "RP.source.dcm", _catheters(), frame_of_reference_uid=CT_FOR,
+                                    channel_numbers=[4, 6])
+    source = pydicom.dcmread(source_path)
+    source.TreatmentMachineSequence[0].TreatmentMachineName = "Flexitron 1"
+    source.SourceSequence[0].ReferenceAirKermaRate = 30000.0
+    source.ApplicationSetupSequence[0].ApplicationSetupType = "SYED_NEBLETT"
+    for ch, app_id in zip(source.ApplicationSetupSequence[0].ChannelSequence, ("ProGuide 6F", "ProGuide 5F")):
+        ch.SourceApplicatorStepSize, ch.SourceApplicatorID, ch.ChannelLength = 2.5, app_id, 1200.0
+    source.save_as(source_path)
+
+    # catheter 0 matched channel 6, catheter 1 is new (7): it gets channel 4's (the first) applicator kind
+    path = write_reconstructed_plan(tmp_path / "RP.dcm", _catheters(), reference_ct=ct_header,
+                                    channel_numbers=[6, 7], source_plan=source_path)
+    report = dciodvfy(path)
+    assert (report.errors, report.warnings) == ([], []), report.output
+    ds = pydicom.dcmread(path)
+    assert ds.TreatmentMachineSequence[0].TreatmentMachineName == "Flexitron 1"
+    assert float(ds.SourceSequence[0].ReferenceAirKermaRate) == 30000.0
+    assert ds.ApplicationSetupSequence[0].ApplicationSetupType == "SYED_NEBLETT"
+    six, seven = ds.ApplicationSetupSequence[0].ChannelSequence
+    assert (six.ChannelNumber, six.SourceApplicatorID, float(six.SourceApplicatorStepSize)) == (6, "ProGuide 5F", 2.5)
+    assert (seven.ChannelNumber, float(seven.SourceApplicatorStepSize), float(seven.ChannelLength)) == (7, 2.5, 1200)
+    assert seven.SourceApplicatorID == "NEEDLE07" and seven.SourceApplicatorNumber == 7  # its own identifiers
+    assert ds.PatientID == ct_header.PatientID  # identity still from the CT, not from the source plan
+
+
 def test_demo_reconstruction_maps_catheters_back_to_the_plans_channels(tmp_path):
     """The demo's reconstructed plan numbers each found catheter like the planned one it matches."""
     import SimpleITK as sitk
