@@ -34,6 +34,9 @@ log = logging.getLogger("medtf.runtime")
 
 ONEDNN_ENV = "TF_ENABLE_ONEDNN_OPTS"
 THREAD_ENVS = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
+# TensorFlow's C++ INFO and WARNING lines (kernel choices, buffer sizes ...) hidden unless the user sets it;
+# ``medtf --verbose`` shows them (`show_tensorflow_logs`).
+LOG_LEVEL_ENV, LOG_LEVEL = "TF_CPP_MIN_LOG_LEVEL", "2"
 X86_64 = ("x86_64", "amd64")
 # CPU flags (as /proc/cpuinfo spells them) that matter for deep learning on the CPU.
 FEATURES = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
@@ -129,7 +132,7 @@ def configure(env: MutableMapping[str, str] | None = None, *, machine: str | Non
 
     Example:
         >>> configure({}, machine="x86_64", cores=(2, "CPU affinity"), tf_loaded=False)
-        {'TF_ENABLE_ONEDNN_OPTS': '1'}
+        {'TF_ENABLE_ONEDNN_OPTS': '1', 'TF_CPP_MIN_LOG_LEVEL': '2'}
     """
     env = os.environ if env is None else env
     machine = (machine or platform.machine()).lower()
@@ -140,6 +143,8 @@ def configure(env: MutableMapping[str, str] | None = None, *, machine: str | Non
     applied: dict[str, str] = {}
     if machine in X86_64 and ONEDNN_ENV not in env:
         applied[ONEDNN_ENV] = "1"
+    if LOG_LEVEL_ENV not in env:
+        applied[LOG_LEVEL_ENV] = LOG_LEVEL
     count, source = cores or usable_cores(env)
     if source != "CPU affinity":
         for name in THREAD_ENVS:
@@ -149,6 +154,16 @@ def configure(env: MutableMapping[str, str] | None = None, *, machine: str | Non
     if env is os.environ:
         _applied.update(applied)
     return applied
+
+
+def show_tensorflow_logs(env: MutableMapping[str, str] | None = None) -> bool:
+    """Undo `configure`'s ``TF_CPP_MIN_LOG_LEVEL`` default (``medtf --verbose``) while TensorFlow is not loaded;
+    a value the user set stays. Returns whether the level is now 0."""
+    env = os.environ if env is None else env
+    if env is os.environ and _applied.get(LOG_LEVEL_ENV) == env.get(LOG_LEVEL_ENV) and not tensorflow_loaded():
+        env[LOG_LEVEL_ENV] = "0"
+        _applied.pop(LOG_LEVEL_ENV)
+    return env.get(LOG_LEVEL_ENV, "0") == "0"
 
 
 def onednn_enabled() -> bool:

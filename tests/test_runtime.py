@@ -63,18 +63,19 @@ def test_configure_sets_only_what_the_user_left_unset():
     whole_machine = (8, "CPU affinity")
     env = {}
     assert runtime.configure(env, machine="x86_64", cores=whole_machine, tf_loaded=False) == {
-        "TF_ENABLE_ONEDNN_OPTS": "1"}
-    assert env == {"TF_ENABLE_ONEDNN_OPTS": "1"}
-    env = {"TF_ENABLE_ONEDNN_OPTS": "0"}  # an explicit opt-out stays
+        "TF_ENABLE_ONEDNN_OPTS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    assert env == {"TF_ENABLE_ONEDNN_OPTS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = {"TF_ENABLE_ONEDNN_OPTS": "0", "TF_CPP_MIN_LOG_LEVEL": "0"}  # an explicit opt-out / log level stays
     assert runtime.configure(env, machine="x86_64", cores=whole_machine, tf_loaded=False) == {}
-    assert env == {"TF_ENABLE_ONEDNN_OPTS": "0"}
-    assert runtime.configure({}, machine="aarch64", cores=whole_machine, tf_loaded=False) == {}
+    assert env == {"TF_ENABLE_ONEDNN_OPTS": "0", "TF_CPP_MIN_LOG_LEVEL": "0"}
+    assert runtime.configure({}, machine="aarch64", cores=whole_machine, tf_loaded=False) == {
+        "TF_CPP_MIN_LOG_LEVEL": "2"}
     # TensorFlow already imported: it read the variables at import, setting them now would only mislead.
     assert runtime.configure({}, machine="x86_64", cores=whole_machine, tf_loaded=True) == {}
     # A SLURM job with 4 CPUs on a bigger node: both thread pools follow the job, unless the user chose.
     env = {"TF_NUM_INTEROP_THREADS": "1"}
     applied = runtime.configure(env, machine="x86_64", cores=(4, "SLURM_CPUS_PER_TASK"), tf_loaded=False)
-    assert applied == {"TF_ENABLE_ONEDNN_OPTS": "1", "TF_NUM_INTRAOP_THREADS": "4"}
+    assert applied == {"TF_ENABLE_ONEDNN_OPTS": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "TF_NUM_INTRAOP_THREADS": "4"}
     assert env["TF_NUM_INTEROP_THREADS"] == "1"
 
 

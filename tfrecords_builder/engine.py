@@ -27,7 +27,6 @@ import json
 import logging
 import multiprocessing
 import shutil
-import sys
 import traceback
 from pathlib import Path
 from typing import Any
@@ -411,7 +410,7 @@ def _status_failures(status: dict, options) -> list[dict]:
 
 
 def _convert_cases(converter, cases, options, key, work_dir, case_fp, on_done=None) -> list[dict]:
-    from tqdm import tqdm
+    from medtf.progress import progress as make_progress
 
     statuses, todo = {}, []
     case_ids = deid.IdHasher(key, prefix="c")
@@ -437,7 +436,8 @@ def _convert_cases(converter, cases, options, key, work_dir, case_fp, on_done=No
             on_done(status)
         return options.strict and not status["ok"]
 
-    progress = tqdm(total=len(todo), desc=f"convert {converter.kind}", unit="case", file=sys.stderr, disable=None)
+    # A bar on a terminal, a line every ~10% of the cases in a log, nothing with --quiet (medtf.progress).
+    progress = make_progress(total=len(todo), desc=f"convert {converter.kind}", unit="case")
     if options.workers > 1 and len(todo) > 1:
         with cf.ProcessPoolExecutor(options.workers, mp_context=_worker_context(converter),
                                     initializer=_worker_init) as pool:

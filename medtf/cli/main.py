@@ -1,4 +1,4 @@
-"""The ``medtf`` command: one entry point for the whole path from raw scans to shards (and, later, models).
+"""The ``medtf`` command: one entry point for the whole path from raw scans to models and predictions.
 
     medtf synth KIND --out DIR [--cases N] [--seed S]       realistic synthetic data in a real layout
     medtf convert KIND --input DIR --output DIR [...]       raw layout -> verified, de-identified TFRecords
@@ -14,6 +14,9 @@
     medtf tune CONFIG --tune-dir DIR [--set key=value ...]  keras-tuner search over the config's tune section
     medtf demo [--out DIR]                                  the built-in end-to-end job
     medtf info [--json]                                     CPU features, oneDNN, usable cores, GPUs, versions
+
+Any command takes --quiet (no progress bars/lines) and --verbose (TensorFlow's start-up and C++ log lines,
+hidden by default); `medtf COMMAND --help` describes each command.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import importlib
 import sys
 
 from medtf import __version__
+from medtf.cli.output import add_global_flags, clean_help_texts, with_global_flags
 
 # Sub-commands that live in their own module: each exposes ``register(commands)``, which adds its parser and sets
 # ``handler=<function(args) -> exit code>`` as a default, so main.py does not grow with every command.
@@ -78,13 +82,18 @@ def _build_parser() -> argparse.ArgumentParser:
         converter.add_arguments(sub)
         sub.set_defaults(converter=converter)
 
-    inspect = commands.add_parser("inspect", help="summarise a shard folder and write preview PNGs")
-    inspect.add_argument("folder")
+    inspect = commands.add_parser("inspect", help="summarise a shard folder and write preview PNGs",
+                                  description="Print a shard folder's manifest summary (splits, patients, examples, "
+                                              "failures) and write preview PNGs of a few examples.")
+    inspect.add_argument("folder", help="shard folder written by `medtf convert` (holds manifest.json)")
     inspect.add_argument("--previews", default=None, help="where to write previews (default FOLDER/previews)")
     inspect.add_argument("--no-previews", action="store_true", help="only print the summary")
 
-    verify = commands.add_parser("verify", help="re-read every record and check it against the manifest")
-    verify.add_argument("folder")
+    verify = commands.add_parser("verify", help="re-read every record and check it against the manifest",
+                                 description="Re-read every shard of a folder and check it against manifest.json "
+                                             "(sha256, sizes, records decode to their shapes, counts, no patient "
+                                             "in two splits); prints each problem and exits 1 when there is one.")
+    verify.add_argument("folder", help="shard folder written by `medtf convert` (holds manifest.json)")
 
     train = commands.add_parser("train", help="train a model from an experiment config",
                                 description="Train from an experiment YAML (see experiments/) with dotted "
@@ -99,13 +108,18 @@ def _build_parser() -> argparse.ArgumentParser:
                             "RUN_DIR/fold_k, evaluate each on its held-out fold, write RUN_DIR/cv_report.{json,csv} "
                             "(K must equal the manifest's number of folds)")
 
-    demo = commands.add_parser("demo", help="run the built-in end-to-end job on synthetic data")
+    demo = commands.add_parser("demo", help="run the built-in end-to-end job on synthetic data",
+                               description="The whole path on synthetic brachytherapy CTs: synth -> convert -> "
+                                           "train -> evaluate -> export -> predict, in one working folder.")
     demo.add_argument("--out", default="demo_out", help="working folder (default %(default)s)")
     demo.add_argument("--cases", type=int, default=10, help="synthetic patients (default %(default)s)")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=int, default=0,
+                      help="random seed of the data and training (default %(default)s)")
 
     for module in COMMAND_MODULES:
         importlib.import_module(module).register(commands)
+    add_global_flags(parser)  # --quiet / --verbose after any (sub-)command
+    clean_help_texts(parser)  # descriptions come from RST docstrings
     return parser
 
 
@@ -193,6 +207,7 @@ def _demo(args) -> int:
     return run_demo(args.out, cases=args.cases, seed=args.seed)
 
 
+@with_global_flags  # --quiet, --verbose, TensorFlow start-up lines filtered (medtf/cli/output.py)
 def main(argv=None) -> int:
     from medtf.data.manifest import ManifestError
 

@@ -78,6 +78,45 @@ def register(commands) -> None:
     p.set_defaults(handler=run)
 
 
+_TARGETS = {
+    "status": ("JOBID [JOBID ...]", "State, reason, elapsed time, nodes and array tasks of SLURM jobs."),
+    "run": ("[job options] -- COMMAND ...", "Any other medtf command (convert, evaluate, cv-report ...) as a SLURM "
+                                            "job; the command follows --."),
+    "convert": ("KIND --input IN --output OUT --num-tasks N [convert options] [job options]",
+                "A conversion as a requeueing job array of N tasks and a merge job that runs after every task "
+                "succeeded. KIND's options: medtf slurm convert KIND --help."),
+    "CONFIG": ("[job options]", "A training job for an experiment config (a keras-tuner search with --tune): "
+                                "the script is printed (--dry-run, the default) or written and submitted (--submit)."),
+}
+
+
+def _wants_help(args) -> bool:
+    """``medtf slurm TARGET --help`` (before any ``--``); ``convert KIND --help`` is the converter's own help."""
+    own = args.rest[: args.rest.index("--")] if "--" in args.rest else args.rest
+    if args.target == "convert" and own and not own[0].startswith("-"):
+        return False
+    return "-h" in own or "--help" in own
+
+
+def _target_parser(target: str) -> argparse.ArgumentParser:
+    """The help of one target: its usage, what it does and the options it takes."""
+    name = target if target in _TARGETS else "CONFIG"
+    usage, description = _TARGETS[name]
+    p = argparse.ArgumentParser(prog=f"medtf slurm {name}", usage=f"medtf slurm {name} {usage}",
+                                description=description)
+    if name == "status":
+        p.add_argument("job_ids", nargs="+", metavar="JOBID", help="SLURM job id (JOBID_INDEX for an array task)")
+        return p
+    if name == "CONFIG":
+        p.add_argument("config", metavar="CONFIG", help="experiment YAML file")
+    elif name == "convert":
+        p.add_argument("kind", metavar="KIND", help="data kind, as in `medtf convert KIND`")
+    _add_options(p)
+    if name == "run":
+        p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="the medtf command to run")
+    return p
+
+
 def _split_rest(args) -> list[str] | None:
     """Apply the options written after the target; return the job ids / medtf command (None: bad options)."""
     rest = list(args.rest)
@@ -133,6 +172,7 @@ def _split_convert_rest(args, rest: list[str]) -> list[str] | None:
 
 def _convert_jobs(args, command: list[str], cluster) -> int:
     """Render (or write and submit) the task array and the merge job of a cluster conversion."""
+    from medtf.cli.output import clean_text
     from medtf.data import deid
     from medtf.hpc.slurm import JobSpec, render_job, submit, write_job
     from tfrecords_builder import CONVERTERS, get_converter
@@ -146,7 +186,10 @@ def _convert_jobs(args, command: list[str], cluster) -> int:
         print(f"medtf slurm convert: unknown kind {kind!r}; known: {sorted(CONVERTERS)}", file=sys.stderr)
         return 2
     converter = get_converter(kind)
-    parser = argparse.ArgumentParser(prog=f"medtf slurm convert {kind}")
+    description = (f"medtf convert {kind} as a SLURM job array of --num-tasks tasks + a merge job, with the "
+                   f"options of `medtf convert {kind}`:\n\n" + (sys.modules[type(converter).__module__].__doc__ or ""))
+    parser = argparse.ArgumentParser(prog=f"medtf slurm convert {kind}", description=clean_text(description),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(parser)
     converter.add_arguments(parser)
     try:
@@ -161,7 +204,9 @@ def _convert_jobs(args, command: list[str], cluster) -> int:
         print(f"medtf slurm convert: --num-tasks must be at least 1, got {options.num_tasks}", file=sys.stderr)
         return 2
     if not options.input.is_dir():
-        print(f"medtf slurm convert: {options.input}: input folder does not exist", file=sys.stderr)
+        what = ("is a file, not a folder (--input takes the folder of the source layout)"
+                if options.input.exists() else "input folder does not exist")
+        print(f"medtf slurm convert: {options.input}: {what}", file=sys.stderr)
         return 2
     n = options.num_tasks
     name = args.job_name or f"convert-{kind}"
@@ -196,6 +241,9 @@ def run(args) -> int:
     from medtf.hpc.slurm import JobSpec, SlurmError, job_info, render_job, submit, summarize, write_job
     from medtf.training.config import ConfigError
 
+    if _wants_help(args):
+        _target_parser(args.target).print_help()
+        return 0
     rest = _split_rest(args)
     if rest is None:
         return 2
@@ -234,8 +282,7 @@ def run(args) -> int:
             if args.workers is not None and not args.tune:
                 print("medtf slurm: --workers goes with --tune", file=sys.stderr)
                 return 2
-            if args.tune:
-                _check_tune_config(args.target, args.overrides)
+            _check_config(args.target, args.overrides, args.tune)
             stem = Path(args.target).stem + ("-tune" if args.tune else "")
             spec = JobSpec(config=args.target, run_dir=args.run_dir or f"runs/{stem}",
                            nodes=args.nodes, gpus_per_node=args.gpus_per_node,
@@ -257,9 +304,11 @@ def run(args) -> int:
         return 2
 
 
-def _check_tune_config(config: str, overrides) -> None:
-    """A bad tune section fails here, at submission, rather than after waiting in the queue."""
-    from medtf.training.config import load_config
+def _check_config(config: str, overrides, tune: bool) -> None:
+    """A bad experiment (or tune section) fails here, at submission, rather than after waiting in the queue."""
+    from medtf.training.experiment import load_experiment
     from medtf.tuning.settings import tune_settings
 
-    tune_settings(load_config(config, overrides))
+    experiment = load_experiment(config, overrides)  # the tune section too, when the file has one
+    if tune:
+        tune_settings(experiment)  # --tune without a tune section

@@ -74,6 +74,8 @@ def _check_shard(path: Path, info: dict, compression, schema, allowed_patients: 
 
 
 def verify_dataset(folder) -> VerifyReport:
+    from medtf.progress import progress
+
     folder = Path(folder)
     manifest = read_manifest(folder)
     schema = get_schema(manifest["kind"])
@@ -87,6 +89,8 @@ def verify_dataset(folder) -> VerifyReport:
             if owner.setdefault(patient, split) != split:
                 problems.append(f"patient {patient} is in both {owner[patient]!r} and {split!r}")
     total, listed = 0, set()
+    bar = progress(total=sum(len(info["shards"]) for info in manifest["splits"].values()), desc="verify",
+                   unit="shard")
     for split, info in manifest["splits"].items():
         split_count = 0
         for shard in info["shards"]:
@@ -96,9 +100,11 @@ def verify_dataset(folder) -> VerifyReport:
             )
             problems.extend(shard_problems)
             split_count += count
+            bar.update()
         if split_count != info["num_examples"]:
             problems.append(f"split {split!r}: {split_count} records, manifest says {info['num_examples']}")
         total += split_count
+    bar.close()
     stray = sorted(p.name for p in folder.iterdir() if SHARD_RE.match(p.name) and p.name not in listed)
     if stray:
         problems.append(f"shard files not in the manifest: {', '.join(stray)}")

@@ -41,7 +41,7 @@ def slice_dice(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
     return np.array([dice(p, t) for p, t in zip(pred, true)], np.float64)
 
 
-def _evaluate_brachy(model, examples, patch, overlap, notes: list) -> list[dict]:
+def _evaluate_brachy(model, examples, patch, overlap, notes: list, bar) -> list[dict]:
     rows, catheters = [], True
     for case in cases_lib.volume_cases(examples):
         pred = predict_masks(model, case.image[None], eval_patch_size(patch, case.mask.shape), overlap)[0]
@@ -55,10 +55,11 @@ def _evaluate_brachy(model, examples, patch, overlap, notes: list) -> list[dict]
                 notes.append(f"catheter metrics skipped: {exc}")
                 warnings.warn(f"catheter metrics skipped: {exc}", stacklevel=2)
         rows.append(row)
+        bar.update()
     return rows
 
 
-def _evaluate_slices(model, examples, patch, overlap, extra: dict) -> list[dict]:
+def _evaluate_slices(model, examples, patch, overlap, extra: dict, bar) -> list[dict]:
     rows, tumour_dice = [], []
     for case in cases_lib.slice_stack_cases(examples):
         pred = predict_masks(model, case.image, eval_patch_size(patch, case.mask.shape[1:]), overlap)
@@ -68,6 +69,7 @@ def _evaluate_slices(model, examples, patch, overlap, extra: dict) -> list[dict]
         rows.append({"case_id": case.case_id, "n_slices": int(len(case.mask)), "n_tumour_slices": int(tumour.sum()),
                      **segmentation_metrics(pred, case.mask, case.spacing),
                      "dice_tumour_slices": float(per_slice[tumour].mean()) if tumour.any() else float("nan")})
+        bar.update()
     # The issue's target is over slices, not patients: pool every tumour slice of the split.
     extra["dice_tumour_slices"] = float(np.mean(tumour_dice)) if tumour_dice else float("nan")
     extra["n_tumour_slices"] = len(tumour_dice)
@@ -97,11 +99,13 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", checkpoint: st
         >>> summary["metrics"]["dice"]["mean"], summary["extra"]["dice_tumour_slices"]
     """
     from medtf.data.manifest import read_manifest
+    from medtf.progress import progress
 
     config, model, config_path, ckpt = load_run(run_dir, checkpoint)
     data = dict(config.get("data") or {})
     data_dir = data_dir if data_dir is not None else data["dir"]
-    kind = read_manifest(data_dir)["kind"]
+    manifest = read_manifest(data_dir)
+    kind = manifest["kind"]
     if kind not in KINDS:
         raise ValueError(f"medtf evaluate supports {KINDS}, not {kind!r}")
     output = Path(output) if output is not None else Path(run_dir) / f"eval-{split}"
@@ -111,10 +115,14 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", checkpoint: st
     notes: list[str] = []
     extra: dict[str, Any] = {}
     patch = data.get("patch_size")
-    if kind == "brachy-ct":
-        rows = _evaluate_brachy(model, examples, patch, overlap, notes)
-    else:
-        rows = _evaluate_slices(model, examples, patch, overlap, extra)
+    # One case per volume (brachy-ct) or per patient's slice stack (lgg-mri).
+    counts = manifest["splits"].get(split) or {}
+    total = counts.get("num_examples" if kind == "brachy-ct" else "num_patients")
+    with progress(total=total, desc=f"evaluate {split}", unit="case") as bar:
+        if kind == "brachy-ct":
+            rows = _evaluate_brachy(model, examples, patch, overlap, notes, bar)
+        else:
+            rows = _evaluate_slices(model, examples, patch, overlap, extra, bar)
     if not rows:
         raise ValueError(f"split {split!r} of {data_dir} has no examples")
 

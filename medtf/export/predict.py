@@ -120,8 +120,12 @@ class ExportedModel:
         if image.shape[-1] != channels:
             raise ValueError(f"model expects {channels} channel(s), the input has {image.shape[-1]}")
 
-    def predict(self, image: np.ndarray, overlap: float = 0.5, batch_size: int = 4) -> np.ndarray:
-        """Raw channels-last image -> probabilities ``(*spatial, K)`` float32 on the same grid."""
+    def predict(self, image: np.ndarray, overlap: float = 0.5, batch_size: int = 4,
+                progress: bool | str = False) -> np.ndarray:
+        """Raw channels-last image -> probabilities ``(*spatial, K)`` float32 on the same grid.
+
+        ``progress``: per patch batch (see `medtf.inferers.sliding_window_inference`).
+        """
         import tensorflow as tf
 
         from medtf.inferers import sliding_window_inference
@@ -134,7 +138,7 @@ class ExportedModel:
             return patch_fn(images=tf.cast(batch, tf.float32))["probabilities"]
 
         probs = sliding_window_inference(x, predictor, self.patch_size(image.shape[:-1]), overlap=overlap,
-                                         batch_size=batch_size, output_device="cpu")
+                                         batch_size=batch_size, output_device="cpu", progress=progress)
         return np.asarray(probs[0], np.float32)
 
 
@@ -183,7 +187,7 @@ def predict_path(model: str | os.PathLike | ExportedModel, input_path: str | os.
     source = read_input(input_path, series_uid)
     volume = source.volume
     threshold = float(model.meta.get("threshold", 0.5) if threshold is None else threshold)
-    probs = model.predict(channels_last(volume), overlap=overlap, batch_size=batch_size)
+    probs = model.predict(channels_last(volume), overlap=overlap, batch_size=batch_size, progress="predict")
     mask = to_mask(probs, threshold)
 
     out = Path(output_dir)

@@ -122,7 +122,7 @@ class _TensorAccumulator:
 def sliding_window_inference(inputs, predictor: Predictor, patch_size: Sequence[int], *, overlap: float = 0.5,
                              batch_size: int = 4, mode: str = "gaussian", sigma_scale: float = 0.125,
                              pad_mode: str = "constant", cval: float = 0.0, output_device: str | None = None,
-                             progress: bool = False):
+                             progress: bool | str = False):
     """Predict a whole image/volume patch by patch and blend the patches with importance weights.
 
     Args:
@@ -142,7 +142,8 @@ def sliding_window_inference(inputs, predictor: Predictor, patch_size: Sequence[
             when there is one) and returns a `tf.Tensor`; ``"cpu"`` accumulates in NumPy in host memory and returns
             an `np.ndarray` (for probability maps too large for the accelerator); any other string is a TF device
             name (``"/GPU:1"``) for the accumulator.
-        progress: show a progress bar over the patch batches.
+        progress: show progress over the patch batches (`medtf.progress`: a bar on a terminal, log lines
+            otherwise); a string is the label shown (default ``"sliding window"``).
 
     Returns:
         ``(B, *spatial, K)`` float32 (the predictor's float dtype if wider): ``sum(w * p) / sum(w)`` on the input
@@ -192,11 +193,12 @@ def sliding_window_inference(inputs, predictor: Predictor, patch_size: Sequence[
 
     bar = None
     if progress:
-        import keras
+        from medtf.progress import Progress
 
-        bar = keras.utils.Progbar(math.ceil(len(jobs) / batch_size), unit_name="patch batch")
+        bar = Progress(math.ceil(len(jobs) / batch_size), progress if isinstance(progress, str) else "sliding window",
+                       unit="patch batch")
     acc = None
-    for n, first in enumerate(range(0, len(jobs), batch_size)):
+    for first in range(0, len(jobs), batch_size):
         chunk = jobs[first:first + batch_size]
         batch = tf.stack([x[(b,) + window] for b, window in chunk])
         pred = _as_tensor(call_predictor(predictor, batch))
@@ -217,7 +219,9 @@ def sliding_window_inference(inputs, predictor: Predictor, patch_size: Sequence[
         for i, (b, window) in enumerate(chunk):
             acc.add((b,) + window, weighted[i])
         if bar is not None:
-            bar.update(n + 1)
+            bar.update()
+    if bar is not None:
+        bar.close()
 
     out = acc.result(weight_sum)
     crop = (slice(None),) + tuple(slice(b, b + s) for b, s in zip(pad_before, spatial)) + (slice(None),)

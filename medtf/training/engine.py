@@ -42,7 +42,8 @@ Config keys (beyond ``model``, ``loss``, ``optimizer``; everything below is opti
       log_every_n_steps: 100    weight/gradient histograms and gradient flow every N optimizer steps (0: off)
       image_panels: true        [input | ground truth | prediction] panels when train.monitor improves
       hparams: true             TensorBoard HParams entry (flattened scalar config values + final metrics)
-      verbose: 2
+      verbose: auto             auto: Keras' progress bar per step on a terminal, one line per epoch in logs
+                                (nothing with medtf --quiet); or 0 / 1 / 2 as Keras' fit(verbose=)
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from typing import Mapping
 
 import keras
 
+from medtf.progress import keras_verbose
 from medtf.runtime import resolve_precision
 from medtf.training.callbacks import (HParamsLogger, LearningRateLogger, NanGuard, backup_epoch, best_so_far,
                                       nan_message, trim_history)
@@ -220,7 +222,7 @@ def train(config: Mapping, run_dir: str | os.PathLike) -> dict:
         fit = model.fit(train_ds, validation_data=val_ds, epochs=epochs, steps_per_epoch=steps,
                         validation_steps=train_cfg.get("validation_steps"), callbacks=callbacks,
                         shuffle=False,  # make_dataset already shuffles (files and examples, seeded)
-                        verbose=train_cfg.get("verbose", 2))
+                        verbose=keras_verbose(train_cfg.get("verbose", "auto")))
         if guard.message:
             raise NonFiniteLossError(guard.message)
     finally:
