@@ -129,10 +129,33 @@ def build_datasets(config: Mapping, strategy=None):
                             transforms=training_transforms(config), strategy=strategy if distribute else None)
     val_ds = None
     if val_split:
-        val_ds = make_dataset(data["dir"], val_split, training=False, repeat=False,
-                              batch_size=int(data.get("val_batch_size") or data["batch_size"]),
+        val_batch = int(data.get("val_batch_size") or data["batch_size"])
+        val_ds = make_dataset(data["dir"], val_split, training=False, repeat=False, batch_size=val_batch,
                               patch_size=data.get("val_patch_size"), seed=seed, transforms=build_preprocess(config))
+        val_ds = _with_length(val_ds, data["dir"], val_split, val_batch, strategy)
     return train_ds, val_ds
+
+
+def _with_length(val_ds, data_dir, split, batch_size: int, strategy):
+    """The validation set with its number of batches declared (one pass, no filter, last batch kept).
+
+    Keras cannot count a tf.data pipeline of shard files: with ``validation_steps`` None it reads until the
+    data ends and then warns "Your input ran out of data; interrupting training" after every epoch. With the
+    length known it stops at the end of the pass. Across several workers Keras shards the set by example, so
+    each worker sees fewer batches: left undeclared there.
+    """
+    import math
+
+    import tensorflow as tf
+
+    from medtf.data.manifest import read_manifest
+    from medtf.training.strategy import num_workers
+
+    if strategy is not None and num_workers(strategy) > 1:
+        return val_ds
+    splits = read_manifest(data_dir)["splits"]
+    examples = sum(splits[s]["num_examples"] for s in ([split] if isinstance(split, str) else split))
+    return val_ds.apply(tf.data.experimental.assert_cardinality(math.ceil(examples / batch_size)))
 
 
 def probe_batches(config: Mapping, count: int = 2) -> tuple[tuple | None, list[tuple]]:
