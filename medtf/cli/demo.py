@@ -124,27 +124,15 @@ def run_demo(out: str | Path, cases: int = 10, seed: int = 0) -> int:
 
 
 def reconstruct_prediction(case_dir: Path, prediction: Path) -> dict:
-    """Centrelines from the predicted mask, written beside it and compared with the patient's own plan."""
-    import pydicom
+    """Centrelines from the predicted mask, written beside it and compared with the patient's own plan: what
+    ``medtf reconstruct PREDICTION --ct CASE/CT --plan CASE/RP*.dcm --output PREDICTION`` does."""
+    from medtf.rt.reconstruct_case import CATHETERS_FILE, PLAN_FILE, reconstruct_case
 
-    from medtf.io import read_dicom_series, read_image
-    from medtf.rt.brachy_plan import read_brachy_plan
-    from medtf.rt.catheter_io import write_catheters_json, write_reconstructed_plan
-    from medtf.rt.catheter_match import match_catheters
-    from medtf.rt.reconstruct import reconstruct_catheters
-
-    ct = read_dicom_series(case_dir / "CT")
-    mask = read_image(prediction / "mask.nii.gz")
-    centrelines = reconstruct_catheters(mask.array > 0, ct)
-    reference = pydicom.dcmread(next(iter(sorted((case_dir / "CT").iterdir()))), stop_before_pixels=True)
-    json_path = write_catheters_json(prediction / "catheters.json", centrelines,
-                                     frame_of_reference_uid=str(reference.FrameOfReferenceUID), step_mm=1.0)
-    planned = read_brachy_plan(next(case_dir.glob("RP*.dcm"))).catheters
-    match = match_catheters(centrelines, [c.points for c in planned])
-    # A catheter found where the plan has one gets that channel's number, so the plans map onto each other.
-    plan_path = write_reconstructed_plan(prediction / "RP.reconstructed.dcm", centrelines, reference_ct=reference,
-                                         channel_numbers=match.channel_numbers([c.channel_number for c in planned]))
-    return {"summary": match.summary(), "json": json_path, "plan": plan_path, "planned": len(planned)}
+    report = reconstruct_case(prediction, case_dir / "CT", prediction, plan=next(case_dir.glob("RP*.dcm")))
+    nan = float("nan")
+    summary = {k: nan if v is None else v for k, v in report["match"].items()}
+    return {"summary": summary, "json": prediction / CATHETERS_FILE, "plan": prediction / PLAN_FILE,
+            "planned": report["match"]["planned"]}
 
 
 def _number(value, digits: int) -> str:

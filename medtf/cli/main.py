@@ -10,6 +10,7 @@
     medtf evaluate RUN_DIR [--split test]                   per-case metrics on whole volumes (sliding window)
     medtf export RUN_DIR                                    SavedModel in a TF Serving layout
     medtf predict MODEL --input PATH --output DIR           NIfTI mask, DICOM SEG, overlays
+    medtf reconstruct MASK --ct DIR [--plan RP] --output D  catheters -> JSON + RT Plan (+ match report in mm)
     medtf slurm CONFIG [--nodes N ...] [--submit]           render / submit a SLURM job
     medtf tune CONFIG --tune-dir DIR [--set key=value ...]  keras-tuner search over the config's tune section
     medtf demo [--out DIR]                                  the built-in end-to-end job
@@ -31,7 +32,8 @@ from medtf.cli.output import add_global_flags, clean_help_texts, with_global_fla
 # Sub-commands that live in their own module: each exposes ``register(commands)``, which adds its parser and sets
 # ``handler=<function(args) -> exit code>`` as a default, so main.py does not grow with every command.
 COMMAND_MODULES: tuple[str, ...] = ("medtf.cli.evaluate", "medtf.cli.export", "medtf.cli.predict",
-                                     "medtf.cli.slurm", "medtf.cli.tune", "medtf.cli.cv_report", "medtf.cli.info")
+                                     "medtf.cli.slurm", "medtf.cli.tune", "medtf.cli.cv_report", "medtf.cli.info",
+                                     "medtf.cli.reconstruct")
 
 SYNTH_KINDS = {
     "brachy-ct": ("medtf.synth.brachy_ct", "generate_brachy_ct",

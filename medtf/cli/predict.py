@@ -3,6 +3,8 @@
 MODEL is a folder written by `medtf export` (its highest version) or one version folder. The input is a DICOM
 series folder, a NIfTI/MHA/MHD/NRRD volume (3D models) or a PNG/TIFF slice (2D models). Writes mask.nii.gz on the
 input grid, seg.dcm (DICOM SEG referencing the series; DICOM input only), overlay PNGs and prediction.json.
+With --reconstruct (brachy-ct models on a DICOM CT) the catheters are reconstructed from the mask as by
+`medtf reconstruct`: catheters.json, RP.reconstructed.dcm and reconstruction.json (matched against --plan if given).
 """
 
 from __future__ import annotations
@@ -22,7 +24,31 @@ def register(commands) -> None:
     p.add_argument("--overlays", type=int, default=3, help="overlay PNG slices for 3D inputs (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=4, help="patches per model call (default %(default)s)")
     p.add_argument("--series-uid", default=None, help="series to use when the folder holds several")
+    p.add_argument("--reconstruct", action="store_true",
+                   help="brachytherapy catheter models on a DICOM CT: also write catheters.json, RP.reconstructed.dcm "
+                        "and reconstruction.json (as `medtf reconstruct`)")
+    p.add_argument("--plan", default=None, help="with --reconstruct: the original RT Plan to match against")
     p.set_defaults(handler=run)
+
+
+def _reconstruct_problem(args) -> str | None:
+    """Why --reconstruct/--plan cannot apply to this model and input (None when they can), before predicting."""
+    import json
+    from pathlib import Path
+
+    from medtf.export.layout import METADATA_FILE, ExportError, resolve_model_dir
+
+    if not args.reconstruct:
+        return "--plan needs --reconstruct" if args.plan else None
+    try:
+        kind = json.loads((resolve_model_dir(args.model) / METADATA_FILE).read_text(encoding="utf-8")).get("kind")
+    except (ExportError, OSError, ValueError):
+        return None  # predict_path reports the unreadable model
+    if kind != "brachy-ct":
+        return f"--reconstruct is for brachytherapy catheter models (kind brachy-ct), this model's kind is {kind}"
+    if not Path(args.input).is_dir():
+        return "--reconstruct needs a DICOM CT series folder as --input (the RT Plan is attached to the CT)"
+    return None
 
 
 def run(args) -> int:
@@ -30,6 +56,10 @@ def run(args) -> int:
     from medtf.export.predict import predict_path
     from medtf.io import InputError
 
+    problem = _reconstruct_problem(args)
+    if problem:
+        print(f"medtf predict: {problem}", file=sys.stderr)
+        return 2
     try:
         summary = predict_path(args.model, args.input, args.output, overlap=args.overlap, threshold=args.threshold,
                                probabilities=args.probabilities, overlays=args.overlays, batch_size=args.batch_size,
@@ -41,4 +71,14 @@ def run(args) -> int:
     print(f"predicted {summary['voxels']} foreground voxels ({size}) -> {args.output}")
     for note in summary["notes"]:
         print(f"  note: {note}")
+    if args.reconstruct:
+        from medtf.rt.reconstruct_case import format_report, reconstruct_case
+
+        try:
+            report = reconstruct_case(args.output, args.input, args.output, plan=args.plan,
+                                      series_uid=args.series_uid)
+        except (InputError, ValueError) as exc:
+            print(f"medtf predict: {exc}", file=sys.stderr)
+            return 2
+        print(format_report(report))
     return 0
