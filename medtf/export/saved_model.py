@@ -14,6 +14,13 @@ signature           input ``images``                            output
 Models that output logits (medtf models with ``final_activation=None``) get a sigmoid/softmax appended, so
 ``probabilities`` always holds probabilities (``medtf.json`` ``output_activation`` says which).
 
+Any spatial size works: U-Nets need sizes divisible by ``size_divisor`` (``medtf.json``), so ``serving_default`` and
+``predict_patch`` pad the *preprocessed* input inside the graph up to the next multiple (split evenly before and
+after on each axis) and crop the probabilities back. The padding value is each image's and channel's minimum after
+preprocessing: for windowed CT that is the window's floor (air and anything below the window, i.e. background),
+for RGB/MR the darkest background. Reflect/symmetric padding would mirror anatomy (a catheter near the border
+would appear twice) and fails on axes shorter than the padding; zero would be mid-grey after zscore.
+
 ``serving_default`` is what a TF Serving client calls on whole images. Sliding-window inference must not use it
 patch by patch: preprocessing with image statistics (zscore, minmax) would then see one patch instead of the whole
 image as in training. `medtf predict` therefore calls ``preprocess`` once and slides ``predict_patch``.
@@ -37,6 +44,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
+from medtf.export.fingerprint import fingerprint_for_export
 from medtf.export.layout import METADATA_FILE, ExportError, next_version, publish
 from medtf.export.normalization import Preprocessor
 
@@ -132,9 +140,34 @@ def model_facts(model) -> dict:
             "final_activation": None if declared == "undeclared" else declared, "output_activation": added}
 
 
+def pad_to_multiple(x, divisor: int, spatial_dims: int):
+    """Pad ``(B, *spatial, C)`` so every spatial size is a multiple of ``divisor`` (evenly before/after) with each
+    image's per-channel minimum; returns ``(padded, crop)`` where ``crop(y)`` cuts an output back to ``x``'s size."""
+    import tensorflow as tf
+
+    if divisor <= 1:
+        return x, lambda y: y
+    axes = list(range(1, spatial_dims + 1))
+    size = tf.shape(x)[1:spatial_dims + 1]
+    total = (-size) % divisor
+    before = total // 2
+    paddings = tf.concat([[[0, 0]], tf.stack([before, total - before], axis=1), [[0, 0]]], axis=0)
+    inside = tf.pad(tf.ones_like(x, dtype=tf.bool), paddings, constant_values=False)
+    lowest = tf.reduce_min(x, axis=axes, keepdims=True)
+    padded = tf.where(inside, tf.pad(x, paddings), lowest)
+
+    def crop(y):
+        begin = tf.concat([[0], before, [0]], axis=0)
+        extent = tf.concat([[-1], size, [-1]], axis=0)
+        return tf.slice(y, begin, extent)
+
+    return padded, crop
+
+
 def build_archive(model, preprocessor: Preprocessor, spatial_dims: int, in_channels: int,
-                  output_activation: str | None = None):
-    """A `keras.export.ExportArchive` with the three signatures of the module docstring."""
+                  output_activation: str | None = None, size_divisor: int = 1):
+    """A `keras.export.ExportArchive` with the three signatures of the module docstring (inputs of any size are
+    padded to ``size_divisor`` in the graph, see `pad_to_multiple`)."""
     import keras
     import tensorflow as tf
 
@@ -142,7 +175,8 @@ def build_archive(model, preprocessor: Preprocessor, spatial_dims: int, in_chann
     activation = {None: tf.identity, "sigmoid": tf.sigmoid, "softmax": tf.nn.softmax}[output_activation]
 
     def model_fn(x):
-        return activation(tf.cast(_main_output(model(x, training=False)), tf.float32))
+        padded, crop = pad_to_multiple(x, size_divisor, spatial_dims)
+        return crop(activation(tf.cast(_main_output(model(padded, training=False)), tf.float32)))
 
     @tf.function(input_signature=[spec])
     def serving_default(images):
@@ -165,7 +199,8 @@ def build_archive(model, preprocessor: Preprocessor, spatial_dims: int, in_chann
 
 
 def export_run(run_dir: str | os.PathLike, checkpoint: str = "best", output: str | os.PathLike | None = None,
-               version: int | None = None, name: str | None = None, threshold: float = DEFAULT_THRESHOLD) -> Path:
+               version: int | None = None, name: str | None = None, threshold: float = DEFAULT_THRESHOLD,
+               data_dir: str | os.PathLike | None = None) -> Path:
     """Export ``run_dir/checkpoints/<checkpoint>.keras`` to ``OUTPUT/NAME/VERSION`` (see the module docstring).
 
     Args:
@@ -175,6 +210,9 @@ def export_run(run_dir: str | os.PathLike, checkpoint: str = "best", output: str
         version: version number; default the next free one. An existing version is never overwritten.
         name: model name (default the config's ``model.name``).
         threshold: default decision threshold recorded in ``medtf.json``.
+        data_dir: shard folder of the training data (default the config's ``data.dir``), whose fingerprint
+            ``medtf.json`` records for `medtf predict`'s out-of-distribution warnings (`medtf.export.fingerprint`);
+            without readable data the model is exported without one, with a warning.
 
     Returns:
         The published version folder.
@@ -205,7 +243,7 @@ def export_run(run_dir: str | os.PathLike, checkpoint: str = "best", output: str
     facts = model_facts(model)
     preprocessor = Preprocessor(data["kind"], data.get("preprocess"))
     archive = build_archive(model, preprocessor, facts["spatial_dims"], facts["in_channels"],
-                            facts["output_activation"])
+                            facts["output_activation"], facts["size_divisor"])
     metadata = {
         "format": FORMAT,
         "kind": data["kind"],
@@ -221,6 +259,10 @@ def export_run(run_dir: str | os.PathLike, checkpoint: str = "best", output: str
         "medtf_version": __version__,
         "checkpoint": {"file": ckpt.name, "sha256": sha256_file(ckpt)},
     }
+    metadata["fingerprint"], why_not = fingerprint_for_export(config, run_dir, facts["spatial_dims"], data_dir)
+    if why_not:
+        logging.getLogger("medtf.export").warning("no training-data fingerprint in %s: %s; medtf predict will not "
+                                                  "warn about inputs unlike the training data", METADATA_FILE, why_not)
 
     model_base.mkdir(parents=True, exist_ok=True)
     tmp = model_base / f".tmp-{target.name}-{os.getpid()}"

@@ -79,6 +79,62 @@ def test_serving_default_matches_keras_with_training_preprocessing(unet_run, tmp
     assert np.ptp(expected) > 1e-3  # the comparison is not between two constant maps
 
 
+def _padded_reference(model, prepped: np.ndarray, divisor: int) -> np.ndarray:
+    """By hand: pad each image evenly to a multiple of ``divisor`` with its per-channel minimum, predict, crop."""
+    out = []
+    for image in prepped:
+        spatial = image.shape[:-1]
+        total = [(-s) % divisor for s in spatial]
+        pads = [(t // 2, t - t // 2) for t in total] + [(0, 0)]
+        lowest = image.reshape(-1, image.shape[-1]).min(0)
+        padded = np.stack([np.pad(image[..., c], pads[:-1], constant_values=lowest[c])
+                           for c in range(image.shape[-1])], axis=-1)
+        y = model.predict(padded[None], verbose=0)[0]
+        out.append(y[tuple(slice(b, b + s) for (b, _), s in zip(pads, spatial))])
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("shape", [(1, 30, 50, 50, 1), (2, 7, 13, 17, 1), (1, 1, 5, 3, 1)],
+                         ids=["issue-30x50x50", "odd-batch-2", "thinner-than-divisor"])
+def test_serving_default_takes_any_size(unet_run, tmp_path, shape):
+    """The divisor (4 for unet3d_small) is padded inside the graph and the output cropped back."""
+    from medtf.export import export_run
+
+    run, model, preprocess = unet_run
+    version_dir = export_run(run, output=tmp_path / "export")
+    divisor = json.loads((version_dir / "medtf.json").read_text())["size_divisor"]
+    assert divisor == 4 and any(s % divisor for s in shape[1:-1])
+    rng = np.random.default_rng(1)
+    raw = rng.uniform(-1000, 2000, size=shape).astype(np.float32)
+    prepped = _training_inputs("brachy-ct", preprocess, raw)
+    served, patch = _fresh_process_call(version_dir, [("serving_default", raw), ("predict_patch", prepped)],
+                                        tmp_path)
+    expected = _padded_reference(model, prepped, divisor)
+    assert served.shape == shape and patch.shape == shape
+    np.testing.assert_allclose(served, expected, atol=1e-5)
+    np.testing.assert_allclose(patch, expected, atol=1e-5)
+    # padding with the minimum is not the same as padding with zeros (zscore makes 0 mid-grey)
+    assert np.ptp(expected) > 1e-3
+
+
+def test_saved_model_cli_lists_the_signatures(unet_run, tmp_path):
+    import shutil
+
+    from medtf.export import export_run
+
+    run, _, _ = unet_run
+    version_dir = export_run(run, output=tmp_path / "export")
+    cli = shutil.which("saved_model_cli", path=str(Path(sys.executable).parent))
+    assert cli, "saved_model_cli is installed with TensorFlow"
+    proc = subprocess.run([cli, "show", "--dir", str(version_dir), "--all"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    blocks = {b.split("'", 1)[0]: b for b in proc.stdout.split("signature_def['")[1:]}
+    for name in ("serving_default", "preprocess", "predict_patch"):
+        assert name in blocks, proc.stdout
+        assert "inputs['images']" in blocks[name] and "shape: (-1, -1, -1, -1, 1)" in blocks[name], blocks[name]
+
+
 def test_lgg_export_scales_rgb_like_the_parser(tmp_path):
     from medtf.export import export_run
     from medtf.models import get_model
