@@ -19,6 +19,9 @@ def register(commands) -> None:
     p.add_argument("--version", type=int, default=None, help="version number (default: next free one)")
     p.add_argument("--name", default=None, help="model name (default: the config's model.name)")
     p.add_argument("--threshold", type=float, default=0.5, help="default decision threshold (default %(default)s)")
+    p.add_argument("--data-dir", default=None,
+                   help="the training shards, whose fingerprint (modality, spacing, size, intensities) medtf.json "
+                        "records for predict's out-of-distribution warnings (default: the run config's data.dir)")
     p.set_defaults(handler=run)
 
 
@@ -27,7 +30,7 @@ def run(args) -> int:
 
     try:
         path = export_run(args.run_dir, checkpoint=args.checkpoint, output=args.output, version=args.version,
-                          name=args.name, threshold=args.threshold)
+                          name=args.name, threshold=args.threshold, data_dir=args.data_dir)
     except (ExportError, ValueError) as exc:
         print(f"medtf export: {exc}", file=sys.stderr)
         return 2

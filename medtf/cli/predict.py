@@ -5,6 +5,8 @@ series folder, a NIfTI/MHA/MHD/NRRD volume (3D models) or a PNG/TIFF slice (2D m
 input grid, seg.dcm (DICOM SEG referencing the series; DICOM input only), overlay PNGs and prediction.json.
 With --reconstruct (brachy-ct models on a DICOM CT) the catheters are reconstructed from the mask as by
 `medtf reconstruct`: catheters.json, RP.reconstructed.dcm and reconstruction.json (matched against --plan if given).
+An input unlike the training data (modality, voxel spacing, size, intensities; the fingerprint `medtf export` stores
+in medtf.json) is predicted all the same, with a warning on stderr and in prediction.json's "warnings".
 """
 
 from __future__ import annotations
@@ -71,6 +73,8 @@ def run(args) -> int:
     print(f"predicted {summary['voxels']} foreground voxels ({size}) -> {args.output}")
     for note in summary["notes"]:
         print(f"  note: {note}")
+    for warning in summary["warnings"]:  # the input differs from the training data (medtf.export.fingerprint)
+        print(f"medtf predict: WARNING: input unlike the model's training data: {warning}", file=sys.stderr)
     if args.reconstruct:
         from medtf.rt.reconstruct_case import format_report, reconstruct_case
 

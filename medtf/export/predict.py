@@ -120,6 +120,19 @@ class ExportedModel:
         if image.shape[-1] != channels:
             raise ValueError(f"model expects {channels} channel(s), the input has {image.shape[-1]}")
 
+    def check_distribution(self, source: "InputImage") -> list[str]:
+        """Out-of-distribution warnings for an input against the training fingerprint in ``medtf.json``
+        (`medtf.export.fingerprint.check_input`); [] when the model has no fingerprint."""
+        from medtf.export.fingerprint import check_input
+
+        fingerprint = self.meta.get("fingerprint")
+        if not fingerprint:
+            return []
+        volume = source.volume
+        return check_input(fingerprint, channels_last(volume), spacing=volume.spacing,
+                           modality=volume.modality if source.format == "dicom" else None,
+                           body_region=volume.metadata.get("BodyPartExamined"))
+
     def predict(self, image: np.ndarray, overlap: float = 0.5, batch_size: int = 4,
                 progress: bool | str = False) -> np.ndarray:
         """Raw channels-last image -> probabilities ``(*spatial, K)`` float32 on the same grid.
@@ -178,7 +191,8 @@ def predict_path(model: str | os.PathLike | ExportedModel, input_path: str | os.
         series_uid: which series when the DICOM folder holds several image series.
 
     Returns:
-        The summary written to ``prediction.json`` (counts, physical size, output file names, notes; no PHI).
+        The summary written to ``prediction.json`` (counts, physical size, output file names, notes; no PHI);
+        ``"warnings"`` lists how the input differs from the training data (`medtf.export.fingerprint`).
     """
     from medtf.export.dicom_seg import write_dicom_seg
     from medtf.export.writers import write_nifti, write_overlays, write_summary
@@ -187,6 +201,7 @@ def predict_path(model: str | os.PathLike | ExportedModel, input_path: str | os.
     source = read_input(input_path, series_uid)
     volume = source.volume
     threshold = float(model.meta.get("threshold", 0.5) if threshold is None else threshold)
+    notes, warnings = [], model.check_distribution(source)
     probs = model.predict(channels_last(volume), overlap=overlap, batch_size=batch_size, progress="predict")
     mask = to_mask(probs, threshold)
 
@@ -197,7 +212,9 @@ def predict_path(model: str | os.PathLike | ExportedModel, input_path: str | os.
         prob_array = probs[..., 0] if probs.shape[-1] == 1 else probs
         prob_volume = on_grid(volume, prob_array, is_vector=probs.shape[-1] > 1)
         outputs["probabilities"] = write_nifti(prob_volume, out / "probabilities.nii.gz").name
-    notes = []
+    if model.meta.get("fingerprint") is None:
+        notes.append("no out-of-distribution check: the model's medtf.json has no training-data fingerprint "
+                     "(exported without its training data, or by an older medtf)")
     if source.format != "dicom":
         notes.append(f"no DICOM SEG: the input is {source.format}, not a DICOM series")
     elif source.source_files is None:
@@ -217,7 +234,7 @@ def predict_path(model: str | os.PathLike | ExportedModel, input_path: str | os.
                   "checkpoint_sha256": (model.meta.get("checkpoint") or {}).get("sha256")},
         "input": {"format": source.format, "shape": list(mask.shape), "spacing": list(volume.spacing)},
         "threshold": threshold, "overlap": overlap, "patch_size": list(model.patch_size(mask.shape)),
-        "voxels": voxels, "outputs": outputs, "notes": notes,
+        "voxels": voxels, "outputs": outputs, "notes": notes, "warnings": warnings,
     }
     if volume.ndim == 3:
         summary["volume_ml"] = voxels * voxel_mm / 1000.0

@@ -59,7 +59,9 @@ def test_summary_json(dicom_prediction, ct_series):
     assert summary["outputs"]["mask"] == "mask.nii.gz" and summary["outputs"]["seg"] == "seg.dcm"
     assert summary["outputs"]["probabilities"] == "probabilities.nii.gz"
     assert summary["input"]["format"] == "dicom" and summary["input"]["shape"] == list(volume.array.shape)
-    assert summary["patch_size"] == [8, 16, 16] and summary["threshold"] == 0.5 and summary["notes"] == []
+    assert summary["patch_size"] == [8, 16, 16] and summary["threshold"] == 0.5 and summary["warnings"] == []
+    # exported without training data (the fixture's data.dir is empty): no fingerprint to compare with
+    assert [n[:33] for n in summary["notes"]] == ["no out-of-distribution check: the"]
     # nothing but the SEG (which must copy the patient module) holds patient identifiers
     hits = [h for h in find_phi(dicom_prediction, [PATIENT_NAME, PATIENT_ID, "EXPORTTEST"])
             if not h.startswith("seg.dcm")]
@@ -153,7 +155,7 @@ def test_nifti_input_unet_matches_keras_sliding_window(ct_series, tmp_path):
     np.testing.assert_array_equal(mask[clear], (expected[clear] >= 0.45).astype(np.uint8))
     summary = json.loads((out / "prediction.json").read_text())
     assert summary["input"]["format"] == "nifti" and "seg" not in summary["outputs"]
-    assert summary["notes"] == ["no DICOM SEG: the input is nifti, not a DICOM series"]
+    assert summary["notes"][1:] == ["no DICOM SEG: the input is nifti, not a DICOM series"]
     assert summary["voxels"] == int(mask.sum()) and summary["threshold"] == 0.45
     assert mask.shape == volume.array.shape and summary["patch_size"] == [24, 16, 16]
     assert not (out / "seg.dcm").exists()
@@ -211,3 +213,24 @@ def test_console_output_has_no_phi(pointwise3d_model_dir, ct_series, tmp_path, c
     assert "predicted 264 foreground voxels" in text
     assert PATIENT_ID not in text and PATIENT_NAME not in text
     assert not list((tmp_path / "o").glob("overlay*"))
+
+
+def test_predict_prints_progress_per_patch_batch(pointwise3d_model_dir, ct_series, tmp_path, capsys):
+    import math
+    import re
+
+    from medtf.inferers.sliding_window import patch_starts
+
+    folder, volume = ct_series
+    patches = math.prod(len(patch_starts(s, p, 0.5)) for s, p in zip(volume.array.shape, (8, 16, 16)))
+    batches = math.ceil(patches / 3)
+    assert run_medtf("predict", pointwise3d_model_dir, "--input", folder, "--output", tmp_path / "a",
+                     "--batch-size", "3", "--overlays", "0") == 0
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("predict: ")]
+    every = math.ceil(batches / 10)  # not a terminal: a line every ~10% of the batches, and the last one
+    expected = list(range(every, batches + 1, every))
+    expected += [] if expected[-1] == batches else [batches]
+    assert [int(re.match(rf"predict: (\d+)/{batches} patch batches", ln).group(1)) for ln in lines] == expected
+    assert run_medtf("predict", pointwise3d_model_dir, "--input", folder, "--output", tmp_path / "b",
+                     "--overlays", "0", "--quiet") == 0
+    assert "predict: " not in capsys.readouterr().err
