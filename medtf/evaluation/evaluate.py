@@ -19,7 +19,7 @@ from medtf.evaluation import cases as cases_lib
 from medtf.evaluation import report
 from medtf.evaluation.catheters import CatheterMetricsUnavailable, catheter_metrics
 from medtf.evaluation.predict import THRESHOLD, predict_masks
-from medtf.evaluation.run import build_preprocess, eval_patch_size, load_run
+from medtf.evaluation.run import build_preprocess, data_dir_of, eval_patch_size, load_run
 
 KINDS = ("brachy-ct", "lgg-mri")
 
@@ -102,8 +102,7 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", checkpoint: st
     from medtf.progress import progress
 
     config, model, config_path, ckpt = load_run(run_dir, checkpoint)
-    data = dict(config.get("data") or {})
-    data_dir = data_dir if data_dir is not None else data["dir"]
+    data_dir = data_dir_of(config, config_path, data_dir)  # names the path and suggests --data-dir when moved
     manifest = read_manifest(data_dir)
     kind = manifest["kind"]
     if kind not in KINDS:
@@ -114,7 +113,7 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", checkpoint: st
     examples = cases_lib.iter_examples(data_dir, split, build_preprocess(config))
     notes: list[str] = []
     extra: dict[str, Any] = {}
-    patch = data.get("patch_size")
+    patch = config.data.patch_size
     # One case per volume (brachy-ct) or per patient's slice stack (lgg-mri).
     counts = manifest["splits"].get(split) or {}
     total = counts.get("num_examples" if kind == "brachy-ct" else "num_patients")

@@ -24,13 +24,14 @@ def checkpoint_path(run_dir: str | os.PathLike, checkpoint: str = "best") -> Pat
 
 
 def load_run(run_dir: str | os.PathLike, checkpoint: str = "best"):
-    """``(config dict, keras.Model, config path, checkpoint path)`` of a run directory.
+    """``(ExperimentConfig, keras.Model, config path, checkpoint path)`` of a run directory.
 
     Importing `medtf.models`, `medtf.losses` and `medtf.metrics` registers the custom objects (models, losses,
     metrics) that ``keras.saving.load_model`` must resolve; ``compile=False`` because evaluation needs no optimizer.
 
     Example:
         >>> config, model, _, _ = load_run("runs/brachy", "best")
+        >>> config.data.dir
     """
     import keras
 
@@ -38,30 +39,42 @@ def load_run(run_dir: str | os.PathLike, checkpoint: str = "best"):
     import medtf.metrics  # noqa: F401
     import medtf.models  # noqa: F401
     from medtf.training.config import load_config
+    from medtf.training.experiment import parse_config
 
     config_path = Path(run_dir) / "config.yaml"
-    config = load_config(config_path)
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{run_dir}: no config.yaml (not a run directory written by `medtf train`)")
+    # Relative data.dir (run directories written before paths were stored absolute) meant the training's cwd.
+    config = parse_config(load_config(config_path), components=False)
     ckpt = checkpoint_path(run_dir, checkpoint)
     model = keras.saving.load_model(ckpt, compile=False)
     return config, model, config_path, ckpt
 
 
-def build_preprocess(config: Mapping[str, Any]):
-    """The deterministic preprocessing of ``config["data"]["preprocess"]`` (None when there is none).
+def data_dir_of(config, config_path: str | os.PathLike, data_dir: str | os.PathLike | None = None) -> Path:
+    """The shard folder to read: ``data_dir`` when given, else the run's ``data.dir``, which must still hold a
+    manifest; when it does not, the `ManifestError` names the path and suggests ``--data-dir``."""
+    from medtf.data.manifest import MANIFEST_NAME, ManifestError
 
-    Uses the training engine's ``build_preprocess`` when it has one, so evaluation always sees the inputs the
-    model was trained on; otherwise builds the list with `medtf.transforms.build_transforms`.
+    if data_dir is not None:
+        return Path(data_dir)
+    path = Path(config.data.dir)
+    if not (path / MANIFEST_NAME).is_file():
+        raise ManifestError(f"the shards this run trained on are not at {path} (data.dir of {config_path}: no "
+                            f"{MANIFEST_NAME} there); if they moved, pass --data-dir DIR")
+    return path
+
+
+def build_preprocess(config):
+    """The deterministic preprocessing of the config's ``data.preprocess`` (None when there is none).
+
+    ``config``: an `ExperimentConfig`, or its raw mapping. The training engine's `build_preprocess` builds it, so
+    evaluation always sees the inputs the model was trained on.
     """
-    from medtf.training import engine
+    from medtf.training.experiment import parse_config
+    from medtf.training.inputs import build_preprocess as build
 
-    if hasattr(engine, "build_preprocess"):
-        return engine.build_preprocess(config)
-    entries = (config.get("data") or {}).get("preprocess")
-    if not entries:
-        return None
-    from medtf.transforms import build_transforms
-
-    return build_transforms(entries)
+    return build(parse_config(config, components=False).data)
 
 
 def eval_patch_size(patch_size: Any, spatial_shape: Sequence[int]) -> tuple[int, ...]:

@@ -7,8 +7,10 @@ from medtf.losses.segmentation import (
     TverskyLoss,
     WeightedBCE,
     get_loss,
+    list_losses,
+    loss_class,
     soft_dice_loss,
 )
 
 __all__ = ["DiceCELoss", "DiceFocalLoss", "SoftDiceLoss", "TverskyLoss", "WeightedBCE", "get_loss",
-           "soft_dice_loss"]
+           "list_losses", "loss_class", "soft_dice_loss"]

@@ -38,6 +38,18 @@ def get_loss(name: str, **kwargs) -> keras.losses.Loss:
     return _REGISTRY[key](**kwargs)
 
 
+def list_losses() -> list[str]:
+    """Sorted registered loss names (lower case; `get_loss` ignores case)."""
+    return sorted(_REGISTRY)
+
+
+def loss_class(name: str) -> type:
+    """The registered loss class ``name`` (case-insensitive)."""
+    if name.lower() not in _REGISTRY:
+        raise ValueError(f"Unknown loss {name!r}; available: {sorted(_REGISTRY)}")
+    return _REGISTRY[name.lower()]
+
+
 def _prepare(y_true, y_pred):
     """Cast to float32 and check shapes: equal, rank 4 (2D) or 5 (3D)."""
     y_true = ops.cast(y_true, "float32")

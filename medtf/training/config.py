@@ -11,6 +11,7 @@ typos must not silently create settings nobody reads (timm ``train.py`` / big_vi
 from __future__ import annotations
 
 import copy
+import difflib
 import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -20,6 +21,16 @@ import yaml
 
 class ConfigError(ValueError):
     pass
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """`` (did you mean X?)`` for the closest of ``choices`` (`difflib`, case-insensitive), ``""`` when none is."""
+    choices = [str(c) for c in choices]
+    lowered = {c.lower(): c for c in choices}
+    if str(name).lower() in lowered:
+        return f" (did you mean {lowered[str(name).lower()]}?)"
+    match = difflib.get_close_matches(str(name).lower(), list(lowered), n=1, cutoff=0.6)
+    return f" (did you mean {lowered[match[0]]}?)" if match else ""
 
 
 def _yaml_value(text: str) -> Any:
@@ -63,7 +74,8 @@ def dotted_parent(config: dict, key: str, *, add: bool = False, context: str | N
         node = node[part]
     if parts[-1] not in node and not add:
         known = ", ".join(sorted(node)) or "(none)"
-        raise ConfigError(f"{context}: unknown key {key!r} (known here: {known}); prefix it with '+' to add a new key")
+        raise ConfigError(f"{context}: unknown key {key!r}{did_you_mean(parts[-1], node)} (known here: {known}); "
+                          f"prefix it with '+' to add a new key")
     return node, parts[-1]
 
 

@@ -21,7 +21,7 @@ Config keys (beyond ``model``, ``loss``, ``optimizer``; everything below is opti
       transforms: []            augmentations, training only (medtf.transforms configs)
       preprocess: []            deterministic transforms for training AND validation, before the augmentations,
                                 e.g. [{name: window, center: 400, width: 1800}] or {name: zscore};
-                                `build_preprocess(config)` gives the same callable to evaluation/export
+                                `build_preprocess(data)` gives the same callable to evaluation/export
       val_patch_size: null      validation patch (null: whole image/volume; the models are fully convolutional)
       val_batch_size: null      validation batch size (null: batch_size)
     schedule:                   medtf.training.schedules
@@ -60,9 +60,11 @@ from medtf.runtime import resolve_precision
 from medtf.training.callbacks import (HParamsLogger, LearningRateLogger, NanGuard, backup_epoch, best_so_far,
                                       nan_message, trim_history)
 from medtf.training.config import save_resolved
+from medtf.training.experiment import (CosineSchedule, ExperimentConfig, ModelConfig, OptimizerConfig, TrainConfig,
+                                       parse_config, section)
 from medtf.training.diagnostics import GradientStats, ValidationPanels
 from medtf.training.inputs import build_datasets, build_preprocess, probe_batches, steps_per_epoch, training_transforms
-from medtf.training.schedules import build_learning_rate, schedule_callbacks, schedule_name
+from medtf.training.schedules import build_learning_rate, schedule_callbacks
 from medtf.training.strategy import (RunPaths, make_strategy, num_workers, run_paths, shard_by_example,
                                      synchronize_batch_norm)
 
@@ -74,21 +76,15 @@ class NonFiniteLossError(RuntimeError):
     """Raised by `train` when `NanGuard` stopped a run because the loss became NaN / inf."""
 
 
-def _section(config: Mapping, name: str) -> dict:
-    return dict(config.get(name) or {})
-
-
-def build_optimizer(opt: Mapping, learning_rate=None) -> keras.optimizers.Optimizer:
+def build_optimizer(opt: OptimizerConfig | Mapping, learning_rate=None) -> keras.optimizers.Optimizer:
     """AdamW from the ``optimizer`` section; ``learning_rate`` (a float or schedule) replaces the section's."""
-    name = str(opt.get("name", "adamw")).lower()
-    if name != "adamw":
-        raise ValueError(f"unknown optimizer {name!r}; supported: adamw")
+    opt = section(OptimizerConfig, opt, "optimizer")
     if learning_rate is None:
-        learning_rate = float(opt.get("learning_rate", 1e-3))
-    return keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=float(opt.get("weight_decay", 1e-4)))
+        learning_rate = opt.learning_rate
+    return keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=opt.weight_decay)
 
 
-def build_model(model_cfg: Mapping, remat: bool = False) -> keras.Model:
+def build_model(model_cfg: ModelConfig | Mapping, remat: bool = False) -> keras.Model:
     """`medtf.models.get_model` from the ``model`` section, rematerialised when ``remat`` is true.
 
     Block-level remat (the model's own ``remat=True``, e.g. :class:`medtf.models.UNet`) is preferred: it keeps
@@ -98,16 +94,17 @@ def build_model(model_cfg: Mapping, remat: bool = False) -> keras.Model:
     """
     from medtf.models import get_model
 
-    args = dict(model_cfg.get("args") or {})
+    model_cfg = section(ModelConfig, model_cfg, "model")
+    name, args = model_cfg.name, dict(model_cfg.args)
     if not remat:
-        return get_model(model_cfg["name"], **args)
+        return get_model(name, **args)
     try:
-        return get_model(model_cfg["name"], **{"remat": True, **args})
+        return get_model(name, **{"remat": True, **args})
     except (TypeError, ValueError) as err:  # the model has no `remat` argument
         if "remat" not in str(err):
             raise
     with keras.RematScope(mode="full"):  # layers record the mode at construction; it applies at call time
-        model = get_model(model_cfg["name"], **args)
+        model = get_model(name, **args)
     # On the TensorFlow backend remat is tf.recompute_grad, whose custom gradient rejects keyword arguments in
     # graph mode: layers called with training=/mask= (the model itself, batch norm, dropout) would fail inside
     # fit. They keep their activations; convolutions (the memory) are recomputed.
@@ -137,14 +134,17 @@ def _backup(paths: RunPaths):
     return ReadOnlyBackup(str(paths.backup), delete_checkpoint=False)
 
 
-def build_callbacks(config: Mapping, paths: RunPaths, guard: NanGuard, resumed_rows: list, probes=None) -> list:
+def build_callbacks(train_cfg: TrainConfig, schedule, paths: RunPaths, guard: NanGuard, resumed_rows: list,
+                    probes=None, hparams: Mapping | None = None) -> list:
     """Callbacks in the order they must see each epoch's logs (LR into the logs before CSV/TensorBoard read
-    them; the backup last, so a crash between CSV row and backup re-runs the epoch and `trim_history` drops it)."""
-    train_cfg = _section(config, "train")
-    monitor, mode = train_cfg.get("monitor", "val_dice"), train_cfg.get("mode", "max")
+    them; the backup last, so a crash between CSV row and backup re-runs the epoch and `trim_history` drops it).
+
+    ``train_cfg`` / ``schedule``: the typed sections; ``hparams``: the resolved config for the HParams entry.
+    """
+    monitor, mode = train_cfg.monitor, train_cfg.mode
     paths.checkpoints.mkdir(parents=True, exist_ok=True)
     best = best_so_far(resumed_rows, monitor, mode)
-    callbacks = [guard, LearningRateLogger(), *schedule_callbacks(config.get("schedule"), monitor, mode),
+    callbacks = [guard, LearningRateLogger(), *schedule_callbacks(schedule, monitor, mode),
                  keras.callbacks.TensorBoard(log_dir=str(paths.logs)),
                  keras.callbacks.CSVLogger(str(paths.history), append=bool(resumed_rows)),
                  keras.callbacks.ModelCheckpoint(str(paths.checkpoints / "best.keras"), monitor=monitor, mode=mode,
@@ -152,18 +152,22 @@ def build_callbacks(config: Mapping, paths: RunPaths, guard: NanGuard, resumed_r
                  keras.callbacks.ModelCheckpoint(str(paths.checkpoints / "last.keras"))]
     if paths.is_chief and probes is not None:
         train_batch, val_examples = probes
-        if train_cfg.get("image_panels", True) and val_examples:
+        if train_cfg.image_panels and val_examples:
             callbacks.append(ValidationPanels(paths.images, val_examples, monitor, mode, best=best))
-        if int(train_cfg.get("log_every_n_steps", 100) or 0) > 0 and train_batch is not None:
-            callbacks.append(GradientStats(paths.gradients, train_batch, int(train_cfg.get("log_every_n_steps", 100))))
-    if paths.is_chief and train_cfg.get("hparams", True):
-        callbacks.append(HParamsLogger(paths.logs, config))
+        if train_cfg.log_every_n_steps > 0 and train_batch is not None:
+            callbacks.append(GradientStats(paths.gradients, train_batch, train_cfg.log_every_n_steps))
+    if paths.is_chief and train_cfg.hparams:
+        callbacks.append(HParamsLogger(paths.logs, hparams or {}))
     callbacks.append(_backup(paths))
     return callbacks
 
 
-def train(config: Mapping, run_dir: str | os.PathLike) -> dict:
+def train(config: ExperimentConfig | Mapping, run_dir: str | os.PathLike) -> dict:
     """Train the model described by ``config`` and write everything into ``run_dir`` (resuming a backup there).
+
+    ``config`` is an `ExperimentConfig` or its raw mapping, which is parsed and validated first
+    (`medtf.training.experiment.parse_config`: a `ConfigError` before anything runs). ``run_dir/config.yaml``
+    gets the resolved config: every default filled in, ``data.dir`` absolute, ``data.kind`` from the manifest.
 
     Returns ``{"history": {metric: [per-epoch values, resumed epochs included]}, "model", "strategy", "precision",
     "initial_epoch", "preempted", "run_dir", "config", "best", "last", "logs", "csv"}`` (paths as strings).
@@ -176,53 +180,58 @@ def train(config: Mapping, run_dir: str | os.PathLike) -> dict:
     from medtf.losses import get_loss
     from medtf.metrics import DiceScore, IoUScore, SegPrecision, SegRecall, SegSpecificity
 
+    from medtf.data.manifest import read_manifest
+
+    experiment = parse_config(config)
+    if experiment.data.kind is None:  # resolved: `medtf export` needs no shard folder to know the kind
+        kind = read_manifest(experiment.data.dir)["kind"]
+        experiment = experiment.replace(data=experiment.data.replace(kind=kind))
+    data, train_cfg, schedule = experiment.data, experiment.train, experiment.schedule
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    model_cfg, loss_cfg = _section(config, "model"), _section(config, "loss")
-    opt_cfg, train_cfg = _section(config, "optimizer"), _section(config, "train")
-    seed = config.get("seed")
+    seed = experiment.seed
     # "auto": bfloat16 only where the hardware computes it natively, float16 on older GPUs (medtf.runtime).
-    policy = resolve_precision(train_cfg.get("precision", "float32"))
-    epochs = int(train_cfg.get("epochs", 1))
+    policy = resolve_precision(train_cfg.precision)
+    epochs = train_cfg.epochs
 
     previous = keras.mixed_precision.global_policy().name
     paths = None
     try:
         # MultiWorkerMirroredStrategy must exist before other TF work starts.
-        strategy = make_strategy(train_cfg.get("strategy", "auto"))
-        paths = run_paths(run_dir, strategy, bool(train_cfg.get("keep_worker_outputs", False)))
+        strategy = make_strategy(train_cfg.strategy)
+        paths = run_paths(run_dir, strategy, train_cfg.keep_worker_outputs)
         if paths.is_chief:
-            save_resolved(config, run_dir)
+            save_resolved(experiment.as_dict(), run_dir)
         if seed is not None:
             keras.utils.set_random_seed(int(seed))
         keras.mixed_precision.set_global_policy(policy)
         initial_epoch = backup_epoch(paths.backup)
         resumed_rows = trim_history(paths.history, initial_epoch) if paths.is_chief else []
-        train_ds, val_ds = build_datasets(config, strategy)
+        train_ds, val_ds = build_datasets(data, strategy, seed=experiment.data_seed)
         val_ds = shard_by_example(val_ds, strategy)
-        steps = train_cfg.get("steps_per_epoch")
-        if schedule_name(config.get("schedule")) == "cosine":
-            steps = steps_per_epoch(config)
-        learning_rate = build_learning_rate(config.get("schedule"), float(opt_cfg.get("learning_rate", 1e-3)),
-                                            steps, epochs)
+        steps = train_cfg.steps_per_epoch
+        if isinstance(schedule, CosineSchedule):
+            steps = steps_per_epoch(data, train_cfg)
+        learning_rate = build_learning_rate(schedule, experiment.optimizer.learning_rate, steps, epochs)
         with strategy.scope():
-            model = build_model(model_cfg, bool(train_cfg.get("remat", False)))
+            model = build_model(experiment.model, train_cfg.remat)
             if num_workers(strategy) > 1:  # else each worker keeps its own moving statistics
                 synchronize_batch_norm(model)
-            model.compile(optimizer=build_optimizer(opt_cfg, learning_rate),
-                          loss=get_loss(loss_cfg["name"], **dict(loss_cfg.get("args") or {})),
+            model.compile(optimizer=build_optimizer(experiment.optimizer, learning_rate),
+                          loss=get_loss(experiment.loss.name, **experiment.loss.args),
                           # F1 is Dice for binary masks (medtf.metrics.SegF1): not logged twice.
                           metrics=[DiceScore(name="dice"), IoUScore(name="iou"), SegPrecision(name="precision"),
                                    SegRecall(name="recall"), SegSpecificity(name="specificity")],
-                          jit_compile=bool(train_cfg.get("jit_compile", False)))
-        wants_probes = train_cfg.get("image_panels", True) or int(train_cfg.get("log_every_n_steps", 100) or 0) > 0
-        probes = probe_batches(config) if paths.is_chief and wants_probes else None
+                          jit_compile=train_cfg.jit_compile)
+        wants_probes = train_cfg.image_panels or train_cfg.log_every_n_steps > 0
+        probes = probe_batches(data) if paths.is_chief and wants_probes else None
         guard = NanGuard(policy)
-        callbacks = build_callbacks(config, paths, guard, resumed_rows, probes)
+        callbacks = build_callbacks(train_cfg, schedule, paths, guard, resumed_rows, probes,
+                                    hparams=experiment.as_dict())
         fit = model.fit(train_ds, validation_data=val_ds, epochs=epochs, steps_per_epoch=steps,
-                        validation_steps=train_cfg.get("validation_steps"), callbacks=callbacks,
+                        validation_steps=train_cfg.validation_steps, callbacks=callbacks,
                         shuffle=False,  # make_dataset already shuffles (files and examples, seeded)
-                        verbose=keras_verbose(train_cfg.get("verbose", "auto")))
+                        verbose=keras_verbose(train_cfg.verbose))
         if guard.message:
             raise NonFiniteLossError(guard.message)
     finally:

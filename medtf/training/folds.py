@@ -27,7 +27,6 @@ Example:
 
 from __future__ import annotations
 
-import copy
 import csv
 import json
 import math
@@ -40,6 +39,7 @@ import numpy as np
 import yaml
 
 from medtf.training.config import ConfigError, save_resolved
+from medtf.training.experiment import parse_config
 
 FOLD_DIR_RE = re.compile(r"^fold_(\d+)$")
 REPORT_JSON, REPORT_CSV, BASE_CONFIG = "cv_report.json", "cv_report.csv", "cv_config.yaml"
@@ -74,11 +74,10 @@ def manifest_folds(data_dir: str | os.PathLike) -> int:
     return count
 
 
-def fold_config(config: Mapping, k: int, folds: int) -> dict:
-    """A copy of ``config`` that trains fold ``k`` of ``folds`` (``data.fold`` / ``data.folds`` set)."""
-    result = copy.deepcopy(dict(config))
-    result["data"] = {**dict(result.get("data") or {}), "fold": int(k), "folds": int(folds)}
-    return result
+def fold_config(config, k: int, folds: int):
+    """A copy of the experiment that trains fold ``k`` of ``folds`` (``data.fold`` / ``data.folds`` set)."""
+    experiment = parse_config(config, components=False)
+    return experiment.replace(data=experiment.data.replace(fold=int(k), folds=int(folds)))
 
 
 # === Reading fold directories (no TensorFlow) ===
@@ -121,6 +120,13 @@ def _read_yaml(path: Path) -> dict | None:
     return config if isinstance(config, dict) else None
 
 
+def read_run_config(path: Path):
+    """The `ExperimentConfig` of a ``config.yaml`` (types checked, registries not: no TensorFlow), None when the
+    file is missing or unreadable; raises `ConfigError` when it is not a valid experiment."""
+    raw = _read_yaml(path)
+    return None if raw is None else parse_config(raw, components=False)
+
+
 def training_state(path: str | os.PathLike, epochs: int | None = None) -> tuple[bool, str]:
     """``(finished, why not)`` of one run directory.
 
@@ -131,11 +137,14 @@ def training_state(path: str | os.PathLike, epochs: int | None = None) -> tuple[
     path = Path(path)
     if not path.is_dir():
         return False, f"no {path.name} directory"
-    config = _read_yaml(path / "config.yaml")
+    try:
+        config = read_run_config(path / "config.yaml")
+    except ConfigError as exc:
+        return False, f"config.yaml is not a valid experiment ({exc})"
     if config is None:
         return False, "not started (no config.yaml)"
     if epochs is None:
-        epochs = int((config.get("train") or {}).get("epochs", 1))
+        epochs = config.train.epochs
     done = {int(r["epoch"]) for r in read_history(path / "history.csv")}
     if (path / "backup").exists():
         return False, f"interrupted after {len(done)} of {epochs} epochs (backup/ present: re-run to resume)"
@@ -161,18 +170,24 @@ def eval_state(run_dir: str | os.PathLike, k: int) -> tuple[dict | None, str]:
     return summary, ""
 
 
-def _expected_folds(run_dir: Path, found: list[int], notes: list[str]) -> int:
+def _expected_folds(run_dir: Path, found: list[int], notes: list[str], data_dir=None) -> int:
     """K from the base config or a fold's config (``data.folds``, else the manifest); else the fold dirs."""
     configs = [run_dir / BASE_CONFIG] + [fold_dir(run_dir, k) / "config.yaml" for k in found]
     for path in configs:
-        data = (_read_yaml(path) or {}).get("data") or {}
-        if data.get("folds") is not None:
-            return int(data["folds"])
-        if data.get("dir"):
-            try:
-                return manifest_folds(data["dir"])
-            except Exception as exc:  # noqa: BLE001  (a moved shard folder: fall back to the directories)
-                notes.append(f"could not read the number of folds from {data['dir']}: {exc}")
+        try:
+            config = read_run_config(path)
+        except ConfigError as exc:
+            notes.append(f"{path}: {exc}")
+            continue
+        if config is None:
+            continue
+        if config.data.folds is not None:
+            return config.data.folds
+        data_dir = data_dir or config.data.dir
+        try:
+            return manifest_folds(data_dir)
+        except Exception as exc:  # noqa: BLE001  (a moved shard folder: fall back to the directories)
+            notes.append(f"could not read the number of folds from {data_dir}: {exc}")
     if not found:
         raise FileNotFoundError(f"{run_dir}: no fold_* directories and no {BASE_CONFIG}")
     notes.append(f"number of folds inferred from the fold_* directories ({max(found) + 1})")
@@ -187,7 +202,8 @@ def _stats(values: list[float | None]) -> dict:
             "n": n, "n_nan": sum(1 for v in values if v is not None and not math.isfinite(v))}
 
 
-def aggregate_folds(run_dir: str | os.PathLike, folds: int | None = None, *, write: bool = True) -> dict[str, Any]:
+def aggregate_folds(run_dir: str | os.PathLike, folds: int | None = None, *, write: bool = True,
+                    data_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """Combine ``run_dir/fold_*`` into ``cv_report.json`` / ``cv_report.csv`` (reads files only).
 
     Args:
@@ -195,6 +211,7 @@ def aggregate_folds(run_dir: str | os.PathLike, folds: int | None = None, *, wri
         folds: expected number of folds K (default: ``data.folds`` or the manifest of the runs' ``data.dir``,
             else the highest ``fold_<k>`` + 1).
         write: write the two report files.
+        data_dir: the shard folder, where the runs' ``data.dir`` moved (for the number of folds).
 
     Returns:
         ``{"run_dir", "folds", "complete", "fold_status": [{fold, status, detail, best_epoch, ...}],
@@ -210,7 +227,7 @@ def aggregate_folds(run_dir: str | os.PathLike, folds: int | None = None, *, wri
     run_dir = Path(run_dir)
     found = sorted(int(m.group(1)) for p in run_dir.glob("fold_*") if p.is_dir() and (m := FOLD_DIR_RE.match(p.name)))
     notes: list[str] = []
-    k_total = int(folds) if folds is not None else _expected_folds(run_dir, found, notes)
+    k_total = int(folds) if folds is not None else _expected_folds(run_dir, found, notes, data_dir)
     extra_dirs = [k for k in found if k >= k_total]
     if extra_dirs:
         notes.append(f"ignored fold directories beyond {k_total} folds: {extra_dirs}")
@@ -225,8 +242,8 @@ def aggregate_folds(run_dir: str | os.PathLike, folds: int | None = None, *, wri
             record.update(status="missing" if not path.is_dir() else "unfinished", detail=why)
             status.append(record)
             continue
-        train_cfg = (_read_yaml(path / "config.yaml") or {}).get("train") or {}
-        monitor, mode = train_cfg.get("monitor", "val_dice"), train_cfg.get("mode", "max")
+        train_cfg = read_run_config(path / "config.yaml").train  # training_state parsed it already
+        monitor, mode = train_cfg.monitor, train_cfg.mode
         rows = read_history(path / "history.csv")
         best = best_row(rows, monitor, mode)
         record.update(epochs=len(rows), monitor=f"{monitor} ({mode})")
@@ -326,20 +343,23 @@ def format_report(report: Mapping, all_metrics: bool = False) -> str:
 
 # === Training every fold ===
 
-def evaluate_folds(run_dir: str | os.PathLike, folds: int, overlap: float = 0.5, verbose: bool = True) -> list[int]:
-    """Run `evaluate_run` on each finished fold whose evaluation is missing or stale; returns the folds evaluated."""
+def evaluate_folds(run_dir: str | os.PathLike, folds: int, overlap: float = 0.5, verbose: bool = True,
+                   data_dir: str | os.PathLike | None = None) -> list[int]:
+    """Run `evaluate_run` on each finished fold whose evaluation is missing or stale; returns the folds evaluated.
+
+    ``data_dir``: the shard folder when it is no longer where the runs' ``data.dir`` says."""
     from medtf.evaluation import evaluate_run
 
     done = []
     for k in range(int(folds)):
         if training_state(fold_dir(run_dir, k))[0] and eval_state(run_dir, k)[0] is None:
             evaluate_run(fold_dir(run_dir, k), split=f"fold-{k}", checkpoint="best", overlap=overlap,
-                         verbose=verbose)
+                         verbose=verbose, data_dir=data_dir)
             done.append(k)
     return done
 
 
-def run_cross_validation(config: Mapping, run_dir: str | os.PathLike, folds: int | None = None, *,
+def run_cross_validation(config, run_dir: str | os.PathLike, folds: int | None = None, *,
                          evaluate: bool = True, overlap: float = 0.5, verbose: bool = True) -> dict[str, Any]:
     """Train fold 0..K-1 one after the other into ``run_dir/fold_<k>``, evaluate each, aggregate.
 
@@ -348,7 +368,7 @@ def run_cross_validation(config: Mapping, run_dir: str | os.PathLike, folds: int
     than their best checkpoint.
 
     Args:
-        config: resolved experiment config on a K-fold shard folder (``data.fold`` must not be set).
+        config: the experiment (`ExperimentConfig` or its mapping) on a K-fold shard folder (no ``data.fold``).
         run_dir: cross-validation run directory.
         folds: expected number of folds; must equal the manifest's (None: take the manifest's).
         evaluate: evaluate each fold's validation split with `evaluate_run` (whole images/volumes).
@@ -367,17 +387,18 @@ def run_cross_validation(config: Mapping, run_dir: str | os.PathLike, folds: int
     """
     from medtf.training.engine import train
 
-    data = dict(config.get("data") or {})
-    if data.get("fold") is not None:
-        raise ConfigError(f"data.fold={data['fold']} selects one fold; cross-validation trains all of them "
+    config = parse_config(config)
+    data = config.data
+    if data.fold is not None:
+        raise ConfigError(f"data.fold={data.fold} selects one fold; cross-validation trains all of them "
                           f"(drop data.fold, or train that fold alone without --folds)")
-    k_total = manifest_folds(data["dir"])
-    for given, what in ((folds, "--folds"), (data.get("folds"), "data.folds")):
+    k_total = manifest_folds(data.dir)
+    for given, what in ((folds, "--folds"), (data.folds, "data.folds")):
         if given is not None and int(given) != k_total:
-            raise ConfigError(f"{what}={given}, but {data['dir']} has {k_total} folds (fold-0 .. fold-{k_total - 1})")
+            raise ConfigError(f"{what}={given}, but {data.dir} has {k_total} folds (fold-0 .. fold-{k_total - 1})")
     run_dir = Path(run_dir)
-    save_resolved(config, run_dir, BASE_CONFIG)
-    epochs = int((config.get("train") or {}).get("epochs", 1))
+    save_resolved(config.as_dict(), run_dir, BASE_CONFIG)
+    epochs = config.train.epochs
     for k in range(k_total):
         path = fold_dir(run_dir, k)
         if training_state(path, epochs)[0]:

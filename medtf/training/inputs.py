@@ -4,11 +4,15 @@
 validation examples, before the augmentations of ``data.transforms`` (training only). Evaluation and export call
 `build_preprocess` on the run's resolved config so a model always sees inputs prepared as in training.
 
+Every function takes the typed ``data`` section (`medtf.training.experiment.DataConfig`; a plain mapping of the
+``data`` section is parsed first), never the whole experiment.
+
 Example:
-    >>> config = {"data": {"preprocess": [{"name": "window", "center": 400, "width": 1800}],
-    ...                    "transforms": [{"name": "random_flip"}]}}
-    >>> pre = build_preprocess(config)                # window only
-    >>> aug = training_transforms(config)             # window, then random_flip
+    >>> data = DataConfig.from_dict({"dir": "shards/ct", "batch_size": 2,
+    ...                              "preprocess": [{"name": "window", "center": 400, "width": 1800}],
+    ...                              "transforms": [{"name": "random_flip"}]}, "data")
+    >>> pre = build_preprocess(data)                  # window only
+    >>> aug = training_transforms(data)               # window, then random_flip
     >>> out = pre({"image": ct, "mask": mask}, tf.constant([0, 0]))
 
 Cross-validation: ``data.fold: k`` (with an optional ``data.folds: K`` that must match the manifest) replaces
@@ -23,20 +27,14 @@ from typing import Any, Mapping
 import numpy as np
 
 from medtf.training.config import ConfigError
+from medtf.training.experiment import DataConfig, TrainConfig, section
 
 
-def _data(config: Mapping) -> dict:
-    return dict(config.get("data") or {})
+def _data(data: DataConfig | Mapping) -> DataConfig:
+    return section(DataConfig, data, "data")
 
 
-def _fold_index(value, name: str) -> int:
-    # bool is an int subclass; "data.fold: true" is a typo, not fold 1.
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ConfigError(f"data.{name} must be an integer, got {value!r}")
-    return int(value)
-
-
-def split_names(config: Mapping) -> tuple[str | list[str], str | None]:
+def split_names(data: DataConfig | Mapping) -> tuple[str | list[str], str | None]:
     """``(training split(s), validation split or None)`` of the ``data`` section.
 
     Without ``data.fold``: ``data.train_split`` (default ``"train"``) and ``data.val_split`` (default ``"val"``).
@@ -47,69 +45,68 @@ def split_names(config: Mapping) -> tuple[str | list[str], str | None]:
         ConfigError: the manifest has no ``fold-*`` splits, ``k`` is out of range, or ``data.folds`` disagrees.
 
     Example:
-        >>> split_names({"data": {"dir": "shards/lgg-5fold", "fold": 2}})
+        >>> split_names(DataConfig(dir="shards/lgg-5fold", batch_size=8, fold=2))
         (['fold-0', 'fold-1', 'fold-3', 'fold-4'], 'fold-2')
     """
-    data = _data(config)
-    if data.get("fold") is None:
-        return data.get("train_split", "train"), data.get("val_split", "val")
+    data = _data(data)
+    if data.fold is None:
+        return data.train_split, data.val_split
     from medtf.data.manifest import read_manifest
 
-    k = _fold_index(data["fold"], "fold")
-    splits = list(read_manifest(data["dir"])["splits"])
+    k = data.fold
+    splits = list(read_manifest(data.dir)["splits"])
     folds = sorted((s for s in splits if s.startswith("fold-") and s[5:].isdigit()), key=lambda s: int(s[5:]))
     if not folds:
-        raise ConfigError(f"data.fold={k}, but {data['dir']} is not a K-fold shard folder (splits: {splits}); "
+        raise ConfigError(f"data.fold={k}, but {data.dir} is not a K-fold shard folder (splits: {splits}); "
                             f"convert it with `medtf convert KIND ... --folds K`")
-    if data.get("folds") is not None and _fold_index(data["folds"], "folds") != len(folds):
-        raise ConfigError(f"data.folds={data['folds']}, but {data['dir']} has {len(folds)} folds "
+    if data.folds is not None and data.folds != len(folds):
+        raise ConfigError(f"data.folds={data.folds}, but {data.dir} has {len(folds)} folds "
                             f"(splits: {splits})")
     if f"fold-{k}" not in folds:
-        raise ConfigError(f"data.fold={k} is out of range: {data['dir']} has {len(folds)} folds "
+        raise ConfigError(f"data.fold={k} is out of range: {data.dir} has {len(folds)} folds "
                             f"(splits: {splits})")
     return [f for f in folds if f != f"fold-{k}"], f"fold-{k}"
 
 
-def build_preprocess(config: Mapping) -> Any:
+def build_preprocess(data: DataConfig | Mapping) -> Any:
     """``data.preprocess`` as one `medtf.transforms.Compose` ``(example, seed) -> example``; None when empty."""
     from medtf.transforms import build_transforms
 
-    entries = _data(config).get("preprocess")
-    if isinstance(entries, Mapping):  # a single spec: {name: zscore}
-        entries = [entries]
+    entries = _data(data).preprocess
     return build_transforms(entries) if entries else None
 
 
-def training_transforms(config: Mapping) -> Any:
+def training_transforms(data: DataConfig | Mapping) -> Any:
     """Preprocessing then ``data.transforms`` (augmentation) for training examples; None when both are empty.
 
     Without preprocessing the augmentation list is built alone, so its random draws match earlier runs.
     """
     from medtf.transforms import Compose, build_transforms
 
-    augment = _data(config).get("transforms") or None
-    pre = build_preprocess(config)
+    data = _data(data)
+    augment = data.transforms or None
+    pre = build_preprocess(data)
     if pre is None:
         return build_transforms(augment) if augment else None
     return Compose([pre, build_transforms(augment)]) if augment else pre
 
 
-def steps_per_epoch(config: Mapping) -> int | None:
+def steps_per_epoch(data: DataConfig | Mapping, train: TrainConfig | Mapping | None = None) -> int:
     """``train.steps_per_epoch``, else the training split's examples // batch size (from the manifest)."""
-    steps = (config.get("train") or {}).get("steps_per_epoch")
-    if steps:
-        return int(steps)
+    train = section(TrainConfig, train, "train")
+    if train.steps_per_epoch:
+        return train.steps_per_epoch
     from medtf.data.manifest import read_manifest
 
-    data = _data(config)
-    split = split_names(config)[0]
+    data = _data(data)
+    split = split_names(data)[0]
     splits = [split] if isinstance(split, str) else list(split)
-    manifest = read_manifest(data["dir"])
+    manifest = read_manifest(data.dir)
     examples = sum(manifest["splits"][s]["num_examples"] for s in splits)
-    return max(1, examples // int(data["batch_size"]))
+    return max(1, examples // data.batch_size)
 
 
-def build_datasets(config: Mapping, strategy=None):
+def build_datasets(data: DataConfig | Mapping, strategy=None, *, seed: int | None = None):
     """``(train, validation)``: train shuffled/repeated/augmented; validation ordered, one pass, preprocess only.
 
     Training batches ``data.patch_size`` patches; validation takes ``data.val_patch_size`` (None: whole images,
@@ -117,22 +114,23 @@ def build_datasets(config: Mapping, strategy=None):
     The splits come from `split_names` (``data.fold`` selects a cross-validation round).
     With a multi-replica ``strategy`` the training set is built per input pipeline
     (`medtf.data.make_distributed_dataset`, ``batch_size`` global); Keras distributes the validation set.
+    ``seed``: used when ``data.seed`` is null (`ExperimentConfig.data_seed` passes the experiment's seed).
     """
     from medtf.data import make_dataset
 
-    data = _data(config)
-    seed = data.get("seed", config.get("seed"))
+    data = _data(data)
+    seed = data.seed if data.seed is not None else seed
     distribute = strategy is not None and strategy.num_replicas_in_sync > 1
-    train_split, val_split = split_names(config)
-    train_ds = make_dataset(data["dir"], train_split, training=True,
-                            batch_size=int(data["batch_size"]), patch_size=data.get("patch_size"), seed=seed,
-                            transforms=training_transforms(config), strategy=strategy if distribute else None)
+    train_split, val_split = split_names(data)
+    train_ds = make_dataset(data.dir, train_split, training=True,
+                            batch_size=data.batch_size, patch_size=data.patch_size, seed=seed,
+                            transforms=training_transforms(data), strategy=strategy if distribute else None)
     val_ds = None
     if val_split:
-        val_batch = int(data.get("val_batch_size") or data["batch_size"])
-        val_ds = make_dataset(data["dir"], val_split, training=False, repeat=False, batch_size=val_batch,
-                              patch_size=data.get("val_patch_size"), seed=seed, transforms=build_preprocess(config))
-        val_ds = _with_length(val_ds, data["dir"], val_split, val_batch, strategy)
+        val_batch = data.val_batch_size or data.batch_size
+        val_ds = make_dataset(data.dir, val_split, training=False, repeat=False, batch_size=val_batch,
+                              patch_size=data.val_patch_size, seed=seed, transforms=build_preprocess(data))
+        val_ds = _with_length(val_ds, data.dir, val_split, val_batch, strategy)
     return train_ds, val_ds
 
 
@@ -158,7 +156,7 @@ def _with_length(val_ds, data_dir, split, batch_size: int, strategy):
     return val_ds.apply(tf.data.experimental.assert_cardinality(math.ceil(examples / batch_size)))
 
 
-def probe_batches(config: Mapping, count: int = 2) -> tuple[tuple | None, list[tuple]]:
+def probe_batches(data: DataConfig | Mapping, count: int = 2) -> tuple[tuple | None, list[tuple]]:
     """Fixed examples for the diagnostics: ``(train batch (x, y) or None, [validation (x, y) ...])`` as numpy.
 
     The training batch is preprocessed but not augmented (center patch of ``data.patch_size``), so gradient
@@ -166,15 +164,15 @@ def probe_batches(config: Mapping, count: int = 2) -> tuple[tuple | None, list[t
     """
     from medtf.data import make_dataset
 
-    data = _data(config)
-    pre = build_preprocess(config)
+    data = _data(data)
+    pre = build_preprocess(data)
 
     def take(split, patch, n, batch):
-        ds = make_dataset(data["dir"], split, training=False, repeat=False, batch_size=batch, patch_size=patch,
+        ds = make_dataset(data.dir, split, training=False, repeat=False, batch_size=batch, patch_size=patch,
                           seed=0, transforms=pre)
         return [(np.asarray(x), np.asarray(y)) for x, y in ds.take(n)]
 
-    train_split, val_split = split_names(config)
-    train = take(train_split, data.get("patch_size"), 1, min(2, int(data["batch_size"])))
-    val = take(val_split, data.get("val_patch_size"), count, 1) if val_split else []
+    train_split, val_split = split_names(data)
+    train = take(train_split, data.patch_size, 1, min(2, data.batch_size))
+    val = take(val_split, data.val_patch_size, count, 1) if val_split else []
     return (train[0] if train else None), val

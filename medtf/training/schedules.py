@@ -9,6 +9,12 @@
                        step: `warmup_cosine`, a serializable `keras.optimizers.schedules.CosineDecay`.
 =====================  ===========================================================================================
 
+The functions take the typed section (`medtf.training.experiment.parse_schedule`: `ConstantSchedule`,
+`PlateauSchedule`, `CosineSchedule`); a mapping or None is parsed first.
+
+A warm-up that does not fit the run (``warmup_epochs: 1`` with ``epochs: 1``, a one-step smoke test) is shortened
+to leave at least one decay step, with a printed note (`fit_warmup`), rather than refused.
+
 Example:
     >>> lr = build_learning_rate({"name": "cosine", "warmup_epochs": 1}, 1e-3, steps_per_epoch=100, epochs=10)
     >>> float(lr(100))   # end of warm-up: the peak
@@ -17,18 +23,18 @@ Example:
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Mapping
 
 import keras
 
-SCHEDULES = ("constant", "reduce_on_plateau", "cosine")
+from medtf.training.experiment import SCHEDULES  # noqa: F401  (re-exported: the schedule names)
+from medtf.training.experiment import CosineSchedule, PlateauSchedule, Schedule, parse_schedule
 
 
-def schedule_name(schedule: Mapping | None) -> str:
-    name = str((schedule or {}).get("name", "constant")).lower()
-    if name not in SCHEDULES:
-        raise ValueError(f"unknown schedule {name!r}; choose from {', '.join(SCHEDULES)}")
-    return name
+def schedule_name(schedule: Schedule | Mapping | None) -> str:
+    """The schedule's name (``constant`` for None); raises `ConfigError` for an unknown one."""
+    return parse_schedule(schedule).name
 
 
 def warmup_cosine(peak_lr: float, total_steps: int, warmup_steps: int = 0, min_lr: float = 0.0,
@@ -64,44 +70,56 @@ def warmup_cosine(peak_lr: float, total_steps: int, warmup_steps: int = 0, min_l
                                                   warmup_target=peak_lr, warmup_steps=warmup_steps)
 
 
-def build_learning_rate(schedule: Mapping | None, learning_rate: float, steps_per_epoch: int | None = None,
-                        epochs: int = 1) -> Any:
+def fit_warmup(schedule: CosineSchedule, steps_per_epoch: int, epochs: int, note=None) -> tuple[int, int]:
+    """``(warm-up steps, total steps)`` of a cosine schedule, the warm-up shortened to ``total - 1`` steps when
+    it would not leave one decay step (``note(text)`` is told why; default: printed to stderr)."""
+    total = int(epochs) * int(steps_per_epoch)
+    if schedule.warmup_steps is not None:
+        warmup, given = schedule.warmup_steps, f"schedule.warmup_steps={schedule.warmup_steps}"
+    else:
+        epochs_ = schedule.warmup_epochs or 0
+        warmup, given = round(float(epochs_) * steps_per_epoch), f"schedule.warmup_epochs={epochs_:g}"
+    if warmup >= total:
+        text = (f"{given} means {warmup} warm-up step(s), but the run has only {total} (train.epochs={epochs} x "
+                f"{steps_per_epoch} steps per epoch): warm-up shortened to {total - 1} step(s)")
+        (note or (lambda t: print(f"medtf: note: {t}", file=sys.stderr, flush=True)))(text)
+        warmup = total - 1
+    return warmup, total
+
+
+def build_learning_rate(schedule: Schedule | Mapping | None, learning_rate: float,
+                        steps_per_epoch: int | None = None, epochs: int = 1) -> Any:
     """The optimizer's ``learning_rate``: a float, or a `LearningRateSchedule` for ``cosine``.
 
     Args:
-        schedule: the ``schedule`` config section (None: constant).
+        schedule: the ``schedule`` section (None: constant).
         learning_rate: ``optimizer.learning_rate`` (the peak for ``cosine``).
         steps_per_epoch: optimizer steps per epoch (needed by ``cosine``).
         epochs: epochs of the run (``train.epochs``).
     """
-    schedule = dict(schedule or {})
-    if schedule_name(schedule) != "cosine":
+    schedule = parse_schedule(schedule)
+    if not isinstance(schedule, CosineSchedule):
         return float(learning_rate)
     if not steps_per_epoch:
         raise ValueError("schedule cosine needs the number of steps per epoch (train.steps_per_epoch)")
-    steps_per_epoch = int(steps_per_epoch)
-    if "warmup_steps" in schedule and "warmup_epochs" in schedule:
-        raise ValueError("give schedule.warmup_steps or schedule.warmup_epochs, not both")
-    warmup = int(schedule.get("warmup_steps", round(float(schedule.get("warmup_epochs", 0)) * steps_per_epoch)))
-    return warmup_cosine(learning_rate, int(epochs) * steps_per_epoch, warmup,
-                         min_lr=float(schedule.get("min_lr", 0.0)), warmup_from=float(schedule.get("warmup_from", 0.0)))
+    warmup, total = fit_warmup(schedule, int(steps_per_epoch), int(epochs))
+    return warmup_cosine(learning_rate, total, warmup, min_lr=schedule.min_lr, warmup_from=schedule.warmup_from)
 
 
-def schedule_callbacks(schedule: Mapping | None, monitor: str, mode: str) -> list:
+def schedule_callbacks(schedule: Schedule | Mapping | None, monitor: str, mode: str) -> list:
     """Callbacks a schedule needs (`ReduceLROnPlateau` for ``reduce_on_plateau``; none otherwise).
 
     ``monitor`` / ``mode`` are ``train.monitor`` / ``train.mode``, used unless the schedule names its own monitor:
     ReduceLROnPlateau's ``mode="auto"`` would treat ``val_dice`` as a loss to minimise.
     """
-    schedule = dict(schedule or {})
-    if schedule_name(schedule) != "reduce_on_plateau":
+    schedule = parse_schedule(schedule)
+    if not isinstance(schedule, PlateauSchedule):
         return []
-    own = schedule.get("monitor", monitor)
+    own = schedule.monitor or monitor
     return [keras.callbacks.ReduceLROnPlateau(
-        monitor=own, mode=schedule.get("mode", mode if own == monitor else "auto"),
-        factor=float(schedule.get("factor", 0.5)), patience=int(schedule.get("patience", 5)),
-        min_lr=float(schedule.get("min_lr", 0.0)), min_delta=float(schedule.get("min_delta", 1e-4)),
-        cooldown=int(schedule.get("cooldown", 0)), verbose=int(schedule.get("verbose", 0)))]
+        monitor=own, mode=schedule.mode or (mode if own == monitor else "auto"),
+        factor=schedule.factor, patience=schedule.patience, min_lr=schedule.min_lr, min_delta=schedule.min_delta,
+        cooldown=schedule.cooldown, verbose=schedule.verbose)]
 
 
 def current_learning_rate(optimizer) -> float:

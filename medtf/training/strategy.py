@@ -35,7 +35,7 @@ from typing import Mapping
 
 import tensorflow as tf
 
-STRATEGIES = ("auto", "mirrored", "one_device", "multiworker")
+from medtf.training.experiment import STRATEGIES  # noqa: F401  (train.strategy's names, checked with the config)
 
 
 def cluster_resolver_kind(env: Mapping[str, str] | None = None) -> str:

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from medtf.training.config import ConfigError
-from medtf.tuning.space import build_hyperparameters, check_keys, parse_space
+from medtf.training.hyperparams import did_you_mean
+from medtf.tuning.space import build_hyperparameters, check_keys, check_values, parse_space
 
 TUNERS = ("random", "hyperband", "bayesian")
 _COMMON = {"tuner", "objective", "seed", "space", "max_retries_per_trial", "max_consecutive_failed_trials"}
@@ -46,9 +47,9 @@ class TuneSettings:
         return build_hyperparameters(self.specs)
 
 
-def _objective(tune: Mapping, train: Mapping) -> tuple[str, str]:
+def _objective(tune: Mapping, train) -> tuple[str, str]:
     raw = tune.get("objective")
-    monitor, mode = train.get("monitor", "val_dice"), train.get("mode", "max")
+    monitor, mode = train.monitor, train.mode
     if raw is None:
         name, direction = monitor, mode
     elif isinstance(raw, str):
@@ -74,31 +75,39 @@ def _positive_int(tune: Mapping, key: str, default: Any, minimum: int = 1) -> in
     return value
 
 
-def tune_settings(config: Mapping) -> TuneSettings:
+def tune_settings(config) -> TuneSettings:
     """Validate the experiment's ``tune`` section against the rest of the config.
 
+    ``config`` is an `medtf.training.experiment.ExperimentConfig` or its raw mapping (parsed here). Every value a
+    ``tune.space`` entry can take is applied to the base config and checked like a file's value (`check_values`).
     Raises `TuneConfigError` / `SpaceError` (both `ConfigError`) with the offending key in the message.
     """
-    tune = config.get("tune")
+    from medtf.training.experiment import ExperimentConfig, parse_config
+
+    experiment = config if isinstance(config, ExperimentConfig) else ExperimentConfig.from_dict(config)
+    tune = experiment.tune
     if not isinstance(tune, Mapping):
         raise TuneConfigError("the experiment has no `tune:` section (see medtf/tuning/settings.py)")
     tuner = tune.get("tuner", "random")
     if tuner not in TUNERS:
-        raise TuneConfigError(f"tune.tuner {tuner!r}: choose from {', '.join(TUNERS)}")
-    unknown = set(tune) - _COMMON - _PER_TUNER[tuner]
+        raise TuneConfigError(f"tune.tuner {tuner!r}: choose from {', '.join(TUNERS)}{did_you_mean(tuner, TUNERS)}")
+    unknown = sorted(set(tune) - _COMMON - _PER_TUNER[tuner])
     if unknown:
-        raise TuneConfigError(f"tune: unknown key(s) {sorted(unknown)} for tuner {tuner} "
-                              f"(allowed: {', '.join(sorted(_COMMON | _PER_TUNER[tuner]))})")
-    train = dict(config.get("train") or {})
-    if str(train.get("strategy", "auto")).lower() == "multiworker":
+        allowed = sorted(_COMMON | _PER_TUNER[tuner])
+        raise TuneConfigError(f"tune: unknown key(s) {unknown} for tuner {tuner}{did_you_mean(unknown[0], allowed)} "
+                              f"(allowed: {', '.join(allowed)})")
+    train = experiment.train
+    if train.strategy == "multiworker":
         raise TuneConfigError("tune: trials run one per worker process; train.strategy multiworker cannot be "
                               "tuned (use auto or mirrored)")
     objective, direction = _objective(tune, train)
     specs = parse_space(tune.get("space"))
-    check_keys(specs, base_config(config))
+    base = base_config(experiment.as_dict())
+    check_keys(specs, base)
+    check_values(specs, base, parse_config)
     if tuner == "hyperband" and "train.epochs" in specs:
         raise TuneConfigError("tune.space: hyperband sets train.epochs itself (tune.max_epochs); remove it")
-    seed = tune.get("seed", config.get("seed") or 0)
+    seed = tune.get("seed", experiment.seed or 0)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise TuneConfigError(f"tune.seed must be an integer >= 0 (got {seed!r})")
     # keras-tuner reads seed 0 as "no seed" (a random one): shift by one so every seed is reproducible.
@@ -106,7 +115,7 @@ def tune_settings(config: Mapping) -> TuneSettings:
             "max_retries_per_trial": _positive_int(tune, "max_retries_per_trial", 0, minimum=0),
             "max_consecutive_failed_trials": _positive_int(tune, "max_consecutive_failed_trials", 3)}
     if tuner == "hyperband":
-        args["max_epochs"] = _positive_int(tune, "max_epochs", int(train.get("epochs", 1)))
+        args["max_epochs"] = _positive_int(tune, "max_epochs", train.epochs)
         args["factor"] = _positive_int(tune, "factor", 3, minimum=2)
         args["hyperband_iterations"] = _positive_int(tune, "hyperband_iterations", 1)
     else:

@@ -216,6 +216,37 @@ def check_keys(specs: Mapping[str, dict], config: Mapping) -> None:
             raise SpaceError(str(exc)) from None
 
 
+def candidates(spec: Mapping) -> list:
+    """The values of one entry a check should try: both ends of a range, every choice, the fixed value."""
+    kind = spec["type"]
+    if kind in ("float", "int"):
+        cast = float if kind == "float" else int
+        return [cast(spec["min"]), cast(spec["max"])]
+    if kind == "choice":
+        return list(spec["values"])
+    return [False, True] if kind == "boolean" else [spec["value"]]
+
+
+def check_values(specs: Mapping[str, dict], base: Mapping, parse) -> None:
+    """Apply each value an entry can take (`candidates`, its parents set to a value that activates it) to
+    ``base`` and ``parse`` the result (`medtf.training.experiment.parse_config`): a key that does not exist
+    (``+train.epocs``), a value of the wrong type or an unknown name (``loss.name: [dice_cee]``) fails before the
+    search starts, named after the entry."""
+    def activating(name: str) -> dict:
+        parent = specs[name].get("parent")
+        if not parent:
+            return {}
+        parent_name, values = parent
+        return {**activating(parent_name), parent_name: values[0]}
+
+    for name, spec in specs.items():
+        for value in candidates(spec):
+            try:
+                parse(apply_values(base, {**activating(name), name: value}))
+            except ConfigError as exc:
+                raise SpaceError(f"tune.space.{name} = {value!r}: {exc}") from None
+
+
 def native(value: Any) -> Any:
     """numpy scalars (some oracles return them) -> plain Python values that YAML and JSON can write."""
     if hasattr(value, "item") and not isinstance(value, (str, bytes)):

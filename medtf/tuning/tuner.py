@@ -298,8 +298,10 @@ def _check_same_search(config: Mapping, tune_dir: Path) -> None:
                               f"would continue the old one. Use a new --tune-dir (or remove this one)")
 
 
-def tune(config: Mapping, tune_dir: str | os.PathLike, verbose: int = 1) -> dict:
-    """Run (or continue) the search described by ``config["tune"]`` in ``tune_dir``.
+def tune(config, tune_dir: str | os.PathLike, verbose: int = 1) -> dict:
+    """Run (or continue) the search described by the experiment's ``tune`` section in ``tune_dir``.
+
+    ``config``: an `medtf.training.experiment.ExperimentConfig` or its raw mapping.
 
     Returns ``{"role": "local" | "chief" | "worker", "tuner_id", "preempted", "rows", "best", "results",
     "best_config", "hparams"}`` (the last five None on a worker, which only trains, and after a preemption:
@@ -311,9 +313,12 @@ def tune(config: Mapping, tune_dir: str | os.PathLike, verbose: int = 1) -> dict
         >>> out = tune(load_config("experiments/lgg_unet2d_tune.yaml"), "runs/lgg-tune")   # doctest: +SKIP
         >>> out["best"]["trial_id"], out["best_config"]
     """
+    from medtf.training.experiment import parse_config
     from medtf.tuning.results import collect_rows, write_outputs
 
-    settings = tune_settings(config)
+    experiment = parse_config(config)  # validated (tune section included) before anything starts
+    settings = tune_settings(experiment)
+    config = experiment.as_dict()  # resolved: search.yaml, best.yaml and the trials get absolute paths, defaults
     tune_dir = Path(tune_dir)
     role = ("chief" if dist_utils.is_chief_oracle() else "worker") if dist_utils.has_chief_oracle() else "local"
     if role != "worker":

@@ -57,7 +57,8 @@ def threshold_model(spatial_dims: int, channels: int, channel: int, threshold: f
 def make_run(run_dir: Path, data_dir: Path, model, data: dict) -> Path:
     """A run directory as `medtf train` leaves it: config.yaml + checkpoints/{best,last}.keras."""
     (run_dir / "checkpoints").mkdir(parents=True)
-    config = {"data": {"dir": str(data_dir), **data}, "model": {"name": "fixed-threshold"}, "seed": 0}
+    config = {"data": {"dir": str(data_dir), "batch_size": 1, **data}, "model": {"name": "fixed-threshold"},
+              "loss": {"name": "dice_focal"}, "seed": 0}
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
     model.save(run_dir / "checkpoints" / "best.keras")
     model.save(run_dir / "checkpoints" / "last.keras")

@@ -21,7 +21,8 @@ def no_site_cluster_config(monkeypatch, tmp_path):
 @pytest.fixture
 def config_file(tmp_path):
     path = tmp_path / "exp.yaml"
-    path.write_text("data: {dir: data/lgg}\ntrain: {epochs: 1}\n")
+    path.write_text("data: {dir: data/lgg, batch_size: 2}\nmodel: {name: unet2d_small}\nloss: {name: dice_focal}\n"
+                    "train: {epochs: 1}\n")
     return path
 
 
@@ -121,6 +122,7 @@ def test_run_command_job(tmp_path, capsys):
     (("{cfg}", "--time", "90"), "expected HH:MM:SS"),
     (("{cfg}", "--array", "0-1", "--nodes", "2"), "not supported"),
     (("status",), "at least one job id"),
+    (("{cfg}", "--set", "model.name=unet3D"), "model.name: unknown model 'unet3D' (did you mean unet3d?)"),
 ])
 def test_bad_requests_fail_clearly(config_file, capsys, args, message):
     args = [a.replace("{cfg}", str(config_file)) for a in args]

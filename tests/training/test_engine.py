@@ -22,6 +22,7 @@ def test_train_writes_a_complete_run_dir(lgg_tiny, tmp_path):
 
     from medtf.data import make_dataset
     from medtf.training.engine import train
+    from medtf.training.experiment import parse_config
 
     config = _config(lgg_tiny)
     original = copy.deepcopy(config)
@@ -29,7 +30,12 @@ def test_train_writes_a_complete_run_dir(lgg_tiny, tmp_path):
     result = train(config, run_dir)
 
     assert config == original
-    assert yaml.safe_load((run_dir / "config.yaml").read_text()) == original
+    # The resolved config: what was given, every default filled in; `medtf train` reads it back to the same run.
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    for name, given in original.items():
+        assert saved[name] == given if not isinstance(given, dict) else saved[name] == {**saved[name], **given}
+    assert saved["train"]["strategy"] == "auto" and saved["schedule"] == {"name": "constant"}
+    assert parse_config(saved) == parse_config(original)
     assert list((run_dir / "logs").rglob("events.out.tfevents*"))
     rows = (run_dir / "history.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + 2 and "val_dice" in rows[0] and "learning_rate" in rows[0].split(",")

@@ -62,13 +62,13 @@ def test_fold_k_validates_on_fold_k_and_trains_on_the_others(lgg_folds3):
     assert len(everyone) == 6
     for k in range(3):
         config = _fold_config(lgg_folds3, fold=k)
-        train_splits, val_split = split_names(config)
+        train_splits, val_split = split_names(config["data"])
         assert train_splits == [f"fold-{j}" for j in range(3) if j != k] and val_split == f"fold-{k}"
         train_patients, val_patients = set(_patients(lgg_folds3, train_splits)), set(_patients(lgg_folds3, val_split))
         assert val_patients == set(splits[f"fold-{k}"]["patients"]) and len(val_patients) == 2
         assert train_patients == everyone - val_patients and not train_patients & val_patients
         # What the engine trains on: the validation set is exactly fold k's examples, in order.
-        _, val = build_datasets({**config, "data": {**config["data"], "transforms": []}})
+        _, val = build_datasets({**config["data"], "transforms": []})
         got = np.concatenate([x.numpy() for x, _ in val])
         from medtf.data import make_dataset
 
@@ -77,15 +77,15 @@ def test_fold_k_validates_on_fold_k_and_trains_on_the_others(lgg_folds3):
         assert got.shape == (splits[f"fold-{k}"]["num_examples"], 32, 32, 3) == (8, 32, 32, 3)
         np.testing.assert_array_equal(got, want)
         config["train"]["steps_per_epoch"] = None  # from the manifest: 16 training slices // batch 2
-        assert steps_per_epoch(config) == 8
+        assert steps_per_epoch(config["data"], config["train"]) == 8
 
 
 def test_without_data_fold_the_named_splits_are_used(lgg_folds3):
     from medtf.training.inputs import split_names
 
     config = _fold_config(lgg_folds3, train_split=["fold-0", "fold-1"], val_split="fold-2")
-    assert split_names(config) == (["fold-0", "fold-1"], "fold-2")
-    assert split_names({"data": {"dir": str(lgg_folds3)}}) == ("train", "val")
+    assert split_names(config["data"]) == (["fold-0", "fold-1"], "fold-2")
+    assert split_names({"dir": str(lgg_folds3), "batch_size": 2}) == ("train", "val")
 
 
 def test_bad_fold_settings_name_the_folder_and_its_splits(lgg_folds3, lgg_tiny):
@@ -93,17 +93,17 @@ def test_bad_fold_settings_name_the_folder_and_its_splits(lgg_folds3, lgg_tiny):
     from medtf.training.inputs import split_names
 
     with pytest.raises(ConfigError, match=r"data.fold=3 is out of range: .*lgg has 3 folds .*fold-2"):
-        split_names(_fold_config(lgg_folds3, fold=3))
+        split_names(_fold_config(lgg_folds3, fold=3)["data"])
     with pytest.raises(ConfigError, match="out of range"):
-        split_names(_fold_config(lgg_folds3, fold=-1))
+        split_names(_fold_config(lgg_folds3, fold=-1)["data"])
     with pytest.raises(ConfigError, match=r"data.folds=5, but .* has 3 folds"):
-        split_names(_fold_config(lgg_folds3, fold=0, folds=5))
-    assert split_names(_fold_config(lgg_folds3, fold=1, folds=3))[1] == "fold-1"
-    with pytest.raises(ConfigError, match=r"must be an integer, got True"):
-        split_names(_fold_config(lgg_folds3, fold=True))
+        split_names(_fold_config(lgg_folds3, fold=0, folds=5)["data"])
+    assert split_names(_fold_config(lgg_folds3, fold=1, folds=3)["data"])[1] == "fold-1"
+    with pytest.raises(ConfigError, match=r"data.fold: expected an integer or null, got True"):
+        split_names(_fold_config(lgg_folds3, fold=True)["data"])
     with pytest.raises(ConfigError, match=rf"{lgg_tiny} is not a K-fold shard folder \(splits: \['train', 'val', "
                                           r"'test'\]\)"):
-        split_names(_fold_config(lgg_tiny, fold=0))
+        split_names(_fold_config(lgg_tiny, fold=0)["data"])
 
 
 # === aggregate_folds on fabricated fold directories ===
@@ -121,7 +121,8 @@ def _fake_fold(run_dir: Path, k: int, folds: int = 3, evaluated: bool = True) ->
     path = run_dir / f"fold_{k}"
     (path / "checkpoints").mkdir(parents=True)
     (path / "config.yaml").write_text(yaml.safe_dump(
-        {"data": {"dir": str(run_dir / "nowhere"), "fold": k, "folds": folds},
+        {"data": {"dir": str(run_dir / "nowhere"), "batch_size": 2, "fold": k, "folds": folds},
+         "model": {"name": "unet2d_small"}, "loss": {"name": "dice_focal"},
          "train": {"epochs": 2, "monitor": "val_dice", "mode": "max"}}))
     with open(path / "history.csv", "w", newline="") as f:
         writer = csv.writer(f)
@@ -213,7 +214,7 @@ def test_more_folds_in_the_manifest_than_directories(tmp_path, lgg_folds3):
     for k in range(2):
         path = _fake_fold(tmp_path, k)
         config = yaml.safe_load((path / "config.yaml").read_text())
-        config["data"] = {"dir": str(lgg_folds3), "fold": k}  # as the SLURM array writes it: no data.folds
+        config["data"] = {"dir": str(lgg_folds3), "batch_size": 2, "fold": k}  # as a SLURM array task: no folds
         (path / "config.yaml").write_text(yaml.safe_dump(config))
         _fake_summary(tmp_path, k)
     report = aggregate_folds(tmp_path)

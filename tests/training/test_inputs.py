@@ -23,7 +23,7 @@ def test_validation_gets_preprocess_only(lgg_tiny):
     config = tiny_config(lgg_tiny)
     config["data"]["preprocess"] = [{"name": "window", "center": (lo + hi) / 2, "width": hi - lo}]
     config["data"]["transforms"] = [{"name": "random_flip", "prob": 1.0, "axes": [0, 1]}]
-    _, val = build_datasets(config)
+    _, val = build_datasets(config["data"])
     got = np.concatenate([x.numpy() for x, _ in val])
     assert got.shape == raw.shape == (4, 32, 32, 3)
     np.testing.assert_allclose(got, np.clip((raw - lo) / (hi - lo), 0, 1), atol=1e-5)  # windowed, never flipped
@@ -36,7 +36,7 @@ def test_training_examples_are_preprocessed_before_augmentation(lgg_tiny):
     config = tiny_config(lgg_tiny)
     config["data"]["preprocess"] = {"name": "zscore"}  # a single spec works too
     config["data"]["transforms"] = [{"name": "random_flip", "prob": 1.0, "axes": [0, 1]}]
-    train, _ = build_datasets(config)
+    train, _ = build_datasets(config["data"])
     for x, _ in train.take(3):
         x = x.numpy()
         np.testing.assert_allclose(x.mean(axis=(1, 2)), 0, atol=1e-4)  # per example and channel
@@ -48,17 +48,18 @@ def test_build_preprocess_and_training_transforms(lgg_tiny):
     from medtf.training.engine import build_preprocess, training_transforms
 
     config = tiny_config(lgg_tiny)
-    assert build_preprocess(config) is None
-    assert isinstance(training_transforms(config), Compose) and len(training_transforms(config)) == 1
+    assert build_preprocess(config["data"]) is None
+    augment = training_transforms(config["data"])
+    assert isinstance(augment, Compose) and len(augment) == 1
     config["data"]["transforms"] = []
-    assert training_transforms(config) is None
+    assert training_transforms(config["data"]) is None
     config["data"]["preprocess"] = [{"name": "window", "center": 0.5, "width": 0.5}]
-    pre = build_preprocess(config)
+    pre = build_preprocess(config["data"])
     example = {"image": tf.constant([[[0.0], [0.5]], [[0.6], [1.0]]]), "mask": tf.zeros((2, 2, 1), tf.uint8)}
     out = pre(example, tf.constant([0, 0]))
     np.testing.assert_allclose(out["image"].numpy()[..., 0], [[0.0, 0.5], [0.7, 1.0]], atol=1e-6)
     config["data"]["transforms"] = [{"name": "random_flip", "prob": 1.0, "axes": [1]}]
-    both = training_transforms(config)(example, tf.constant([1, 2]))
+    both = training_transforms(config["data"])(example, tf.constant([1, 2]))
     np.testing.assert_allclose(both["image"].numpy()[..., 0], [[0.5, 0.0], [1.0, 0.7]], atol=1e-6)
     # evaluation reuses the same function
     from medtf.evaluation.run import build_preprocess as eval_preprocess
@@ -73,7 +74,7 @@ def test_validation_patch_size(lgg_tiny, val_patch, expected):
     config = tiny_config(lgg_tiny)
     config["data"]["patch_size"] = 16
     config["data"]["val_patch_size"] = val_patch
-    train, val = build_datasets(config)
+    train, val = build_datasets(config["data"])
     assert next(iter(train))[0].shape == (2, 16, 16, 3)
     x, y = next(iter(val))
     assert x.shape == (2, expected, expected, 3) and y.shape == (2, expected, expected, 1)

@@ -75,3 +75,18 @@ def test_cosine_schedule_in_a_fit_logs_each_epochs_rate(lgg_tiny, tmp_path):
     # logged at the end of epochs 1..3 = after steps 2, 4, 6 of 2 warm-up + 4 decay steps
     np.testing.assert_allclose(logged, [_cosine(s, 1e-3, 6, 2, 0.0) for s in (2, 4, 6)], rtol=1e-5, atol=1e-9)
     assert logged[0] == pytest.approx(1e-3) and logged[1] == pytest.approx(5e-4) and logged[2] == 0.0
+
+
+def test_a_warmup_longer_than_the_run_is_shortened_with_a_note(capsys):
+    from medtf.training.schedules import build_learning_rate, warmup_cosine
+
+    with pytest.raises(ValueError, match=r"need 0 <= warmup_steps \(1\) < total_steps \(1\)"):
+        warmup_cosine(1e-3, 1, 1)  # the low-level schedule still refuses it
+    lr = build_learning_rate({"name": "cosine", "warmup_epochs": 1}, 1e-3, steps_per_epoch=1, epochs=1)
+    assert "warm-up shortened to 0 step(s)" in capsys.readouterr().err
+    assert float(lr(0)) == pytest.approx(1e-3) and float(lr(1)) == pytest.approx(0.0, abs=1e-9)
+    lr = build_learning_rate({"name": "cosine", "warmup_steps": 7}, 1e-3, steps_per_epoch=3, epochs=2)
+    assert lr.warmup_steps == 5 and lr.decay_steps == 1  # 6 steps: 5 of warm-up, 1 of decay
+    assert "warmup_steps=7 means 7 warm-up step(s), but the run has only 6" in capsys.readouterr().err
+    build_learning_rate({"name": "cosine", "warmup_steps": 5}, 1e-3, steps_per_epoch=3, epochs=2)
+    assert capsys.readouterr().err == ""  # fits: no note

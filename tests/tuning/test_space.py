@@ -16,7 +16,8 @@ SPACE = {
     "train.jit_compile": {"type": "boolean"},
 }
 
-CONFIG = {"model": {"name": "unet2d", "args": {"base_filters": 32, "depth": 5}},
+CONFIG = {"data": {"dir": "shards/lgg", "batch_size": 2},
+          "model": {"name": "unet2d", "args": {"base_filters": 32, "depth": 5}},
           "loss": {"name": "dice_focal", "args": {}},
           "optimizer": {"name": "adamw", "learning_rate": 1e-3},
           "train": {"epochs": 3, "monitor": "val_dice", "mode": "max", "jit_compile": False},
@@ -128,6 +129,17 @@ def test_settings_check_keys_objective_and_tuner():
         ({"tuner": "random", "objective": "val_iou", "space": SPACE}, "give the direction"),
         ({"tuner": "random", "max_trials": 0, "space": SPACE}, "tune.max_trials must be an integer >= 1"),
         ({"tuner": "hyperband", "space": {"train.epochs": [1, 2]}}, "hyperband sets train.epochs"),
+        # every value an entry can take is applied and checked like a value in the file
+        ({"tuner": "random", "space": {"+train.epocs": [1, 2]}},
+         "tune.space.train.epocs = 1: train.epocs: unknown key (did you mean epochs?)"),
+        ({"tuner": "random", "space": {"loss.name": ["dice_focal", "dice_cee"]}},
+         "tune.space.loss.name = 'dice_cee': loss.name: unknown loss 'dice_cee' (did you mean dice_ce?)"),
+        ({"tuner": "random", "space": {"train.epochs": {"type": "float", "min": 1, "max": 3}}},
+         "tune.space.train.epochs = 1.0: train.epochs: expected an integer, got 1.0"),
+        ({"tuner": "random", "space": {"+loss.args.gama": {"type": "float", "min": 1, "max": 3,
+                                                            "parent": {"loss.name": ["dice_focal"]}},
+                                       "loss.name": ["dice_focal", "dice_ce"]}},
+         "loss.args.gama: not an argument of loss dice_focal (did you mean gamma?)"),
     ]
     for tune, message in cases:
         with pytest.raises(TuneConfigError.__mro__[1]) as info:  # ConfigError: what the CLI reports

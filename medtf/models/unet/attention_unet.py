@@ -52,13 +52,13 @@ class AttentionUNet(UNet):
         return keras.layers.Multiply(name=f"attention{level}_gated")([skip, alpha])
 
 
-@register_model()
+@register_model(model_class=AttentionUNet)
 def attention_unet2d_small(**kwargs):
     """Tiny 2D Attention U-Net (depth 3, 8 base filters) — CPU-friendly."""
     return _variant(AttentionUNet, dict(spatial_dims=2, depth=3, base_filters=8, norm="batch"), kwargs)
 
 
-@register_model()
+@register_model(model_class=AttentionUNet)
 def attention_unet2d(**kwargs):
     """Standard 2D Attention U-Net (depth 5, 32 base filters, batch norm)."""
     return _variant(AttentionUNet, dict(spatial_dims=2, depth=5, base_filters=32, norm="batch"), kwargs)

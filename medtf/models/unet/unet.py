@@ -235,25 +235,25 @@ def _variant(cls, defaults, kwargs):
     return cls(**{**defaults, **kwargs})
 
 
-@register_model()
+@register_model(model_class=UNet)
 def unet2d_small(**kwargs):
     """Tiny 2D U-Net (depth 3, 8 base filters) — CPU-friendly for tests and demos."""
     return _variant(UNet, dict(spatial_dims=2, depth=3, base_filters=8, norm="batch"), kwargs)
 
 
-@register_model()
+@register_model(model_class=UNet)
 def unet3d_small(**kwargs):
     """Tiny 3D U-Net (depth 3, 4 base filters, instance norm) — CPU-friendly."""
     return _variant(UNet, dict(spatial_dims=3, depth=3, base_filters=4, norm="instance"), kwargs)
 
 
-@register_model()
+@register_model(model_class=UNet)
 def unet2d(**kwargs):
     """Standard 2D U-Net (depth 5, 32 base filters, batch norm)."""
     return _variant(UNet, dict(spatial_dims=2, depth=5, base_filters=32, norm="batch"), kwargs)
 
 
-@register_model()
+@register_model(model_class=UNet)
 def unet3d(**kwargs):
     """Standard 3D U-Net (depth 4, 32 base filters, instance norm)."""
     return _variant(UNet, dict(spatial_dims=3, depth=4, base_filters=32, norm="instance"), kwargs)

@@ -1,0 +1,338 @@
+"""The experiment config as typed sections (tf/models ``official/core/config_definitions.py``), parsed once.
+
+    experiment = load_experiment("experiments/lgg_unet2d.yaml", ["train.epochs=5"])   # ExperimentConfig
+    experiment.train.epochs, experiment.data.batch_size, experiment.schedule.name
+
+`parse_config` turns the raw mapping (an experiment file plus ``--set`` overrides, see `medtf.training.config`)
+into an `ExperimentConfig` and validates it before anything runs: unknown keys anywhere are errors with a
+did-you-mean suggestion, every value has the type its field declares, and the registry names (``model.name``,
+``loss.name``, ``optimizer.name``, ``schedule.name``, every transform's ``name``) exist, with ``model.args``,
+``loss.args`` and the transforms' keyword arguments checked against the constructor's signature. The parts of the
+engine then each take their own section (`medtf.training.inputs` the ``data`` section, `medtf.training.schedules`
+the ``schedule``, ...). ``ExperimentConfig.as_dict()`` is the plain resolved config written into the run directory
+(every default filled in, ``data.dir`` absolute): `medtf train` accepts it again, from any working directory.
+
+Sections and defaults (``medtf/training/engine.py`` describes what each key does)::
+
+    data:      dir (required), batch_size (required), kind (null: the manifest's), train_split (train),
+               val_split (val; null: no validation), fold, folds (null), patch_size, val_patch_size (null),
+               val_batch_size (null: batch_size), transforms ([]), preprocess ([]), seed (null: the top-level seed)
+    model:     name (required), args ({}: the model's constructor arguments)
+    loss:      name (required), args ({})
+    optimizer: name (adamw), learning_rate (0.001), weight_decay (0.0001)
+    schedule:  one of {name: constant} | {name: reduce_on_plateau, factor, patience, min_lr, monitor, mode,
+               min_delta, cooldown, verbose} | {name: cosine, warmup_epochs | warmup_steps, min_lr, warmup_from}
+    train:     epochs (1), steps_per_epoch, validation_steps (null), monitor (val_dice), mode (max),
+               precision (float32), strategy (auto), keep_worker_outputs, jit_compile, remat (false),
+               log_every_n_steps (100), image_panels, hparams (true), verbose (auto)
+    seed:      null
+    tune:      null (checked by `medtf.tuning.settings.tune_settings`)
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+from medtf.training.config import ConfigError, load_config
+from medtf.training.hyperparams import Config, at_least, check_value, choice, did_you_mean, unknown_name
+
+STRATEGIES = ("auto", "mirrored", "one_device", "multiworker")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16", "auto", "float16", "bfloat16", "float64")
+OPTIMIZERS = ("adamw",)
+# Keyword arguments every Keras model / loss takes through **kwargs.
+_MODEL_KWARGS, _LOSS_KWARGS = ("name", "dtype", "trainable"), ("name", "reduction", "dtype")
+
+
+# === Sections ===
+
+def _transform_list(raw: Any, key: str) -> list[dict]:
+    """``[{name, **kwargs}, ...]``; a single mapping is a list of one (``preprocess: {name: zscore}``)."""
+    if raw is None:
+        return []
+    if isinstance(raw, Mapping):
+        raw = [raw]
+    entries = check_value(raw, list[dict], key)
+    for i, entry in enumerate(entries):
+        if not isinstance(entry.get("name"), str):
+            raise ConfigError(f"{key}[{i}]: a transform needs a name, e.g. {{name: random_flip}}, got {entry!r}")
+    return entries
+
+
+def _patch_size(raw: Any, key: str) -> Any:
+    """null, an int, one int per spatial axis, or a sampler ``{name: random_patch, size: ..., ...}``."""
+    if raw is None or isinstance(raw, Mapping) and isinstance(raw.get("name"), str):
+        return None if raw is None else dict(raw)
+    try:
+        return check_value(raw, int | list[int], key)
+    except ConfigError:
+        raise ConfigError(f"{key}: expected null, an integer, a list of integers or a sampler like "
+                          f"{{name: random_patch, size: [...]}}, got {raw!r}") from None
+
+
+@dataclass
+class DataConfig(Config):
+    dir: str
+    batch_size: int
+    kind: str | None = None
+    train_split: str | list[str] = "train"
+    val_split: str | None = "val"
+    fold: int | None = None
+    folds: int | None = None
+    patch_size: Any = field(default=None, metadata={"parse": _patch_size})
+    val_patch_size: Any = field(default=None, metadata={"parse": _patch_size})
+    val_batch_size: int | None = None
+    transforms: list[dict] = field(default_factory=list, metadata={"parse": _transform_list})
+    preprocess: list[dict] = field(default_factory=list, metadata={"parse": _transform_list})
+    seed: int | None = None
+
+    def __post_init__(self):
+        # Stored absolute: a run directory's config.yaml must work from any working directory.
+        self.dir = os.path.abspath(os.path.expanduser(self.dir))
+
+    def check(self, path: str) -> None:
+        at_least(self.batch_size, 1, f"{path}.batch_size")
+        at_least(self.val_batch_size, 1, f"{path}.val_batch_size")
+
+
+@dataclass
+class ModelConfig(Config):
+    name: str
+    args: dict = field(default_factory=dict)
+
+
+@dataclass
+class LossConfig(Config):
+    name: str
+    args: dict = field(default_factory=dict)
+
+
+@dataclass
+class OptimizerConfig(Config):
+    name: str = "adamw"
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+
+    def check(self, path: str) -> None:
+        choice(self.name.lower(), OPTIMIZERS, f"{path}.name", "optimizer")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"{path}.learning_rate: must be > 0, got {self.learning_rate}")
+
+
+@dataclass
+class ConstantSchedule(Config):
+    """``optimizer.learning_rate`` throughout."""
+
+    name: str = "constant"
+
+
+@dataclass
+class PlateauSchedule(Config):
+    """`keras.callbacks.ReduceLROnPlateau`; ``monitor`` / ``mode`` null: ``train.monitor`` / ``train.mode``."""
+
+    name: str = "reduce_on_plateau"
+    factor: float = 0.5
+    patience: int = 5
+    min_lr: float = 0.0
+    monitor: str | None = None
+    mode: str | None = None
+    min_delta: float = 1e-4
+    cooldown: int = 0
+    verbose: int = 0
+
+    def check(self, path: str) -> None:
+        if not 0 < self.factor < 1:
+            raise ConfigError(f"{path}.factor: must be between 0 and 1, got {self.factor}")
+        if self.mode is not None:
+            choice(self.mode, ("max", "min", "auto"), f"{path}.mode", "mode")
+
+
+@dataclass
+class CosineSchedule(Config):
+    """Linear warm-up then cosine decay (`medtf.training.schedules.warmup_cosine`)."""
+
+    name: str = "cosine"
+    warmup_epochs: float | None = None
+    warmup_steps: int | None = None
+    min_lr: float = 0.0
+    warmup_from: float = 0.0
+
+    def check(self, path: str) -> None:
+        if self.warmup_epochs is not None and self.warmup_steps is not None:
+            raise ConfigError(f"{path}: give schedule.warmup_steps or schedule.warmup_epochs, not both")
+        at_least(self.warmup_epochs, 0, f"{path}.warmup_epochs")
+        at_least(self.warmup_steps, 0, f"{path}.warmup_steps")
+        at_least(self.min_lr, 0, f"{path}.min_lr")
+
+
+SCHEDULES = {"constant": ConstantSchedule, "reduce_on_plateau": PlateauSchedule, "cosine": CosineSchedule}
+Schedule = ConstantSchedule | PlateauSchedule | CosineSchedule
+
+
+def parse_schedule(raw: Any, key: str = "schedule") -> Schedule:
+    """The ``schedule`` section as the dataclass its ``name`` selects (None: constant)."""
+    if isinstance(raw, tuple(SCHEDULES.values())):
+        return raw
+    if raw is None:
+        return ConstantSchedule()
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{key}: expected a mapping like {{name: cosine, warmup_epochs: 1}}, got {raw!r}")
+    name = check_value(raw.get("name", "constant"), str, f"{key}.name").lower()
+    if name not in SCHEDULES:
+        raise unknown_name(f"{key}.name", "schedule", name, SCHEDULES)
+    return SCHEDULES[name].from_dict({**raw, "name": name}, key)
+
+
+@dataclass
+class TrainConfig(Config):
+    epochs: int = 1
+    steps_per_epoch: int | None = None
+    validation_steps: int | None = None
+    monitor: str = "val_dice"
+    mode: str = "max"
+    precision: str = "float32"
+    strategy: str = "auto"
+    keep_worker_outputs: bool = False
+    jit_compile: bool = False
+    remat: bool = False
+    log_every_n_steps: int = 100
+    image_panels: bool = True
+    hparams: bool = True
+    verbose: int | str = "auto"
+
+    def check(self, path: str) -> None:
+        at_least(self.epochs, 1, f"{path}.epochs")
+        at_least(self.steps_per_epoch, 1, f"{path}.steps_per_epoch")
+        at_least(self.validation_steps, 1, f"{path}.validation_steps")
+        at_least(self.log_every_n_steps, 0, f"{path}.log_every_n_steps")
+        choice(self.mode, ("max", "min"), f"{path}.mode", "mode")
+        choice(self.precision, PRECISIONS, f"{path}.precision", "precision")
+        self.strategy = self.strategy.lower()
+        choice(self.strategy, STRATEGIES, f"{path}.strategy", "strategy")
+        choice(self.verbose, ("auto", 0, 1, 2), f"{path}.verbose", "verbosity")
+
+
+@dataclass
+class ExperimentConfig(Config):
+    """One experiment: the sections above plus the top-level ``seed`` and the optional ``tune`` section."""
+
+    data: DataConfig
+    model: ModelConfig
+    loss: LossConfig
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    schedule: Schedule = field(default_factory=ConstantSchedule, metadata={"parse": parse_schedule})
+    train: TrainConfig = field(default_factory=TrainConfig)
+    seed: int | None = None
+    tune: dict | None = None
+
+    def as_dict(self) -> dict:
+        """The resolved config; no ``tune`` key unless the experiment has a search (a trial's run has none)."""
+        out = super().as_dict()
+        if out["tune"] is None:
+            del out["tune"]
+        return out
+
+    @property
+    def data_seed(self) -> int | None:
+        """``data.seed``, else the experiment's ``seed``."""
+        return self.data.seed if self.data.seed is not None else self.seed
+
+    def check(self, path: str) -> None:
+        lr = self.optimizer.learning_rate
+        if isinstance(self.schedule, CosineSchedule) and self.schedule.min_lr > lr:
+            raise ConfigError(f"schedule.min_lr ({self.schedule.min_lr}) is above optimizer.learning_rate ({lr}): "
+                              f"the cosine schedule decays from the learning rate down to min_lr")
+
+
+def section(cls, value: Any, path: str):
+    """``value`` as section ``cls``: returned as is when it already is one, else parsed (mapping or None)."""
+    if cls is Schedule or cls in SCHEDULES.values():
+        return parse_schedule(value, path)
+    return value if isinstance(value, cls) else cls.from_dict(value, path)
+
+
+# === Registries: names and constructor arguments ===
+
+def _arguments(fn, extra: Iterable[str] = ()) -> tuple[list[str], bool]:
+    """Keyword names ``fn`` accepts and whether it takes arbitrary ones (``**kwargs`` with no known extras)."""
+    params = inspect.signature(fn).parameters.values()
+    names = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self"]
+    var_kw = any(p.kind is p.VAR_KEYWORD for p in params)
+    if var_kw and extra:
+        return names + list(extra), False
+    return names, var_kw
+
+
+def check_arguments(fn, kwargs: Mapping, key: str, owner: str, extra: Iterable[str] = (),
+                    required: bool = False) -> None:
+    """Every keyword of ``kwargs`` must be an argument of ``fn``; with ``required`` missing ones are named too."""
+    names, anything = _arguments(fn, extra)
+    if not anything:
+        for name in kwargs:
+            if name not in names:
+                raise ConfigError(f"{key}.{name}: not an argument of {owner}{did_you_mean(name, names)}; "
+                                  f"its arguments: {', '.join(names) or '(none)'}")
+    if required:
+        try:
+            inspect.signature(fn).bind(**kwargs)
+        except TypeError as exc:
+            raise ConfigError(f"{key}: {owner}: {exc}") from None
+
+
+def _check_transforms(entries: list[dict], key: str) -> None:
+    from medtf.transforms import registered_transforms
+    from medtf.transforms.base import _REGISTRY  # the factories, for their signatures
+
+    known = registered_transforms()
+    for i, entry in enumerate(entries):
+        name = entry["name"]
+        if name not in known:
+            raise unknown_name(f"{key}[{i}].name", "transform", name, known)
+        kwargs = {k: v for k, v in entry.items() if k != "name"}
+        check_arguments(_REGISTRY[name], kwargs, f"{key}[{i}]", f"transform {name}", required=True)
+
+
+def check_components(experiment: ExperimentConfig) -> None:
+    """Registry names and constructor arguments of the model, the loss and every transform (imports them)."""
+    from medtf.losses import list_losses, loss_class
+    from medtf.models import list_models
+    from medtf.models.registry import model_constructor
+
+    model = experiment.model
+    if model.name not in list_models():
+        raise unknown_name("model.name", "model", model.name, list_models())
+    check_arguments(model_constructor(model.name), model.args, "model.args", f"model {model.name}", _MODEL_KWARGS)
+    loss = experiment.loss
+    if loss.name.lower() not in list_losses():
+        raise unknown_name("loss.name", "loss", loss.name, list_losses())
+    check_arguments(loss_class(loss.name), loss.args, "loss.args", f"loss {loss.name}", _LOSS_KWARGS)
+    data = experiment.data
+    _check_transforms(data.preprocess, "data.preprocess")
+    _check_transforms(data.transforms, "data.transforms")
+    for name in ("patch_size", "val_patch_size"):
+        if isinstance(getattr(data, name), Mapping):
+            _check_transforms([getattr(data, name)], f"data.{name}")
+
+
+# === Entry points ===
+
+def parse_config(raw: Mapping | ExperimentConfig, *, components: bool = True) -> ExperimentConfig:
+    """Parse and validate a raw experiment mapping (see the module docstring); ``components=False`` skips the
+    registry checks (no TensorFlow import: for reading finished run directories)."""
+    if isinstance(raw, ExperimentConfig):
+        return raw
+    experiment = ExperimentConfig.from_dict(raw)
+    if components:
+        check_components(experiment)
+    if experiment.tune is not None:
+        from medtf.tuning.settings import tune_settings
+
+        tune_settings(experiment)
+    return experiment
+
+
+def load_experiment(path: str | os.PathLike, overrides: Iterable[str] = ()) -> ExperimentConfig:
+    """`medtf.training.config.load_config` (the file plus dotted overrides), parsed by `parse_config`."""
+    return parse_config(load_config(path, overrides))
