@@ -189,7 +189,8 @@ def run_conversion(converter: Converter, options: argparse.Namespace) -> dict:
     input_dir, output_dir = Path(options.input), Path(options.output)
     task = tasks.task_from_options(options)
     if not input_dir.is_dir():
-        raise ConversionError(f"{input_dir}: input folder does not exist")
+        raise ConversionError(f"{input_dir}: is a file, not a folder (--input takes the folder of the source layout)"
+                              if input_dir.exists() else f"{input_dir}: input folder does not exist")
     fractions = splits.parse_fractions(options.split)
     key = deid.load_or_create_key(output_dir, options.id_salt, options.id_key_file)
     hasher = deid.IdHasher(key)

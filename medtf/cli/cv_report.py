@@ -25,6 +25,8 @@ def register(commands) -> None:
     p.add_argument("--evaluate", action="store_true",
                    help="first evaluate finished folds without an up-to-date evaluation (their fold-k split)")
     p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap of --evaluate")
+    p.add_argument("--data-dir", default=None,
+                   help="shard folder, when it moved since training (default: the runs' data.dir)")
     p.add_argument("--all", dest="all_metrics", action="store_true", help="print every metric (counts, volumes)")
     p.set_defaults(handler=run)
 
@@ -36,9 +38,9 @@ def run(args) -> int:
 
     try:
         if args.evaluate:
-            folds = args.folds or aggregate_folds(args.run_dir, write=False)["folds"]
-            evaluate_folds(args.run_dir, folds, overlap=args.overlap)
-        report = aggregate_folds(args.run_dir, args.folds)
+            folds = args.folds or aggregate_folds(args.run_dir, write=False, data_dir=args.data_dir)["folds"]
+            evaluate_folds(args.run_dir, folds, overlap=args.overlap, data_dir=args.data_dir)
+        report = aggregate_folds(args.run_dir, args.folds, data_dir=args.data_dir)
     except (FileNotFoundError, ManifestError, ConfigError, ValueError) as exc:
         print(f"medtf cv-report: {exc}", file=sys.stderr)
         return 2

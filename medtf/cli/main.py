@@ -18,6 +18,11 @@
 
 Any command takes --quiet (no progress bars/lines) and --verbose (TensorFlow's start-up and C++ log lines,
 hidden by default); `medtf COMMAND --help` describes each command.
+
+Errors: a user mistake (a bad config key or value, a missing file or folder, a shard folder without a manifest,
+an unreadable input, a diverging training) is one line on stderr, "medtf COMMAND: what and where", exit code 2.
+--debug (anywhere) shows the Python traceback instead. Anything else is a bug in medtf: its traceback is printed,
+followed by one line saying so, exit code 1.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from medtf.cli.output import add_global_flags, clean_help_texts, with_global_fla
 # ``handler=<function(args) -> exit code>`` as a default, so main.py does not grow with every command.
 COMMAND_MODULES: tuple[str, ...] = ("medtf.cli.evaluate", "medtf.cli.export", "medtf.cli.predict",
                                      "medtf.cli.slurm", "medtf.cli.tune", "medtf.cli.cv_report", "medtf.cli.info",
-                                     "medtf.cli.reconstruct")
+                                     "medtf.cli.check", "medtf.cli.reconstruct")
 
 SYNTH_KINDS = {
     "brachy-ct": ("medtf.synth.brachy_ct", "generate_brachy_ct",
@@ -57,6 +62,8 @@ def _build_parser() -> argparse.ArgumentParser:
         prog="medtf", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--version", action="version", version=f"medtf {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the Python traceback of an error instead of one line (may go anywhere)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     synth = commands.add_parser("synth", help="write realistic synthetic data in a source layout",
@@ -167,17 +174,13 @@ def _verify(args) -> int:
 
 
 def _train(args) -> int:
-    from medtf.training.config import ConfigError, load_config
-    from medtf.training.engine import NonFiniteLossError, train
+    from medtf.training.engine import train
+    from medtf.training.experiment import load_experiment
 
     if args.folds is not None:
         return _train_folds(args)
-    try:
-        config = load_config(args.config, args.overrides)
-        result = train(config, args.run_dir)
-    except (ConfigError, NonFiniteLossError) as exc:
-        print(f"medtf train: {exc}", file=sys.stderr)
-        return 2
+    config = load_experiment(args.config, args.overrides)  # every key and value checked before anything runs
+    result = train(config, args.run_dir)
     last = {k: v[-1] for k, v in result["history"].items() if v}
     print(f"run {args.run_dir}: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(last.items())))
     print(f"tensorboard --logdir {result['logs']}")
@@ -185,16 +188,11 @@ def _train(args) -> int:
 
 
 def _train_folds(args) -> int:
-    from medtf.training.config import ConfigError, load_config
-    from medtf.training.engine import NonFiniteLossError
+    from medtf.training.experiment import load_experiment
     from medtf.training.folds import format_report, run_cross_validation
 
-    try:
-        config = load_config(args.config, args.overrides)
-        report = run_cross_validation(config, args.run_dir, folds=args.folds)
-    except (ConfigError, NonFiniteLossError) as exc:
-        print(f"medtf train: {exc}", file=sys.stderr)
-        return 2
+    config = load_experiment(args.config, args.overrides)
+    report = run_cross_validation(config, args.run_dir, folds=args.folds)
     print(format_report(report))
     if report.get("preempted") is not None:
         print(f"fold {report['preempted']} was preempted: re-run the same command to resume", file=sys.stderr)
@@ -209,19 +207,59 @@ def _demo(args) -> int:
     return run_demo(args.out, cases=args.cases, seed=args.seed)
 
 
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that mean a user mistake, not a bug: one line and exit code 2 (see the module docstring).
+
+    Their messages name the key, file or folder at fault. ``FileNotFoundError`` is here because medtf only opens
+    paths a user gave (or that a user-given config or run directory names).
+    """
+    from medtf.data.manifest import ManifestError
+    from medtf.io import InputError
+    from medtf.training.config import ConfigError
+    from tfrecords_builder.engine import ConversionError
+
+    errors = [ConfigError, ManifestError, InputError, ConversionError, FileNotFoundError, NotADirectoryError]
+    for module, name in (("medtf.export.layout", "ExportError"), ("medtf.training.engine", "NonFiniteLossError")):
+        if module in sys.modules:  # imported by the command that may raise it; else it cannot have been raised
+            errors.append(getattr(sys.modules[module], name))
+    return tuple(errors)
+
+
+def _strip_debug(argv) -> tuple[list[str], bool]:
+    """``argv`` without ``--debug`` (anywhere before a ``--``, after which a wrapped command starts), and whether
+    it was there."""
+    argv = [str(a) for a in argv]
+    end = argv.index("--") if "--" in argv else len(argv)
+    own = [a for a in argv[:end] if a != "--debug"]
+    return own + argv[end:], len(own) < end
+
+
 @with_global_flags  # --quiet, --verbose, TensorFlow start-up lines filtered (medtf/cli/output.py)
 def main(argv=None) -> int:
-    from medtf.data.manifest import ManifestError
+    import traceback
 
+    argv, debug = _strip_debug(sys.argv[1:] if argv is None else argv)
     args = _build_parser().parse_args(argv)
     handlers = {"synth": _synth, "convert": _convert, "inspect": _inspect, "verify": _verify, "train": _train,
                 "demo": _demo}
     handler = getattr(args, "handler", None) or handlers[args.command]
     try:
         return handler(args)
-    except ManifestError as exc:
-        print(f"medtf {args.command}: {exc}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"medtf {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if debug:
+            raise
+        if isinstance(exc, user_errors()):
+            print(f"medtf {args.command}: {' '.join(str(exc).split())}", file=sys.stderr)
+            return 2
+        traceback.print_exc()
+        print(f"medtf {args.command}: unexpected {type(exc).__name__}: this is a bug in medtf, not a mistake in "
+              f"what you gave it; please report it with the traceback above", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

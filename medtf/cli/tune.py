@@ -39,16 +39,13 @@ def run(args) -> int:
 
 
 def _run(args) -> int:
-    from medtf.training.config import ConfigError, load_config
+    from medtf.training.experiment import load_experiment
 
+    config = load_experiment(args.config, args.overrides)  # a ConfigError: one line, exit 2 (medtf.cli.main)
     try:
-        config = load_config(args.config, args.overrides)
         from medtf.tuning import tune
 
         out = tune(config, args.tune_dir, verbose=0 if args.quiet else 1)
-    except ConfigError as exc:
-        print(f"medtf tune: {exc}", file=sys.stderr)
-        return 2
     except RuntimeError as exc:
         from medtf.tuning.tuner import SearchFailedError
 
