@@ -125,7 +125,9 @@ def test_hyperband_trials_get_the_round_epochs():
     from medtf.tuning import build_oracle, tune_settings
     from medtf.tuning.tuner import trial_config
 
-    base = {"train": {"epochs": 9, "monitor": "val_dice", "mode": "max"}, "model": {"args": {"base_filters": 4}}}
+    base = {"data": {"dir": "shards", "batch_size": 2}, "loss": {"name": "dice_focal"},
+            "train": {"epochs": 9, "monitor": "val_dice", "mode": "max"},
+            "model": {"name": "unet2d_small", "args": {"base_filters": 4}}}
     settings = tune_settings({**base, "tune": {"tuner": "hyperband", "factor": 3, "seed": 1,
                                                "space": {"model.args.base_filters": [2, 4, 8, 16]}}})
     oracle = build_oracle(settings)
@@ -183,7 +185,9 @@ def load_cfg(run_dir: Path) -> dict:
 def test_bayesian_oracle_is_built_from_the_settings():
     from medtf.tuning import build_oracle, tune_settings
 
-    config = {"train": {"monitor": "val_dice", "mode": "max"}, "optimizer": {"learning_rate": 1e-3},
+    config = {"data": {"dir": "shards", "batch_size": 2}, "model": {"name": "unet2d_small"},
+              "loss": {"name": "dice_focal"},
+              "train": {"monitor": "val_dice", "mode": "max"}, "optimizer": {"learning_rate": 1e-3},
               "tune": {"tuner": "bayesian", "max_trials": 6, "num_initial_points": 2, "beta": 3.0,
                        "space": {"optimizer.learning_rate": {"type": "float", "min": 1e-4, "max": 1e-2,
                                                              "sampling": "log"}}}}
@@ -205,9 +209,18 @@ def test_bayesian_search_runs_past_its_random_start(lgg_tiny, tmp_path):
     assert len({(r["model.args.base_filters"], r["optimizer.learning_rate"]) for r in rows}) == 3
 
 
-def test_failed_trials_are_reported_and_stop_the_search(lgg_tiny, tmp_path):
+def test_failed_trials_are_reported_and_stop_the_search(lgg_tiny, tmp_path, capsys):
+    # An unknown name is refused before the search starts (every value of the space is checked) ...
+    config = tune_config(lgg_tiny, space={"loss.name": ["dice_focal", "no_such_loss"]})
+    path = tmp_path / "typo.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    capsys.readouterr()
+    assert run_medtf("tune", path, "--tune-dir", tmp_path / "typo", "--quiet") == 2
+    assert "tune.space.loss.name = 'no_such_loss': loss.name: unknown loss" in capsys.readouterr().err
+    assert not (tmp_path / "typo").exists()
+    # ... values only the model's constructor rejects fail their trials, which the search records.
     config = tune_config(lgg_tiny, max_consecutive_failed_trials=2,
-                         space={"loss.name": ["no_such_loss", "nor_this_one"],
+                         space={"+model.args.norm": ["no_such_norm", "nor_this_one"],
                                 "model.args.base_filters": [2, 4]})
     path = tmp_path / "broken.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -215,8 +228,8 @@ def test_failed_trials_are_reported_and_stop_the_search(lgg_tiny, tmp_path):
     rows = _rows(tmp_path / "tune" / "results.csv")
     assert [r["status"] for r in rows] == ["FAILED", "FAILED"]
     assert [r["val_dice"] for r in rows] == ["", ""]
-    assert all(r["error"].startswith("ValueError: Unknown loss") for r in rows)
-    assert all(r["loss.name"] in ("no_such_loss", "nor_this_one") for r in rows)
+    assert all(r["error"].startswith("ValueError: norm must be one of") for r in rows)
+    assert all(r["model.args.norm"] in ("no_such_norm", "nor_this_one") for r in rows)
     assert not (tmp_path / "tune" / "best.yaml").exists()
     oracle = json.loads((tmp_path / "tune" / "oracle" / "oracle.json").read_text())
     assert oracle["ongoing_trials"] == {} and oracle["end_order"] == ["0", "1"]
@@ -248,7 +261,7 @@ def test_distributed_chief_stops_every_worker_after_too_many_failures(lgg_tiny, 
     import sys
 
     config = tune_config(lgg_tiny, max_trials=6, max_consecutive_failed_trials=2,
-                         space={"loss.name": ["no_such_loss", "nor_this_one", "nor_that_one"],
+                         space={"+model.args.norm": ["no_such_norm", "nor_this_one", "nor_that_one"],
                                 "model.args.base_filters": [2, 4]})
     path = tmp_path / "broken.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
