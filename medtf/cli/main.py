@@ -78,12 +78,7 @@ def _build_parser() -> argparse.ArgumentParser:
                                               "with patient-level splits and a manifest.json.")
     kinds = convert.add_subparsers(dest="kind", metavar="KIND", required=True)
     for kind in sorted(CONVERTERS):
-        try:
-            converter = get_converter(kind)
-        except ModuleNotFoundError as exc:
-            if exc.name != CONVERTERS[kind][0]:  # a missing dependency inside the module is a real error
-                raise
-            continue  # a converter registered ahead of its module (work in progress)
+        converter = get_converter(kind)
         module = sys.modules[converter.__module__]
         sub = kinds.add_parser(kind, help=(module.__doc__ or "").strip().splitlines()[0],
                                description=module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

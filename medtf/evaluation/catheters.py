@@ -1,13 +1,15 @@
 """Catheter-level metrics of a predicted brachy-ct mask against the planned catheters stored in the shards.
 
 The predicted mask is turned into centrelines by `medtf.rt.reconstruct.reconstruct_catheters` and matched to the
-plan's catheters by `medtf.rt.catheter_match.match_catheters`; both are imported lazily so the rest of the
-evaluation works without them.
+plan's catheters by `medtf.rt.catheter_match.match_catheters`.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from medtf.rt.catheter_match import match_catheters
+from medtf.rt.reconstruct import reconstruct_catheters
 
 COLUMNS = {  # evaluation column -> key of CatheterMatch.summary()
     "catheters_found": "found",
@@ -17,11 +19,6 @@ COLUMNS = {  # evaluation column -> key of CatheterMatch.summary()
     "catheter_max_mm": "max_distance_mm",
     "tip_error_mm": "tip_error_mm",
 }
-_MODULES = ("medtf.rt.reconstruct", "medtf.rt.catheter_match")
-
-
-class CatheterMetricsUnavailable(RuntimeError):
-    """The reconstruction/matching modules are not installed (yet)."""
 
 
 def planned_catheters(example: dict) -> list[np.ndarray]:
@@ -57,17 +54,7 @@ def catheter_metrics(pred_mask: np.ndarray, example: dict, *, step_mm: float = 1
         example: decoded brachy-ct example (``catheter_points``, ``catheter_offsets``, spacing/origin/direction).
         step_mm, min_length_mm: centreline resampling step and shortest kept catheter.
         max_mean_distance_mm: a predicted catheter matches a planned one below this mean distance.
-
-    Raises:
-        CatheterMetricsUnavailable: `medtf.rt.reconstruct` / `medtf.rt.catheter_match` are missing.
     """
-    try:
-        from medtf.rt.catheter_match import match_catheters
-        from medtf.rt.reconstruct import reconstruct_catheters
-    except ModuleNotFoundError as exc:
-        if exc.name not in _MODULES:
-            raise
-        raise CatheterMetricsUnavailable(f"{exc.name} is not available") from None
     from medtf.evaluation.cases import reference_volume
 
     mask = np.asarray(pred_mask).astype(np.uint8)

@@ -9,7 +9,6 @@ Dice >= 0.80 on slices whose ground truth is non-empty).
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ import numpy as np
 
 from medtf.evaluation import cases as cases_lib
 from medtf.evaluation import report
-from medtf.evaluation.catheters import CatheterMetricsUnavailable, catheter_metrics
+from medtf.evaluation.catheters import catheter_metrics
 from medtf.evaluation.predict import THRESHOLD, predict_masks
 from medtf.evaluation.run import build_preprocess, data_dir_of, eval_patch_size, load_run
 
@@ -41,20 +40,12 @@ def slice_dice(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
     return np.array([dice(p, t) for p, t in zip(pred, true)], np.float64)
 
 
-def _evaluate_brachy(model, examples, patch, overlap, notes: list, bar) -> list[dict]:
-    rows, catheters = [], True
+def _evaluate_brachy(model, examples, patch, overlap, bar) -> list[dict]:
+    rows = []
     for case in cases_lib.volume_cases(examples):
         pred = predict_masks(model, case.image[None], eval_patch_size(patch, case.mask.shape), overlap)[0]
-        row = {"case_id": case.case_id, "patient_id": case.patient_id,
-               **segmentation_metrics(pred, case.mask, case.spacing)}
-        if catheters:
-            try:
-                row.update(catheter_metrics(pred, case.example))
-            except CatheterMetricsUnavailable as exc:
-                catheters = False
-                notes.append(f"catheter metrics skipped: {exc}")
-                warnings.warn(f"catheter metrics skipped: {exc}", stacklevel=2)
-        rows.append(row)
+        rows.append({"case_id": case.case_id, "patient_id": case.patient_id,
+                     **segmentation_metrics(pred, case.mask, case.spacing), **catheter_metrics(pred, case.example)})
         bar.update()
     return rows
 
@@ -119,7 +110,7 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", checkpoint: st
     total = counts.get("num_examples" if kind == "brachy-ct" else "num_patients")
     with progress(total=total, desc=f"evaluate {split}", unit="case") as bar:
         if kind == "brachy-ct":
-            rows = _evaluate_brachy(model, examples, patch, overlap, notes, bar)
+            rows = _evaluate_brachy(model, examples, patch, overlap, bar)
         else:
             rows = _evaluate_slices(model, examples, patch, overlap, extra, bar)
     if not rows:

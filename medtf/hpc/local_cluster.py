@@ -9,7 +9,7 @@ Everything (config, munge key and socket, state, spool, logs, pid files) lives u
 on free ports picked at start, so the system's own SLURM (if any) and other private instances are not disturbed.
 Clients find the instance through ``SLURM_CONF=root/etc/slurm.conf``. Daemons are stopped through their pid files
 only. Needs root and the Debian packages ``slurmctld slurmd slurm-client munge`` (see `install_command`); the
-pitfalls this works around are listed in the shared notes (slurm-local.md).
+pitfalls this works around are commented where they are handled (the slurm.conf template, `LocalSlurm.start`).
 """
 
 from __future__ import annotations

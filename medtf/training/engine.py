@@ -55,6 +55,7 @@ from typing import Mapping
 
 import keras
 
+from medtf.hpc.preemption import PreemptionCallback
 from medtf.progress import keras_verbose
 from medtf.runtime import resolve_precision
 from medtf.training.callbacks import (HParamsLogger, LearningRateLogger, NanGuard, backup_epoch, best_so_far,
@@ -115,19 +116,15 @@ def build_model(model_cfg: ModelConfig | Mapping, remat: bool = False) -> keras.
 
 
 def _backup(paths: RunPaths):
-    """BackupAndRestore (PreemptionCallback, which also saves and stops on SIGUSR1, when medtf.hpc has it).
+    """PreemptionCallback: BackupAndRestore that also saves and stops on SIGUSR1 (SLURM's pre-timeout signal).
 
     Non-chief workers restore from the shared folder but never write or delete it: concurrent writes of one
     HDF5 file on a shared file system would corrupt it.
     """
-    try:
-        from medtf.hpc.preemption import PreemptionCallback as Backup
-    except ImportError:
-        Backup = keras.callbacks.BackupAndRestore
     if paths.is_chief:
-        return Backup(str(paths.backup))
+        return PreemptionCallback(str(paths.backup))
 
-    class ReadOnlyBackup(Backup):
+    class ReadOnlyBackup(PreemptionCallback):
         def _save_model(self):
             pass
 

@@ -35,6 +35,7 @@ from typing import Mapping
 
 import tensorflow as tf
 
+from medtf.hpc.workers import slurm_cluster_resolver
 from medtf.training.experiment import STRATEGIES  # noqa: F401  (train.strategy's names, checked with the config)
 
 
@@ -57,11 +58,7 @@ def _cluster_resolver():
     resolvers = tf.distribute.cluster_resolver
     if cluster_resolver_kind() != "slurm":
         return resolvers.TFConfigClusterResolver()
-    try:  # medtf's job scripts: port base per job, CPU-only nodes (see medtf.hpc.workers)
-        from medtf.hpc.workers import slurm_cluster_resolver
-    except ImportError:
-        return resolvers.SlurmClusterResolver()
-    return slurm_cluster_resolver()
+    return slurm_cluster_resolver()  # medtf's job scripts: port base per job, CPU-only nodes (medtf.hpc.workers)
 
 
 class MultiWorkerStrategy(tf.distribute.MultiWorkerMirroredStrategy):

@@ -56,7 +56,7 @@ _LOCK = threading.Lock()  # the libraries' RNGs are global (volumentations) or p
 def _check(backend: str, name: str, params: Mapping[str, Any]) -> None:
     if name in REFUSED[backend]:
         raise ValueError(f"{backend} {name} is refused: {REFUSED[backend][name]}; use medtf's in-graph 'resize' / "
-                         f"'random_resized_crop' transforms instead (see /work/shared/notes/stack.md)")
+                         f"'random_resized_crop' transforms instead (see the medtf.transforms.backends docstring)")
     if backend == "volumentations" and name == "Flip" and params.get("axis") is None:
         raise ValueError("volumentations Flip without 'axis' flips the image and the mask along independently "
                          "drawn axes (misaligned labels); give one Flip per axis, e.g. {name: Flip, axis: 0, p: 0.5}")

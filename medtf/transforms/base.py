@@ -117,8 +117,4 @@ def _import_builtin_transforms() -> None:
 
     for module in ("medtf.transforms.spatial", "medtf.transforms.intensity", "medtf.transforms.sampling",
                    "medtf.transforms.backends"):
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
+        importlib.import_module(module)

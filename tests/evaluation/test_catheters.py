@@ -1,8 +1,4 @@
-"""Catheter columns of `evaluate_run` on brachy-ct.
-
-LEAD: these tests need `medtf/rt/reconstruct.py` and `medtf/rt/catheter_match.py` (another helper's work); they
-are skipped with a "LEAD:" reason until both modules exist and then run unchanged.
-"""
+"""Catheter columns of `evaluate_run` on brachy-ct."""
 
 from __future__ import annotations
 
@@ -14,9 +10,7 @@ from medtf.io import Volume
 from tests.evaluation.conftest import BRACHY_HU, decoded
 from tests.evaluation.test_evaluate import read_csv
 
-reconstruct = pytest.importorskip("medtf.rt.reconstruct", reason="LEAD: run once medtf/rt/reconstruct.py lands")
-catheter_match = pytest.importorskip("medtf.rt.catheter_match",
-                                     reason="LEAD: run once medtf/rt/catheter_match.py lands")
+from medtf.rt import catheter_match, reconstruct
 
 COLUMNS = {"catheters_found": "found", "catheters_missed": "missed", "catheters_spurious": "spurious",
            "catheter_mean_mm": "mean_distance_mm", "catheter_max_mm": "max_distance_mm",

@@ -14,8 +14,6 @@ import yaml
 from tests.conftest import run_medtf
 from tests.hpc.conftest import scontrol_job, slurm_log, submit, submitted_id, tiny_config, wait_for_job
 
-ENGINE = Path(__file__).resolve().parents[2] / "medtf" / "training" / "engine.py"
-ENGINE_HAS_PREEMPTION = "PreemptionCallback" in ENGINE.read_text()
 
 
 def history(run_dir: Path) -> list[dict]:
@@ -112,9 +110,6 @@ def test_preempted_job_requeues_and_resumes(slurm, lgg_tiny, cpu_cluster_config,
     assert epochs_logged[-(epochs - resumed_at):] == list(range(resumed_at, epochs)), epochs_logged
     assert len(epochs_logged) == len(set(epochs_logged)), epochs_logged
     assert (run_dir / "checkpoints" / "last.keras").is_file() and not (run_dir / "backup").exists()
-    if not ENGINE_HAS_PREEMPTION:
-        pytest.xfail("needs PreemptionCallback wired into the engine: without it USR1 kills the training and "
-                     "the resume starts from the last epoch-end backup")
     # With the callback the interrupted epoch is saved mid-way and restarted, not lost.
     match = re.search(r"medtf: preempted at epoch (\d+) batch (\d+)", log)
     assert match, log

@@ -9,9 +9,6 @@ import tensorflow as tf
 from medtf.transforms import build_transforms, get_transform
 from tests.transforms.conftest import blob_example
 
-pytest.importorskip("volumentations")
-pytest.importorskip("albumentations")
-
 FLIPS_3D = [{"name": "Flip", "axis": a, "p": 0.5} for a in range(3)]
 FLIPS_2D = [{"name": "HorizontalFlip", "p": 0.5}, {"name": "VerticalFlip", "p": 0.5}]
 
