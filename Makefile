@@ -5,8 +5,10 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO_OUT ?= demo_out
 PYTEST_ARGS ?=
+BENCH_VENV ?= .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.installed
 
-.PHONY: venv demo test test-slow test-all bench clean
+.PHONY: venv demo test test-slow test-all bench bench-venv clean
 
 venv: $(STAMP)
 
@@ -31,9 +33,18 @@ test-slow: $(STAMP)
 test-all: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench: $(STAMP)
+# Benchmarks. The MONAI baseline of pipeline.py runs in a venv of its own (PyTorch CPU + MONAI), never the main one.
+$(BENCH_STAMP): benchmarks/requirements-monai.txt
+	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet pip==26.3
+	$(BENCH_VENV)/bin/python -m pip install --quiet -r benchmarks/requirements-monai.txt
+	touch $(BENCH_STAMP)
+
+bench-venv: $(BENCH_STAMP)
+
+bench: $(STAMP) $(BENCH_STAMP)
 	$(BIN)/python benchmarks/convert.py
-	$(BIN)/python benchmarks/pipeline.py
+	$(BIN)/python benchmarks/pipeline.py --monai-python $(BENCH_VENV)/bin/python
 
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache
+	rm -rf $(VENV) $(BENCH_VENV) $(DEMO_OUT) .pytest_cache

@@ -1,27 +1,30 @@
-"""Benchmark medtf's tf.data pipeline + in-graph augmentation against generator + volumentations/albumentations.
+"""Benchmark medtf's tf.data pipeline + in-graph augmentation side by side with MONAI and a generator baseline.
 
-One run (defaults take ~2-4 minutes on 2 cores) measures what issue #4 asks:
+One run (``make bench``; ~6-8 minutes on 2 cores, ``--quick`` ~2) measures what issues #4 and #11 ask:
 
-1. **3D throughput**, 128^3 CT volumes with a mask, augmented volumes per second in steady state:
-   medtf (``medtf.data.make_dataset`` over TFRecord shards: manifest -> interleave -> decode + parse -> shuffle ->
-   repeat -> augment ``map(AUTOTUNE)`` -> batch -> prefetch) vs the brachytherapy study's baseline (a Python
-   generator loading ``.npy`` files and applying volumentations-3D, wrapped with ``tf.data.Dataset.from_generator``),
-   same transforms: rows ``flip + rot90 + gamma + noise``, ``flip + rotate +-15 deg + gamma + noise`` (medtf
-   ``random_affine`` vs volumentations ``Rotate``), and the latter ``+ elastic``.
-   Targets: medtf >= 10x the baseline and >= 8 volumes/s.
-2. **Memory**: peak RSS (``VmHWM``) of a fresh process streaming one augmented epoch over a small and a 10x larger
-   shard set (256 MB shards, as ``medtf convert`` writes them), for a few ``make_dataset`` settings; target
-   ratio <= 1.1. The child also reports how the peak grows along the epoch.
+1. **3D side by side** (issue #11): the same transform definitions on the same 32 synthetic 128^3 CT volumes
+   (image + uint8 mask), batch 2, volumes/s in steady state and the peak PSS of the whole process tree (workers
+   included: ``/proc/<pid>/smaps_rollup`` of the child and all its descendants, sampled every 0.1 s):
+   - medtf: ``make_dataset(training=True, seed=0)`` over TFRecord shards, streaming and ``cache="memory"``;
+   - MONAI (``pipeline_monai.py`` in the benchmark venv ``.venv-bench``): ``Dataset`` and ``CacheDataset``,
+     ``DataLoader(num_workers=0 and = usable cores)``;
+   - the brachytherapy study's generator + volumentations-3D, in a pool of as many worker processes as usable
+     cores, so no ratio compares two cores with one.
+   Rows ``base`` (z-score, flips, rotation +-15 deg about one axis, noise, gamma, each p 0.5) and ``elastic`` (the
+   same + elastic p 0.5). Each setting runs in a fresh process: warm-up (8 volumes; one epoch for medtf's cache),
+   then >= 16 volumes and >= ``--seconds``. Targets: medtf >= 2.5x (base) / >= 4x (elastic) MONAI's best
+   setting, with peak PSS no higher than that setting's.
+2. **Memory** (issue #4): peak RSS (``VmHWM``) of a fresh process streaming one augmented epoch over a small and a
+   10x larger shard set (256 MB shards) for a few ``make_dataset`` settings; target ratio <= 1.1.
 3. **2D**, 256x256x3 slices with a mask: medtf vs a generator + albumentations with the same transforms.
-4. **Hot spots**: milliseconds per call of each medtf transform on one volume.
+4. **Hot spots**: wall and CPU milliseconds per call of each medtf transform of the elastic row on one volume.
 
-Data are synthetic and written straight into medtf shards with `DatasetWriter` (8 distinct records repeated,
-which is what matters for streaming) and as ``.npy`` files for the baselines. Seeds are fixed; the baselines
-draw with Python/NumPy randomness as the libraries do.
+medtf children run with ``TF_ENABLE_ONEDNN_OPTS=1``. Seeds are fixed; MONAI and the baselines draw with their own
+generators as the libraries do.
 
 Usage::
 
-    .venv/bin/python benchmarks/pipeline.py [--workdir /tmp/bench_pipe] [--quick]
+    .venv/bin/python benchmarks/pipeline.py [--workdir /tmp/bench_pipe] [--quick] [--json out.json]
 """
 
 from __future__ import annotations
@@ -33,54 +36,129 @@ import platform
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
-import numpy as np
-
+ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import pipeline_data as data  # noqa: E402  (synthetic shards + .npy, transform configs)
+import pipeline_data as data  # noqa: E402  (synthetic shards + .npy, transform definitions; no TensorFlow)
 
-SPEEDUP_TARGET, RATE_TARGET, MEMORY_TARGET = 10.0, 8.0, 1.1
+TARGETS = {"base": 2.5, "elastic": 4.0}   # x MONAI's best setting (issue #11)
+MEMORY_TARGET = 1.1
+BATCH = 2
+CHILD_ENV = {"TF_ENABLE_ONEDNN_OPTS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
 def machine_info() -> dict:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), "?")
+    flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
+    features = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in flags]
+    return {"cpu": cpu, "features": features, "usable_cores": data.usable_cores(), "python": platform.python_version(),
+            "ram_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+            "loadavg": os.getloadavg(), "date": time.strftime("%Y-%m-%d %H:%M")}
+
+
+# ---------------------------------------------------------------- process-tree PSS
+def _tree(pid: int) -> list[int]:
+    pids, i = [pid], 0
+    while i < len(pids):
+        try:
+            for task in os.listdir(f"/proc/{pids[i]}/task"):
+                with open(f"/proc/{pids[i]}/task/{task}/children") as f:
+                    pids += [int(c) for c in f.read().split()]
+        except OSError:
+            pass
+        i += 1
+    return pids
+
+
+def _pss_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("Pss:"))
+    except (OSError, StopIteration):
+        return 0
+
+
+def run_child(cmd: list[str], env: dict | None = None, interval: float = 0.1) -> dict:
+    """Run ``cmd``, sample the PSS of its process tree, return its last JSON line + ``peak_pss_mb``."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})}, cwd=ROOT)
+    peak, processes, done = [0], [0], threading.Event()
+
+    def sample():
+        while not done.wait(interval):
+            pids = _tree(proc.pid)
+            peak[0] = max(peak[0], sum(_pss_kb(p) for p in pids))
+            processes[0] = max(processes[0], len(pids))
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    out, err = proc.communicate()
+    done.set()
+    thread.join()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err[-3000:]}")
+    result = json.loads(out.strip().splitlines()[-1])
+    result.update(peak_pss_mb=peak[0] / 1024, processes=processes[0])
+    return result
+
+
+# ---------------------------------------------------------------- children
+def timed(iterator, warmup: int, min_volumes: int, seconds: float) -> dict:
+    """Steady-state volumes/s of an iterator of ``(image, mask)`` batches."""
+    t_start, seen = time.perf_counter(), 0
+    while seen < warmup:
+        seen += len(next(iterator)[0])
+    warm = time.perf_counter() - t_start
+    count, t0 = 0, time.perf_counter()
+    while count < min_volumes or time.perf_counter() - t0 < seconds:
+        batch = next(iterator)
+        count += len(batch[0])
+    batch[0].numpy()
+    elapsed = time.perf_counter() - t0
+    return {"volumes_per_s": count / elapsed, "volumes": count, "seconds": elapsed, "warmup_done_seconds": warm}
+
+
+def _own_pss_mb() -> float:
+    return _pss_kb(os.getpid()) / 1024
+
+
+def _medtf_child(args) -> None:
     import tensorflow as tf
 
-    return {"nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version(), "tensorflow": tf.__version__,
-            "ram_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-            "loadavg": os.getloadavg()}
+    from medtf.data import make_dataset  # noqa: F401  (imports counted in import_pss_mb)
+    from medtf.transforms import geometry
+
+    import_pss = _own_pss_mb()
+    cache = None if args.cache == "none" else args.cache
+    dataset = data.medtf_dataset(args.data, args.row, batch_size=BATCH, cache=cache)
+    volumes = len(list(Path(args.npy).glob("*_image.npy"))) if args.npy else 0
+    warmup = max(args.warmup, volumes) if cache else args.warmup  # the first epoch fills the cache
+    result = timed(iter(dataset), warmup, args.min_volumes, args.seconds)
+    result.update(tensorflow=tf.__version__, xla_warp=geometry.XLA_WARP, import_pss_mb=import_pss)
+    print(json.dumps(result), flush=True)
 
 
-def rate(dataset, warmup: int, min_count: int, min_seconds: float, per_element: int = 1) -> float:
-    """Steady-state examples/s: skip ``warmup`` elements (tracing, first fills), then time at least ``min_count``
-    elements and ``min_seconds`` seconds (``per_element`` examples per element, for batched datasets)."""
-    it = iter(dataset)
-    for _ in range(warmup):
-        next(it)
-    n, t0 = 0, time.perf_counter()
-    while n < min_count or time.perf_counter() - t0 < min_seconds:
-        element = next(it)
-        n += 1
-    np.asarray(element["image"] if isinstance(element, dict) else element[0])  # materialised
-    return n * per_element / (time.perf_counter() - t0)
+def _generator_child(args) -> None:
+    pool = data.baseline_pool(args.row, args.workers)  # forked before TensorFlow is imported
+    import tensorflow  # noqa: F401
+
+    import_pss = _own_pss_mb()
+    dataset = data.baseline_3d_dataset(args.npy, pool, args.workers, batch_size=BATCH)
+    result = timed(((b["image"], b["mask"]) for b in dataset), args.warmup, args.min_volumes, args.seconds)
+    pool.terminate()
+    result["import_pss_mb"] = import_pss
+    print(json.dumps(result), flush=True)
 
 
-MEMORY_MODES = {  # label -> make_dataset keyword arguments
+MEMORY_MODES = {  # label -> make_dataset keyword arguments (streaming, transforms of the base row)
+    "training, default buffers": {"training": True},
     "training, shuffle_buffer=8": {"training": True, "shuffle_buffer": 8},
-    "training, shuffle_buffer=256 (old default)": {"training": True, "shuffle_buffer": 256, "cycle_length": 16},
-    "training, default (memory-budgeted) buffers": {"training": True},
     "evaluation (no shuffle)": {"training": False},
 }
-
-
-def peak_rss_stream(shard_dir: Path, mode: str) -> dict:
-    """Stream one augmented epoch in a fresh interpreter; return its peak RSS and element count."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--_stream", str(shard_dir), "--_mode", mode]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def _peak_rss_mb() -> float:
@@ -88,97 +166,175 @@ def _peak_rss_mb() -> float:
     return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) / 1024
 
 
-def _stream_child(shard_dir: Path, mode: str) -> None:
-    dataset = data.medtf_dataset(shard_dir, "rot90", repeat=False, **MEMORY_MODES[mode])
+def _stream_child(args) -> None:
+    dataset = data.medtf_dataset(args.data, "base", batch_size=1, repeat=False, **MEMORY_MODES[args.mode])
     n, t0, trace = 0, time.perf_counter(), {}
     for _ in dataset:
         n += 1
         if n & (n - 1) == 0:  # 1, 2, 4, 8, ...: how the peak grows along the epoch
             trace[n] = round(_peak_rss_mb())
-    seconds = time.perf_counter() - t0
-    print(json.dumps({"examples": n, "seconds": seconds, "peak_rss_mb": _peak_rss_mb(), "trace": trace}))
+    print(json.dumps({"examples": n, "seconds": time.perf_counter() - t0, "peak_rss_mb": _peak_rss_mb(),
+                      "trace": trace}), flush=True)
+
+
+# ---------------------------------------------------------------- parent
+def side_by_side(paths, args, monai_python: Path | None) -> list[dict]:
+    cores = data.usable_cores()
+    me = [sys.executable, str(Path(__file__).resolve())]
+    timing = ["--warmup", str(args.warmup), "--min-volumes", str(args.min_volumes), "--seconds", str(args.seconds)]
+    results = []
+    for row in args.rows:
+        settings = [("medtf", "streaming", me + ["--_child", "medtf", "--cache", "none"]),
+                    ("medtf", 'cache="memory"', me + ["--_child", "medtf", "--cache", "memory"])]
+        if monai_python is not None:
+            for dataset in ("Dataset", "CacheDataset"):
+                for workers in sorted({0, cores}):
+                    settings.append(("MONAI", f"{dataset}, {workers} workers",
+                                     [str(monai_python), str(Path(__file__).with_name("pipeline_monai.py")),
+                                      "--dataset", dataset, "--workers", str(workers)]))
+        settings.append(("generator", f"volumentations, {cores} worker processes",
+                         me + ["--_child", "generator", "--workers", str(cores)]))
+        for library, setting, cmd in settings:
+            common = ["--row", row, "--npy", str(paths["npy3d"])] + timing
+            if library == "medtf":
+                common += ["--data", str(paths["shards3d"])]
+            result = run_child(cmd + common, CHILD_ENV if library != "MONAI" else {"OMP_NUM_THREADS": str(cores)})
+            result.update(row=row, library=library, setting=setting)
+            results.append(result)
+            print(f"  {row:<8} {library:<9} {setting:<36} {result['volumes_per_s']:6.2f} vol/s   peak PSS "
+                  f"{result['peak_pss_mb']:6.0f} MB ({result['processes']} processes)", flush=True)
+    return results
+
+
+def side_by_side_table(results: list[dict]) -> list[str]:
+    lines = ["| row | library | setting | vol/s | peak PSS (MB) | of which after imports | medtf vs MONAI best |",
+             "|---|---|---|---|---|---|---|"]
+    verdicts = []
+    for row in dict.fromkeys(r["row"] for r in results):
+        rows = [r for r in results if r["row"] == row]
+        monai = [r for r in rows if r["library"] == "MONAI"]
+        best = max(monai, key=lambda r: r["volumes_per_s"]) if monai else None
+        for r in rows:
+            ratio = f"{r['volumes_per_s'] / best['volumes_per_s']:.2f}x" if best and r["library"] == "medtf" else ""
+            mark = " (best)" if r is best else ""
+            lines.append(f"| {row} | {r['library']} | {r['setting']}{mark} | {r['volumes_per_s']:.2f} | "
+                         f"{r['peak_pss_mb']:.0f} | {r.get('import_pss_mb', 0):.0f} | {ratio} |")
+        if best:
+            for r in (r for r in rows if r["library"] == "medtf"):
+                ratio = r["volumes_per_s"] / best["volumes_per_s"]
+                ok_rate, ok_mem = ratio >= TARGETS[row], r["peak_pss_mb"] <= best["peak_pss_mb"]
+                verdicts.append(
+                    f"- {row}, medtf {r['setting']}: {ratio:.2f}x MONAI's best ({best['setting']}; target "
+                    f">= {TARGETS[row]}x: {'met' if ok_rate else 'NOT met'}), peak PSS {r['peak_pss_mb']:.0f} vs "
+                    f"{best['peak_pss_mb']:.0f} MB ({'met' if ok_mem else 'NOT met'})")
+    return lines + [""] + verdicts
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", type=Path, default=None, help="keep data here (reused when present)")
-    parser.add_argument("--distinct", type=int, default=8, help="distinct 3D volumes / records (default 8)")
+    parser.add_argument("--volumes", type=int, default=32, help="distinct 3D volumes (default 32)")
     parser.add_argument("--size", type=int, default=128, help="3D volume edge (default 128)")
-    parser.add_argument("--seconds", type=float, default=4.0, help="minimum timed seconds per measurement")
+    parser.add_argument("--seconds", type=float, default=8.0, help="minimum timed seconds per setting")
+    parser.add_argument("--warmup", type=int, default=8, help="volumes before timing")
+    parser.add_argument("--min-volumes", type=int, default=16, help="minimum timed volumes per setting")
+    parser.add_argument("--rows", nargs="+", default=["base", "elastic"], choices=["base", "elastic"])
     parser.add_argument("--mem-small", type=int, default=24, help="volumes in the small memory set (large = 10x)")
     parser.add_argument("--slices", type=int, default=32, help="distinct 2D slices")
+    parser.add_argument("--monai-python", type=Path, default=ROOT / ".venv-bench" / "bin" / "python",
+                        help="interpreter of the benchmark venv with torch + monai (make bench creates it)")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["side", "memory", "2d", "ops"])
+    parser.add_argument("--json", type=Path, help="also write every result here")
     parser.add_argument("--quick", action="store_true", help="short timings and small sets, to check the script")
-    parser.add_argument("--_stream", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--_mode", default=next(iter(MEMORY_MODES)), help=argparse.SUPPRESS)
+    parser.add_argument("--_child", choices=["medtf", "generator"], help=argparse.SUPPRESS)
+    parser.add_argument("--_stream", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--row", default="base", help=argparse.SUPPRESS)
+    parser.add_argument("--cache", default="none", help=argparse.SUPPRESS)
+    parser.add_argument("--workers", type=int, default=2, help=argparse.SUPPRESS)
+    parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--npy", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--mode", default=next(iter(MEMORY_MODES)), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args._child == "medtf":
+        return _medtf_child(args) or 0
+    if args._child == "generator":
+        return _generator_child(args) or 0
     if args._stream:
-        _stream_child(args._stream, args._mode)
-        return 0
-    if args.quick:
-        args.seconds, args.mem_small = 0.5, 4
+        return _stream_child(args) or 0
+    if args.quick:  # a smoke run of every part (~3 min): 8 volumes of 64^3, short timings
+        args.seconds, args.warmup, args.min_volumes, args.mem_small = 1.0, 4, 4, 4
+        args.volumes, args.size, args.slices = min(args.volumes, 8), min(args.size, 64), min(args.slices, 16)
 
     t_start = time.perf_counter()
     info = machine_info()
     print(f"machine: {info}", flush=True)
-    print(f"medtf pipeline: {data.PIPELINE_SOURCE}; transforms registered: {data.registered()}", flush=True)
+    monai_python = args.monai_python if args.monai_python.is_file() else None
+    if monai_python is None:
+        print(f"no benchmark venv at {args.monai_python}: MONAI rows skipped (`make bench` creates it)", flush=True)
     tmp = None
     workdir = args.workdir
     if workdir is None:
         tmp = tempfile.TemporaryDirectory(prefix="medtf-bench-pipe-")
         workdir = Path(tmp.name)
     t0 = time.perf_counter()
-    paths = data.prepare(workdir, distinct=args.distinct, size=args.size, mem_small=args.mem_small,
+    paths = data.prepare(workdir, volumes=args.volumes, size=args.size, mem_small=args.mem_small,
                          slices=args.slices)
-    print(f"data ready in {time.perf_counter() - t0:.1f} s: {paths}", flush=True)
+    print(f"data ready in {time.perf_counter() - t0:.1f} s in {workdir}", flush=True)
 
-    rows = []
-    for row in ("rot90", "affine", "affine+elastic"):
-        medtf_ds = data.medtf_dataset(paths["bench3d"], row, repeat=True)
-        medtf_rate = rate(medtf_ds, warmup=4, min_count=8, min_seconds=args.seconds)
-        print(f"  3D {row:<15} medtf    {medtf_rate:7.2f} vol/s", flush=True)
-        base_ds = data.baseline_3d_dataset(paths["npy3d"], row)
-        base_rate = rate(base_ds, warmup=1, min_count=3, min_seconds=args.seconds)
-        print(f"  3D {row:<15} baseline {base_rate:7.2f} vol/s", flush=True)
-        rows.append(("3D 128^3 " + data.ROW_LABELS[row], medtf_rate, base_rate, True))
-
-    medtf_2d = rate(data.medtf_dataset(paths["bench2d"], "2d", repeat=True, batch_size=32, shuffle_buffer=256),
-                    warmup=2, min_count=4, min_seconds=args.seconds, per_element=32)
-    base_2d = rate(data.baseline_2d_dataset(paths["npy2d"]), warmup=4, min_count=64, min_seconds=args.seconds)
-    print(f"  2D              medtf {medtf_2d:.1f} slices/s, baseline {base_2d:.1f} slices/s", flush=True)
-    rows.append(("2D 256x256x3 " + data.ROW_LABELS["2d"], medtf_2d, base_2d, False))
-
-    costs = data.op_costs(args.size)
-    print("  per-op ms on one volume: " + ", ".join(f"{k} {v:.1f}" for k, v in costs.items()), flush=True)
-
+    report = {"machine": info, "command": " ".join(sys.argv)}
+    if "side" not in args.skip:
+        report["side_by_side"] = side_by_side(paths, args, monai_python)
     memory = []
-    for mode in MEMORY_MODES:
-        small = peak_rss_stream(paths["mem_small"], mode)
-        large = peak_rss_stream(paths["mem_large"], mode)
-        print(f"  memory, {mode}: small {small}, large {large}", flush=True)
-        memory.append((mode, small, large))
+    if "memory" not in args.skip:
+        for mode in MEMORY_MODES:
+            sizes = []
+            for key in ("mem_small", "mem_large"):
+                result = run_child([sys.executable, str(Path(__file__).resolve()), "--_stream", "--data",
+                                    str(paths[key]), "--mode", mode], CHILD_ENV)
+                sizes.append(result)
+            print(f"  memory, {mode}: small {sizes[0]}, large {sizes[1]}", flush=True)
+            memory.append((mode, *sizes))
+        report["memory"] = [{"mode": m, "small": s, "large": lg} for m, s, lg in memory]
+    if "2d" not in args.skip or "ops" not in args.skip:
+        os.environ.update(CHILD_ENV)  # before TensorFlow is imported in this process
+    if "2d" not in args.skip:
+        medtf_2d = timed(((b[0], b[1]) for b in data.medtf_dataset(paths["shards2d"], "2d", batch_size=32,
+                                                                     shuffle_buffer=256)),
+                         64, 128, args.seconds)["volumes_per_s"]
+        base_2d = timed(((b["image"][None], b["mask"]) for b in data.baseline_2d_dataset(paths["npy2d"])),
+                        4, 64, args.seconds)["volumes_per_s"]
+        print(f"  2D   medtf {medtf_2d:.1f} slices/s, albumentations generator {base_2d:.1f} slices/s", flush=True)
+        report["2d"] = {"medtf": medtf_2d, "albumentations": base_2d}
+    if "ops" not in args.skip:
+        costs = data.op_costs(args.size)
+        report["ops_ms"] = costs
+        print("  per-op (wall ms, CPU ms) on one volume: "
+              + ", ".join(f"{k} {w:.1f}/{c:.1f}" for k, (w, c) in costs.items()), flush=True)
 
     total = time.perf_counter() - t_start
-    lines = ["| measurement | medtf | baseline | ratio | targets | met? |", "|---|---|---|---|---|---|"]
-    for label, m, b, targeted in rows:
-        unit = "vol/s" if label.startswith("3D") else "slices/s"
-        ratio = m / b
-        if targeted:
-            met = "yes" if ratio >= SPEEDUP_TARGET and m >= RATE_TARGET else "**no**"
-            target = f">= {SPEEDUP_TARGET:.0f}x, >= {RATE_TARGET:.0f} vol/s"
-        else:
-            met, target = "-", "(none)"
-        lines.append(f"| {label} | {m:.2f} {unit} | {b:.2f} {unit} | {ratio:.1f}x | {target} | {met} |")
-    for mode, small, large in memory:
-        ratio = large["peak_rss_mb"] / small["peak_rss_mb"]
-        lines.append(f"| peak RSS, one epoch of {small['examples']} vs {large['examples']} volumes, {mode} | "
-                     f"{small['peak_rss_mb']:.0f} MB -> {large['peak_rss_mb']:.0f} MB | | {ratio:.3f} | "
-                     f"<= {MEMORY_TARGET} | {'yes' if ratio <= MEMORY_TARGET else '**no**'} |")
-    print("\n" + "\n".join(lines))
-    print("\n| transform (one 3D volume + mask, tf.function) | ms per call |\n|---|---|")
-    print("\n".join(f"| {k} | {v:.1f} |" for k, v in costs.items()))
-    for mode, small, large in memory:
-        print(f"peak RSS along the large epoch ({mode}), volumes: MB = {large['trace']}")
+    print(f"\n### Side by side, {args.volumes} volumes of {args.size}^3, batch {BATCH}, "
+          f"{data.usable_cores()} usable cores ({info['cpu']}), load average at start {info['loadavg']}\n")
+    if "side_by_side" in report:
+        print("\n".join(side_by_side_table(report["side_by_side"])))
+    if memory:
+        print("\n| peak RSS, one epoch, small -> 10x larger shard set | small | large | ratio | <= 1.1? |")
+        print("|---|---|---|---|---|")
+        for mode, small, large in memory:
+            ratio = large["peak_rss_mb"] / small["peak_rss_mb"]
+            print(f"| {mode} ({small['examples']} -> {large['examples']} volumes) | {small['peak_rss_mb']:.0f} MB | "
+                  f"{large['peak_rss_mb']:.0f} MB | {ratio:.3f} | {'yes' if ratio <= MEMORY_TARGET else '**no**'} |")
+        for mode, small, large in memory:
+            print(f"peak RSS along the large epoch ({mode}), volumes: MB = {large['trace']}")
+    if "2d" in report:
+        print(f"\n2D 256x256x3 {data.ROWS['2d']} (batch 32): medtf {report['2d']['medtf']:.1f} slices/s, "
+              f"albumentations generator {report['2d']['albumentations']:.1f} slices/s")
+    if "ops_ms" in report:
+        print("\n| transform (one 3D volume + mask, p 1, tf.function) | wall ms | CPU ms |\n|---|---|---|")
+        print("\n".join(f"| {k} | {w:.1f} | {c:.1f} |" for k, (w, c) in report["ops_ms"].items()))
+    report.update(total_seconds=total, loadavg_end=os.getloadavg())
     print(f"\nwhole benchmark: {total:.0f} s; load average at the end: {os.getloadavg()}")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1, default=str))
     if tmp is not None:
         tmp.cleanup()
     return 0
