@@ -6,7 +6,10 @@ A converter module only says how to *find* cases in its layout and how to turn *
 1. **Cases, in parallel and resumably.** Each case runs in a worker process (``--workers N``) and is written to
    ``<output>/.work/<case>.rec`` (length-prefixed serialized examples) plus a ``.json`` status, both atomically.
    A re-run after an interruption skips cases whose status exists for the same options.
-   A bad case becomes a failure record (file + reason, de-identified) and the rest goes on (``--strict``: fatal).
+   A bad case (the converter raised `medtf.io.errors.InputError`) becomes a failure record (file + reason,
+   de-identified) and the rest goes on (``--strict``: fatal). Any other exception is a bug in the converter: the
+   conversion stops with its (de-identified) traceback and `ConverterBug` (exit code 3); the cases finished
+   before it stay in ``.work`` and a re-run after the fix resumes.
 2. **Patient-level splits** (stratified when the converter gives a stratum), assigned after all cases are known.
 3. **Shards + manifest** through `medtf.data.writer.DatasetWriter`; ``.work`` is removed after success.
 
@@ -103,6 +106,21 @@ class ConversionError(Exception):
     pass
 
 
+class ConverterBug(Exception):
+    """A converter raised something other than `InputError`: a bug in medtf, not a problem of the input.
+
+    ``traceback`` is the worker's traceback, de-identified (raw patient IDs replaced by their pseudonyms).
+    """
+
+    def __init__(self, case: str, traceback: str):
+        self.case, self.traceback = case, traceback
+        super().__init__(f"converter bug in case {case}:\n{traceback}")
+
+
+# `medtf convert` exit codes (README "Bad input loses nothing").
+EXIT_OK, EXIT_INPUTS_FAILED, EXIT_USAGE, EXIT_BUG = 0, 1, 2, 3
+
+
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", required=True, type=Path, help="source folder in the layout described above")
     parser.add_argument("--output", required=True, type=Path, help="destination folder for shards + manifest.json")
@@ -117,6 +135,9 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--id-key-file", type=Path, default=None, help="file holding the ID hashing key")
     parser.add_argument("--workers", type=int, default=1, help="parallel worker processes (default %(default)s)")
     parser.add_argument("--strict", action="store_true", help="stop at the first bad case instead of recording it")
+    parser.add_argument("--allow-failures", action="store_true",
+                        help="exit 0 when some inputs failed (they are recorded in manifest.json and the shards hold "
+                             "the other cases either way); without it such a conversion exits 1")
     parser.add_argument("--force", action="store_true", help="reconvert even if the output is up to date")
     parser.add_argument("--log-raw-paths", action="store_true",
                         help="print raw input paths of failures on the console (may show patient IDs; never "
@@ -156,11 +177,10 @@ def _run_case(converter: Converter, case: Case, options, key: bytes, work_dir: P
     except InputError as exc:
         status.update(ok=False, file=hasher.scrub(_relative(exc.path, case), raw_ids, patient),
                       reason=hasher.scrub(exc.reason, raw_ids, patient), raw_file=exc.path)
-    except Exception as exc:  # a converter bug or an unforeseen input problem: keep going, keep the evidence
-        log.debug("case %s failed:\n%s", case_hash, hasher.scrub(traceback.format_exc(), raw_ids, patient))
-        status.update(ok=False, file=hasher.scrub(_relative(None, case), raw_ids, patient),
-                      reason=hasher.scrub(f"unexpected {type(exc).__name__}: {exc}", raw_ids, patient),
-                      raw_file=case.key)
+    except Exception as exc:  # not an input error: a bug in the converter, reported as such (see the docstring)
+        status.update(ok=False, bug=True, file=hasher.scrub(_relative(None, case), raw_ids, patient),
+                      reason=hasher.scrub(f"converter bug: {type(exc).__name__}: {exc}", raw_ids, patient),
+                      traceback=hasher.scrub(traceback.format_exc(), raw_ids, patient), raw_file=case.key)
     public = {k: v for k, v in status.items() if k != "raw_file"}
     write_json_atomic(work_dir / f"{case_hash}.json", public)
     return status
@@ -254,6 +274,7 @@ def run_conversion(converter: Converter, options: argparse.Namespace) -> dict:
         else:
             statuses = _convert_cases(converter, cases, options, key, work_dir, case_fp,
                                       on_done=feeder.case_done if feeder else None)
+        _raise_bugs(statuses)
         for status in statuses:
             failures.extend(_status_failures(status, options))
         if options.strict and failures:
@@ -299,6 +320,7 @@ def _run_task(converter, cases, options, key, work_dir, case_fp, settings, task)
     log.info("task %d of %d: %d of %d cases", index, count, len(mine), len(cases))
     tasks.write_task_status(work_dir, index, count, settings, ids, finished=False)
     statuses = _convert_cases(converter, mine, options, key, work_dir, case_fp)
+    _raise_bugs(statuses)
     failures = [f for status in statuses for f in _status_failures(status, options)]
     if options.strict and failures:
         raise ConversionError(f"--strict: {failures[0]['file']}: {failures[0]['reason']}")
@@ -396,6 +418,13 @@ class _OrderedFeeder:
             raise ConversionError(f"internal error: {len(self.order) - self.next} converted cases were not written")
 
 
+def _raise_bugs(statuses: list[dict]) -> None:
+    """`ConverterBug` for the first case whose converter raised something other than `InputError`."""
+    for status in statuses:
+        if status.get("bug"):
+            raise ConverterBug(status["case"], status["traceback"])
+
+
 def _status_failures(status: dict, options) -> list[dict]:
     failures = []
     for partial in status.get("partial_failures", []):
@@ -435,7 +464,7 @@ def _convert_cases(converter, cases, options, key, work_dir, case_fp, on_done=No
         progress.update()
         if on_done:
             on_done(status)
-        return options.strict and not status["ok"]
+        return status.get("bug") or (options.strict and not status["ok"])
 
     # A bar on a terminal, a line every ~10% of the cases in a log, nothing with --quiet (medtf.progress).
     progress = make_progress(total=len(todo), desc=f"convert {converter.kind}", unit="case")
@@ -498,16 +527,34 @@ def converter_main(converter: Converter, argv=None, prog=None, description=None)
 
 
 def run_from_options(converter: Converter, options) -> int:
+    """Run a conversion and return its exit code: `EXIT_OK`; `EXIT_INPUTS_FAILED` when inputs failed (their cases
+    are recorded in manifest.json, the shards hold the others) unless ``--allow-failures``; `EXIT_USAGE` for
+    options or inputs that allow no conversion (incl. ``--strict``); `EXIT_BUG` for a `ConverterBug`.
+
+    A task (``--num-tasks``) exits 0 when some of its inputs failed: they are recorded for the merge, which gives
+    the conversion's verdict, so a job array's ``afterok`` merge is not blocked by bad input (only by a bug).
+    """
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         manifest = run_conversion(converter, options)
     except (ConversionError, ValueError, InputError) as exc:
         log.error("%s", exc)
-        return 2
+        return EXIT_USAGE
+    except ConverterBug as exc:
+        log.error("%s", exc)
+        log.error("this is a bug in the %s converter, not a problem of the input: please report it with the "
+                  "traceback above; cases converted before it are kept in %s and a re-run resumes",
+                  converter.kind, Path(options.output) / WORK_DIR)
+        return EXIT_BUG
     if "splits" not in manifest:  # one task of a cluster conversion: no shards yet
         print(tasks.summary(manifest, converter.kind, options.output))
-        return 0
+        return EXIT_OK
     summary = ", ".join(f"{name}: {s['num_patients']} patients / {s['num_examples']} examples"
                         for name, s in manifest["splits"].items())
     print(f"{manifest['kind']} -> {options.output}: {summary}; {manifest['num_failed']} failed inputs")
-    return 0
+    if manifest["num_failed"] and not options.allow_failures:
+        log.error("%d inputs failed (listed under 'failures' in %s); the shards hold the other cases. Fix them and "
+                  "re-run (converted cases are reused), or pass --allow-failures to accept the loss and exit 0",
+                  manifest["num_failed"], Path(options.output) / "manifest.json")
+        return EXIT_INPUTS_FAILED
+    return EXIT_OK

@@ -138,10 +138,11 @@ def _synth(args) -> int:
 
 def _convert(args) -> int:
     from medtf.data.preview import write_previews
-    from tfrecords_builder.engine import run_from_options
+    from tfrecords_builder.engine import EXIT_INPUTS_FAILED, EXIT_OK, run_from_options
 
     code = run_from_options(args.converter, args)
-    if code == 0 and (args.merge or args.num_tasks is None):  # a task (--num-tasks) writes no shards to preview
+    shards = code in (EXIT_OK, EXIT_INPUTS_FAILED)  # failed inputs: the shards hold the other cases
+    if shards and (args.merge or args.num_tasks is None):  # a task (--num-tasks) writes no shards to preview
         for path in write_previews(args.output):
             print(f"preview: {path}")
     return code

@@ -166,7 +166,7 @@ def test_bad_cases_are_recorded_and_the_rest_converted(brachy_source, tmp_path):
     (src / "JUNK" / "x.dcm").write_text("not dicom")
     out = tmp_path / "out"
     assert run_medtf("convert", "brachy-ct", "--input", src, "--output", out, "--id-salt", TEST_SALT,
-                     "--split", "1,0,0") == 0
+                     "--split", "1,0,0") == 1  # inputs failed: exit 1, the other cases are converted
     manifest = read_manifest(out)
     reasons = " | ".join(f["reason"] for f in manifest["failures"])
     assert manifest["num_failed"] == 4, reasons
@@ -204,7 +204,7 @@ def test_a_ct_file_cut_inside_its_header_fails_its_case_and_is_named(brachy_sour
         _cut(path)
     out = tmp_path / "out"
     assert run_medtf("convert", "brachy-ct", "--input", src, "--output", out, "--id-salt", TEST_SALT,
-                     "--split", "1,0,0") == 0
+                     "--split", "1,0,0") == 1  # inputs failed: exit 1, the other cases are converted
     manifest = read_manifest(out)
     assert manifest["num_failed"] == 2, manifest["failures"]
     failures = {f["file"]: f["reason"] for f in manifest["failures"]}
@@ -233,7 +233,7 @@ def test_no_raw_dicom_uid_in_any_output_file(brachy_source, tmp_path, caplog, ca
     out = tmp_path / "out"
     caplog.clear()
     assert run_medtf("convert", "brachy-ct", "--input", src, "--output", out, "--id-salt", TEST_SALT,
-                     "--split", "1,0,0") == 0
+                     "--split", "1,0,0") == 1  # inputs failed: exit 1, the other cases are converted
     manifest = read_manifest(out)
     assert manifest["num_failed"] == 3, manifest["failures"]
     assert find_phi(out, uids) == []  # manifest, shards: no raw UID anywhere, also not in file names
@@ -259,7 +259,7 @@ def test_messages_list_the_ct_series_and_name_the_non_dicom_file(brachy_source, 
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(folders[1] / "CT" / "IM0001.dcm", format="PNG")
     out = tmp_path / "out"
     assert run_medtf("convert", "brachy-ct", "--input", src, "--output", out, "--id-salt", TEST_SALT,
-                     "--split", "1,0,0") == 0
+                     "--split", "1,0,0") == 1  # inputs failed: exit 1, the other cases are converted
     failures = {f["file"].split("/")[0]: f["reason"] for f in read_manifest(out)["failures"]}
     assert failures[_patient(folders[0])] == (
         f"2 CT series share the plan's frame of reference: CT series 7 'CT recon 2' (40 slices); {CT_LABEL}. "

@@ -159,7 +159,7 @@ def test_bad_inputs_are_recorded_and_the_rest_converted(lgg_source, tmp_path, ca
     (src / "kaggle_3m" / "notes").mkdir()  # a folder that is not a patient
     (src / "kaggle_3m" / "notes" / "x.txt").write_text("hello")
     out = tmp_path / "out"
-    assert _convert(src, out) == 0
+    assert _convert(src, out) == 1  # inputs failed: exit 1, the other cases are converted
     manifest = read_manifest(out)
     assert manifest["num_failed"] == 2
     reasons = {f["reason"] for f in manifest["failures"]}

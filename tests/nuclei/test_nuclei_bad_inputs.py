@@ -39,7 +39,7 @@ def test_bad_consep_files_are_recorded_and_the_rest_converted(nuclei_source, tmp
     shutil.copy(root / "Test" / "Images" / "test_1.png", root / "Test" / "Images" / "test_3.png")  # no label
     shutil.copy(root / "Test" / "Labels" / "test_1.mat", root / "Test" / "Labels" / "test_4.mat")  # no image
     out = tmp_path / "out"
-    assert _convert(src, out) == 0
+    assert _convert(src, out) == 1  # inputs failed: exit 1, the other cases are converted
     manifest = read_manifest(out)
     assert manifest["num_failed"] == 4
     failures = _failures(manifest)
@@ -84,7 +84,7 @@ def _pannuke_with_problems(nuclei_source, tmp_path):
 def test_bad_pannuke_folds_and_tiles_are_recorded_and_the_rest_converted(nuclei_source, tmp_path):
     src = _pannuke_with_problems(nuclei_source, tmp_path)
     out = tmp_path / "out"
-    assert _convert(src, out) == 0
+    assert _convert(src, out) == 1  # inputs failed: exit 1, the other cases are converted
     manifest = read_manifest(out)
     assert manifest["num_failed"] == 5
     assert _failures(manifest) == [
@@ -132,7 +132,7 @@ def test_resize_of_a_non_square_image_is_a_clear_case_failure(nuclei_source, tmp
     mat = loadmat(label)
     savemat(label, {"inst_map": mat["inst_map"][:300], "inst_type": mat["inst_type"]})
     out = tmp_path / "out"
-    assert _convert(src, out, "--resize", "200", "--split", "1") == 0  # one of the two images converts
+    assert _convert(src, out, "--resize", "200", "--split", "1") == 1  # one of the two images converts
     manifest = read_manifest(out)
     assert _failures(manifest) == [
         ("test_1.png", "resizing needs square tiles; this tile is 300x400 (set a tile size)")]

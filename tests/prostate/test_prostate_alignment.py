@@ -64,7 +64,7 @@ def phantom(tmp_path_factory) -> tuple[Path, list[np.ndarray]]:
 
 def _convert(src, out, *extra):
     assert run_medtf("convert", "prostate-mpmri", "--input", src, "--output", out, "--id-salt", TEST_SALT,
-                     "--split", "1", *PATCH, *extra) == 0
+                     "--split", "1", "--allow-failures", *PATCH, *extra) == 0
     hasher = IdHasher(TEST_SALT.encode())
     return {hasher(prostate_identity(n, 9).prox_id): n for n in range(len(T2_INDEX))}, examples(out)
 

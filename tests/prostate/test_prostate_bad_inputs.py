@@ -41,7 +41,7 @@ def test_bad_inputs_are_recorded_and_the_rest_converted(prostate_source, tmp_pat
                findings + [{**findings[0], "ProxID": ghost, "fid": "1"}])
 
     out = tmp_path / "out"
-    assert convert(src, out) == 0
+    assert convert(src, out) == 1  # inputs failed: exit 1, the other cases are converted
     manifest = read_manifest(out)
     failures = {f["reason"]: f["file"] for f in manifest["failures"]}
     text = " | ".join(f"{f}: {r}" for r, f in failures.items())
@@ -94,7 +94,7 @@ def test_a_file_cut_inside_its_header_fails_its_series_and_is_named(prostate_sou
         cut[patient.name] = path
     unused = cut.pop(patients[3].name)  # the sagittal T2 is not converted: its damaged file fails nothing
     out = tmp_path / "out"
-    assert convert(src, out) == 0
+    assert convert(src, out) == 1  # inputs failed: exit 1, the other cases are converted
     manifest = read_manifest(out)
     hasher = IdHasher(TEST_SALT.encode())
     assert manifest["num_failed"] == 3, manifest["failures"]

@@ -47,7 +47,7 @@ def damaged(reports_source, tmp_path_factory):
 @pytest.fixture(scope="module")
 def damaged_out(damaged, tmp_path_factory):
     out = tmp_path_factory.mktemp("damaged_out") / "shards"
-    assert convert_reports(damaged[0], out) == 0
+    assert convert_reports(damaged[0], out) == 1  # inputs failed: exit 1, the other cases are converted
     return out
 
 
@@ -94,7 +94,7 @@ def test_failures_and_logs_hold_no_identifiers_or_report_text(damaged, damaged_o
     assert [n for n in needles if n in text] == []
     assert find_phi(damaged_out, needles) == []
     caplog.clear()
-    assert convert_reports(src, tmp_path / "again") == 0
+    assert convert_reports(src, tmp_path / "again") == 1  # inputs failed; the exit-1 message holds no PHI either
     logged = caplog.text + capsys.readouterr().err
     assert "skipped" in logged and "report text is empty" in logged
     assert [n for n in needles if n in logged] == []
@@ -138,7 +138,7 @@ def test_nonfinite_voxels_fail_the_case_or_are_filled_on_request(reports_source,
         csv_rows(src)[case]["patient_id"])
 
     out = tmp_path / "rejected"
-    assert convert_reports(src, out) == 0
+    assert convert_reports(src, out) == 1  # inputs failed: exit 1, the other cases are converted
     manifest = read_manifest(out)
     assert [(f["case"], f["file"]) for f in manifest["failures"]] == [(case_hash, f"{patient}/flair.nii.gz")]
     assert manifest["failures"][0]["reason"].startswith(f"5 non-finite voxels (3 NaN, 2 +Inf) of {data.size}; ")
