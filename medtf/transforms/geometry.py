@@ -320,3 +320,40 @@ def shift_boxes(example: dict, out: dict, rank: int, begin, scale, size) -> dict
     begin = tf.cast(tf.stack(begin), tf.float32)
     scale = tf.cast(tf.stack(scale), tf.float32)
     return set_boxes(out, (boxes - tf.tile(begin, [2])) / tf.tile(scale, [2]), size)
+
+
+def pad_to_size(example: dict, rank: int, size: list[int], pad_value=None) -> dict:
+    """Pad every spatial axis shorter than ``size`` (centred): image with ``pad_value`` (None: its per-channel
+    minimum), labels with 0; boxes shifted. A no-op (same tensors) when the static shape is already large enough."""
+    shape = spatial_shape(example["image"], rank)
+    if all(isinstance(n, int) and n >= s for n, s in zip(shape, size)):
+        return example
+    total = [tf.maximum(s - n, 0) for n, s in zip(shape, size)]
+    before = [t // 2 for t in total]
+    paddings = [[b, t - b] for b, t in zip(before, total)]
+
+    def pad_label(x):
+        return tf.pad(x, paddings + [[0, 0]] * (x.shape.rank - rank))
+
+    def pad_image(x):
+        if pad_value is not None:
+            return tf.pad(x, paddings + [[0, 0]], constant_values=tf.cast(pad_value, x.dtype))
+        fill = tf.reduce_min(x, axis=list(range(rank)))  # (C,)
+        inside = tf.pad(tf.ones(tf.shape(x)[:rank], tf.bool), paddings, constant_values=False)
+        return tf.where(inside[..., None], tf.pad(x, paddings + [[0, 0]]), fill)
+
+    out = map_arrays(example, rank, pad_image, pad_label)
+    new_shape = [n + t for n, t in zip(shape, total)]
+    return shift_boxes(example, out, rank, [-b for b in before], [1] * rank, new_shape)
+
+
+def crop(example: dict, rank: int, begin: list, size: list[int]) -> dict:
+    """Exact crop ``[begin, begin + size)`` of image and labels (static ``size``); boxes shifted and clipped."""
+
+    def slice_(x):
+        tail = [d if d is not None else -1 for d in x.shape[rank:]]
+        start = tf.concat([tf.cast(tf.stack(begin), tf.int32), tf.zeros([len(tail)], tf.int32)], 0)
+        return tf.slice(x, start, list(size) + tail)
+
+    out = map_arrays(example, rank, slice_, slice_)
+    return shift_boxes(example, out, rank, begin, [1] * rank, size)

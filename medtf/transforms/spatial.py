@@ -30,11 +30,13 @@ from medtf.transforms.base import register_transform, spatial_rank
 from medtf.transforms.geometry import (
     axis_grid,
     boxes_from_instances,
+    crop,
     get_boxes,
     is_linear,
     map_arrays,
     maybe_apply,
     moved_keys,
+    pad_to_size,
     per_axis,
     resample_example,
     rotation_matrix,
@@ -263,33 +265,6 @@ class RandomElastic:
 
 
 # ----------------------------------------------------------------------------------------------- crops, resize
-def _pad_to(example: dict, rank: int, size: list) -> dict:
-    """Zero-pad (image and labels) every spatial axis shorter than ``size``, centred; boxes shifted."""
-    shape = spatial_shape(example["image"], rank)
-    if all(isinstance(n, int) and n >= s for n, s in zip(shape, size)):
-        return example
-    total = [tf.maximum(s - n, 0) for n, s in zip(shape, size)]
-    before = [t // 2 for t in total]
-
-    def pad(x):
-        return tf.pad(x, [[b, t - b] for b, t in zip(before, total)] + [[0, 0]] * (x.shape.rank - rank))
-
-    out = map_arrays(example, rank, pad, pad)
-    return shift_boxes(example, out, rank, [-b for b in before], [1] * rank, [n + t for n, t in zip(shape, total)])
-
-
-def _crop(example: dict, rank: int, begin: list, size: list) -> dict:
-    """Integer crop ``[begin, begin + size)`` of image and labels (static ``size``); boxes shifted and clipped."""
-
-    def crop(x):
-        tail = [d if d is not None else -1 for d in x.shape[rank:]]
-        start = tf.stack([tf.cast(b, tf.int32) for b in begin] + [0] * len(tail))
-        return tf.slice(x, start, list(size) + tail)
-
-    out = map_arrays(example, rank, crop, crop)
-    return shift_boxes(example, out, rank, begin, [1] * rank, size)
-
-
 class _Sized:
     def __init__(self, size):
         self.size = size
@@ -312,12 +287,12 @@ class RandomCrop(_Sized):
     def __call__(self, example, seed):
         rank = spatial_rank(example["image"])
         size = self._size(rank)
-        example = _pad_to(example, rank, size)
+        example = pad_to_size(example, rank, size, pad_value=0)
         shape = spatial_shape(example["image"], rank)
         u = uniform(seed, [rank], 0.0, 1.0)
         begin = [tf.minimum(tf.cast(u[k] * tf.cast(n - s + 1, tf.float32), tf.int32), n - s)
                  for k, (n, s) in enumerate(zip(shape, size))]
-        return _crop(example, rank, begin, size)
+        return crop(example, rank, begin, size)
 
 
 @register_transform("center_crop")
@@ -327,9 +302,9 @@ class CenterCrop(_Sized):
     def __call__(self, example, seed=None):
         rank = spatial_rank(example["image"])
         size = self._size(rank)
-        example = _pad_to(example, rank, size)
+        example = pad_to_size(example, rank, size, pad_value=0)
         shape = spatial_shape(example["image"], rank)
-        return _crop(example, rank, [(n - s) // 2 for n, s in zip(shape, size)], size)
+        return crop(example, rank, [(n - s) // 2 for n, s in zip(shape, size)], size)
 
 
 def _crop_resize(example: dict, rank: int, begin: list, extent: list, size: list, linear: bool) -> dict:
