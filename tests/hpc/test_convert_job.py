@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from medtf.data.manifest import read_manifest
 from tests.conftest import run_medtf, sha256_tree
 from tests.hpc.conftest import slurm_log, submitted_id, wait_for_job
 
@@ -82,3 +83,26 @@ def test_a_failing_task_cancels_the_merge(slurm, lgg_raw, cpu_cluster_config, hp
     cancelled = wait_for_job(merge, timeout=60)
     assert cancelled["JobState"] == "CANCELLED" and cancelled["Reason"] == "DependencyNeverSatisfied"
     assert not (out / "manifest.json").exists() and not list(out.glob("*.tfrecord"))
+
+
+def test_failed_inputs_do_not_block_the_merge(slurm, lgg_raw, cpu_cluster_config, hpc_root, capsys):
+    """A task whose inputs failed succeeds (its failures are recorded); the afterok merge runs and writes the shards,
+    exiting 0 with --allow-failures (without it, 1: tests/data/test_convert_exit_codes.py)."""
+    src = hpc_root / "src_convert_bad_input"
+    shutil.copytree(lgg_raw, src)
+    folders = sorted((src / "kaggle_3m").iterdir())
+    next(folders[-1].glob("*_2_mask.tif")).unlink()
+    out = hpc_root / "converted_bad_input"
+    array, merge = submit_convert(capsys, "lgg-mri", "--input", src, "--output", out, "--num-tasks", 2, *OPTIONS,
+                                  "--allow-failures", "--run-dir", hpc_root / "runs" / "convert-bad-input",
+                                  "--cluster-config", cpu_cluster_config, "--time", "00:10:00")
+    jobs = [wait_for_job(f"{array}_{task}", timeout=240) for task in range(2)]
+    assert [job["JobState"] for job in jobs] == ["COMPLETED", "COMPLETED"], [slurm_log(j) for j in jobs]
+    failed = [re.search(r"(\d+) failed inputs", slurm_log(job)) for job in jobs]
+    assert sorted(int(m.group(1)) for m in failed) == [0, 1], [slurm_log(j) for j in jobs]
+    merged = wait_for_job(merge, timeout=300)
+    assert merged["JobState"] == "COMPLETED" and merged["ExitCode"] == "0:0", slurm_log(merged)
+    manifest = read_manifest(out)
+    assert manifest["num_failed"] == 1 and "no mask file" in manifest["failures"][0]["reason"]
+    good_patients = {folder.name[:12] for folder in folders[:-1]}  # TCGA_XX_XXXX of the 5 good cases
+    assert sum(s["num_patients"] for s in manifest["splits"].values()) == len(good_patients)
