@@ -156,7 +156,6 @@ def _generator_child(args) -> None:
 
 MEMORY_MODES = {  # label -> make_dataset keyword arguments (streaming, transforms of the base row)
     "training, default buffers": {"training": True},
-    "training, shuffle_buffer=8": {"training": True, "shuffle_buffer": 8},
     "evaluation (no shuffle)": {"training": False},
 }
 
