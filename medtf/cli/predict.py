@@ -1,8 +1,11 @@
 """``medtf predict MODEL --input PATH --output DIR``: sliding-window segmentation with an exported model.
 
 MODEL is a folder written by `medtf export` (its highest version) or one version folder. The input is a DICOM
-series folder, a NIfTI/MHA/MHD/NRRD volume (3D models) or a PNG/TIFF slice (2D models). Writes mask.nii.gz on the
-input grid, seg.dcm (DICOM SEG referencing the series; DICOM input only), overlay PNGs and prediction.json.
+series folder, a NIfTI/MHA/MHD/NRRD volume (3D models) or a PNG/TIFF slice (2D models). A 3D input is reoriented
+and resampled (linear) to the training data's orientation and median spacing recorded in medtf.json, predicted
+there, and its probabilities are resampled (linear) back onto the input grid before the threshold. Writes
+mask.nii.gz on the input grid (its exact shape, spacing, origin and direction), seg.dcm (DICOM SEG referencing the
+series; DICOM input only), overlay PNGs and prediction.json.
 With --reconstruct (brachy-ct models on a DICOM CT) the catheters are reconstructed from the mask as by
 `medtf reconstruct`: catheters.json, RP.reconstructed.dcm and reconstruction.json (matched against --plan if given).
 An input unlike the training data (modality, voxel spacing, size, intensities; the fingerprint `medtf export` stores

@@ -10,7 +10,11 @@ Fingerprint (``medtf.json`` ``"fingerprint"``)::
 
     modality        CT / MR / SM (from the data kind)
     body_region     BRAIN, PROSTATE ... when the kind implies one, else null
-    spacing         {min, median, max} per axis (x, y[, z]) in mm, null when the data stores none
+    spacing         {min, median, max} per axis (x, y[, z]) in mm, null when the data stores none; the median
+                    is the spacing `medtf predict` resamples inputs to (`medtf.export.geometry`)
+    orientation     3D data storing a direction matrix: the DICOM code (``LPS``, ``RAS`` ...) of the stored
+                    arrays' index axes x, y, z, the most common one of the examples read; `medtf predict`
+                    reorients inputs to it. Null otherwise
     shape           {min, median, max} per array axis ((D, H, W) / (H, W)), voxels
     intensity       per channel, of the raw stored values (CT in HU, RGB 0..255): p0_5, p50, p99_5, mean, std
     source          splits and the number of examples read
@@ -83,6 +87,7 @@ def compute_fingerprint(data_dir: str | os.PathLike, splits: Sequence[str], spat
     import tensorflow as tf
 
     from medtf.data.decoder import decode_example
+    from medtf.export.geometry import orientation_code
     from medtf.data.manifest import read_manifest, shard_paths
     from medtf.data.schema import get_schema
 
@@ -98,7 +103,7 @@ def compute_fingerprint(data_dir: str | os.PathLike, splits: Sequence[str], spat
     dataset = dataset.shard(stride, 0).map(lambda r: decode_example(r, schema))
 
     rng = np.random.default_rng(seed)
-    shapes, spacings, samples = [], [], []
+    shapes, spacings, samples, orientations = [], [], [], []
     for example in dataset.as_numpy_iterator():
         image = np.asarray(example["image"])
         if image.ndim == spatial_dims:
@@ -106,6 +111,8 @@ def compute_fingerprint(data_dir: str | os.PathLike, splits: Sequence[str], spat
         shapes.append(image.shape[:spatial_dims])
         if spacing_field is not None:
             spacings.append(np.asarray(example[spacing_field], np.float64)[:spatial_dims])
+        if spatial_dims == 3 and "direction" in names:
+            orientations.append(orientation_code(np.asarray(example["direction"], np.float64)))
         samples.append(_sample(image, rng))
     if not samples:
         raise ValueError(f"{data_dir}: split(s) {list(splits)} hold no examples")
@@ -118,6 +125,7 @@ def compute_fingerprint(data_dir: str | os.PathLike, splits: Sequence[str], spat
         "body_region": BODY_REGION.get(kind),
         "spacing": _range(spacings) if spacings else None,
         "shape": _range(shapes),
+        "orientation": max(sorted(set(orientations)), key=orientations.count) if orientations else None,
         "intensity": {"channels": int(voxels.shape[1]), "p0_5": p0_5.tolist(), "p50": p50.tolist(),
                       "p99_5": p99_5.tolist(), "mean": voxels.mean(0).tolist(), "std": voxels.std(0).tolist()},
         "source": {"splits": list(splits), "examples": len(samples), "of": int(total)},

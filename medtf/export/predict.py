@@ -2,8 +2,10 @@
 
 The model is the SavedModel of `medtf.export.saved_model` (``medtf export``): its ``preprocess`` signature turns
 the raw image (CT in HU, RGB 0..255) into model inputs once, on the whole image, as training did; then
-`medtf.inferers.sliding_window_inference` slides ``predict_patch`` over it on the native grid (no resampling), and
-the probabilities are thresholded (one class) or arg-maxed (several classes).
+`medtf.inferers.sliding_window_inference` slides ``predict_patch`` over it, and the probabilities are thresholded
+(one class) or arg-maxed (several classes). A 3D input is first reoriented and resampled to the training data's
+orientation and spacing recorded in ``medtf.json``, and the probabilities are resampled back onto the input grid
+before the threshold (`medtf.export.geometry`).
 
 Outputs in the output folder: ``mask.nii.gz`` (uint8, the input's spacing/origin/direction), optional
 ``probabilities.nii.gz``, ``seg.dcm`` (DICOM input only), ``overlay*.png`` and ``prediction.json``.
@@ -196,13 +198,19 @@ def predict_path(model: str | os.PathLike | ExportedModel, input_path: str | os.
     """
     from medtf.export.dicom_seg import write_dicom_seg
     from medtf.export.writers import write_nifti, write_overlays, write_summary
+    from medtf.export.geometry import back_to_input_grid, to_training_grid
 
     model = model if isinstance(model, ExportedModel) else ExportedModel(model)
     source = read_input(input_path, series_uid)
     volume = source.volume
     threshold = float(model.meta.get("threshold", 0.5) if threshold is None else threshold)
     notes, warnings = [], model.check_distribution(source)
-    probs = model.predict(channels_last(volume), overlap=overlap, batch_size=batch_size, progress="predict")
+    # On the training grid (orientation + spacing of medtf.json), probabilities back on the input grid.
+    grid, why_not = to_training_grid(model.meta, volume)
+    if why_not:
+        notes.append(why_not)
+    probs = model.predict(channels_last(grid), overlap=overlap, batch_size=batch_size, progress="predict")
+    probs = back_to_input_grid(probs, grid, volume)
     mask = to_mask(probs, threshold)
 
     out = Path(output_dir)
@@ -214,7 +222,8 @@ def predict_path(model: str | os.PathLike | ExportedModel, input_path: str | os.
         outputs["probabilities"] = write_nifti(prob_volume, out / "probabilities.nii.gz").name
     if model.meta.get("fingerprint") is None:
         notes.append("no out-of-distribution check: the model's medtf.json has no training-data fingerprint "
-                     "(exported without its training data, or by an older medtf)")
+                     "(exported without its training data, or by an older medtf); the input is predicted on its own "
+                     "grid, not reoriented/resampled to the training data's")
     if source.format != "dicom":
         notes.append(f"no DICOM SEG: the input is {source.format}, not a DICOM series")
     elif source.source_files is None:
@@ -228,12 +237,14 @@ def predict_path(model: str | os.PathLike | ExportedModel, input_path: str | os.
         outputs["overlays"] = [p.name for p in write_overlays(volume, mask, out, count=overlays)]
 
     voxel_mm = float(np.prod(volume.spacing))
+    grid_shape = grid.array.shape[:grid.ndim]
     voxels = int(np.count_nonzero(mask))
     summary = {
         "model": {"name": model.meta.get("model"), "version": model.path.name, "kind": model.meta.get("kind"),
                   "checkpoint_sha256": (model.meta.get("checkpoint") or {}).get("sha256")},
         "input": {"format": source.format, "shape": list(mask.shape), "spacing": list(volume.spacing)},
-        "threshold": threshold, "overlap": overlap, "patch_size": list(model.patch_size(mask.shape)),
+        "model_grid": {"shape": list(grid_shape), "spacing": list(grid.spacing), "resampled": grid is not volume},
+        "threshold": threshold, "overlap": overlap, "patch_size": list(model.patch_size(grid_shape)),
         "voxels": voxels, "outputs": outputs, "notes": notes, "warnings": warnings,
     }
     if volume.ndim == 3:
