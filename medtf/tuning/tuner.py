@@ -27,7 +27,9 @@ Distributed (keras-tuner's own mechanism): with ``KERASTUNER_ORACLE_IP`` / ``KER
 process whose ``KERASTUNER_TUNER_ID`` contains ``chief`` serves the oracle over gRPC and trains nothing; every
 other process (``tuner0``, ``tuner1``, ...) asks it for trials, trains them and reports back. All of them must see
 the same TUNE_DIR. The chief writes results.csv / best.yaml when the budget is spent and every worker has been
-told to stop (slurm/tune.sbatch starts one chief and N workers).
+told to stop (slurm/tune.sbatch starts one chief and N workers). The chief listens on ``KERASTUNER_ORACLE_IP``
+only and answers only calls that carry the search's shared secret ``MEDTF_ORACLE_TOKEN`` (`medtf.tuning.oracle_auth`,
+which also states what that does not protect).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from keras_tuner.src.distribute import utils as dist_utils
 from keras_tuner.src.engine.trial import TrialStatus
 
 from medtf.training.config import ConfigError, save_resolved
+from medtf.tuning.oracle_auth import TokenInterceptor, authenticate, check_bind_address, oracle_token
 from medtf.tuning.settings import TuneConfigError, TuneSettings, base_config, build_oracle, tune_settings
 from medtf.tuning.space import active_values, apply_values
 from medtf.tuning.stop import STOP
@@ -97,6 +100,8 @@ class ExperimentTuner(keras_tuner.Tuner):
         self.preempted = False  # set by search(): it stopped on the preemption signal, the search is not over
         super().__init__(oracle=build_oracle(settings), directory=str(self.tune_dir), project_name=PROJECT,
                          overwrite=False)
+        if self._is_worker():  # keras-tuner's OracleClient: every call must carry the search's token
+            authenticate(self.oracle, oracle_token())
 
     def trial_dir(self, trial_id: str) -> Path:
         return self.tune_dir / "trials" / str(trial_id)
@@ -187,13 +192,14 @@ class ExperimentTuner(keras_tuner.Tuner):
         return keras.saving.load_model(self.trial_dir(trial.trial_id) / "checkpoints" / "best.keras")
 
 
-def serve_oracle(oracle, workers: int = 0, poll: float = 0.5, bind: str = "0.0.0.0",
+def serve_oracle(oracle, workers: int = 0, poll: float = 0.5, bind: str | None = None, token: str | None = None,
                  stop=None) -> tuple[RuntimeError | None, bool]:
     """Serve ``oracle`` to the workers over gRPC until the search is over (the chief's job).
 
     keras-tuner's own ``oracle_chief.start_server`` binds to ``KERASTUNER_ORACLE_IP`` and polls every 20 s after
-    the first stop. This binds to every interface (the IP is how workers reach the chief, not necessarily an
-    address of one of its interfaces), polls every ``poll`` s, saves the oracle after every finished trial (so a
+    the first stop. This binds to ``bind`` (default ``KERASTUNER_ORACLE_IP``: the address the workers use, which
+    must be one of this node's), answers only calls carrying ``token`` (default ``MEDTF_ORACLE_TOKEN``, see
+    `medtf.tuning.oracle_auth`), polls every ``poll`` s, saves the oracle after every finished trial (so a
     restarted search does not run the last one again), and, given ``workers``, also waits until that many distinct
     workers were told to stop, so a worker that starts late is not left waiting for a chief that left. When
     ``tune.max_consecutive_failed_trials`` is reached, every worker is told to stop and the error is returned.
@@ -243,14 +249,20 @@ def serve_oracle(oracle, workers: int = 0, poll: float = 0.5, bind: str = "0.0.0
             return response
 
     port = os.environ["KERASTUNER_ORACLE_PORT"]
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))  # one request at a time, like keras-tuner
+    bind = os.environ["KERASTUNER_ORACLE_IP"] if bind is None else bind
+    token = oracle_token() if token is None else token
+    check_bind_address(bind)
+    # One request at a time, like keras-tuner; the interceptor refuses calls without the token before the oracle.
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1), interceptors=[TokenInterceptor(token)])
     servicer = Servicer(oracle)
     protos.get_service_grpc().add_OracleServicer_to_server(servicer, server)
-    if not server.add_insecure_port(f"{bind}:{port}"):
-        raise RuntimeError(f"the tuning chief cannot listen on port {port}")
+    host = f"[{bind}]" if ":" in bind else bind  # an IPv6 address
+    if not server.add_insecure_port(f"{host}:{port}"):
+        raise RuntimeError(f"the tuning chief cannot listen on {bind}:{port} (KERASTUNER_ORACLE_IP must be an "
+                           f"address of this node, and the port free)")
     server.start()
     preempted = False
-    print(f"medtf tune: chief serving the oracle on {socket.gethostname()}:{port}"
+    print(f"medtf tune: chief serving the oracle on {bind}:{port} ({socket.gethostname()})"
           + (f" for {workers} workers" if workers else ""), flush=True)
     try:
         while not (servicer.stop_triggered and oracle_chief.exit_chief(oracle)
@@ -321,6 +333,8 @@ def tune(config, tune_dir: str | os.PathLike, verbose: int = 1) -> dict:
     config = experiment.as_dict()  # resolved: search.yaml, best.yaml and the trials get absolute paths, defaults
     tune_dir = Path(tune_dir)
     role = ("chief" if dist_utils.is_chief_oracle() else "worker") if dist_utils.has_chief_oracle() else "local"
+    if role != "local":
+        oracle_token()  # the shared secret is there before anything starts (see medtf.tuning.oracle_auth)
     if role != "worker":
         _check_same_search(config, tune_dir)
         save_resolved(config, tune_dir, "search.yaml")

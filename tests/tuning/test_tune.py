@@ -267,7 +267,8 @@ def test_distributed_chief_stops_every_worker_after_too_many_failures(lgg_tiny, 
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     medtf = str(Path(sys.executable).parent / "medtf")
     env = {**os.environ, "KERASTUNER_ORACLE_IP": "127.0.0.1", "KERASTUNER_ORACLE_PORT": str(_free_port()),
-           "MEDTF_TUNE_WORKERS": "2", "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "2"}
+           "MEDTF_TUNE_WORKERS": "2", "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "2",
+           "MEDTF_ORACLE_TOKEN": "t" * 64}
     command = [medtf, "tune", str(path), "--tune-dir", str(tmp_path / "tune"), "--quiet"]
     procs = {tid: subprocess.Popen(command, env={**env, "KERASTUNER_TUNER_ID": tid}, stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, text=True)
