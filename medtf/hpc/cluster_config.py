@@ -27,7 +27,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
 
 DEFAULT_PATH = Path("~/.config/medtf/cluster.yaml")
 GPU_REQUEST_STYLES = ("gpus-per-node", "gres")
@@ -133,12 +132,7 @@ def load_cluster_config(path: str | os.PathLike | None = None) -> ClusterConfig:
     found = find_cluster_config(path)
     if found is None:
         return ClusterConfig()
-    try:
-        data = yaml.safe_load(Path(found).read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        raise ClusterConfigError(f"{found}: cluster config not found") from None
-    except yaml.YAMLError as exc:
-        raise ClusterConfigError(f"{found}: not valid YAML ({exc})") from None
-    if not isinstance(data, dict):
-        raise ClusterConfigError(f"{found}: the top level must be a mapping")
+    from medtf.training.config import read_yaml_mapping
+
+    data = read_yaml_mapping(found, ClusterConfigError, "cluster config", empty={})
     return ClusterConfig.from_mapping(data, source=str(found))

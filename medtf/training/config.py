@@ -94,16 +94,35 @@ def apply_overrides(config: Mapping, overrides: Iterable[str]) -> dict:
 
 def load_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> dict:
     """Read an experiment YAML file and apply overrides."""
+    config = read_yaml_mapping(path, ConfigError, "config file", "a mapping of sections")
+    return apply_overrides(config, overrides)
+
+
+def read_yaml_mapping(path: str | os.PathLike, error: type[Exception] = ConfigError, what: str = "config file",
+                      top: str = "a mapping", empty: dict | None = None) -> dict:
+    """The mapping a YAML file holds; ``error`` naming the file when it is missing, not YAML or not ``top``.
+
+    Args:
+        path: the YAML file.
+        error: the exception class to raise (the caller's user-error type).
+        what, top: how messages name the file and the expected top level.
+        empty: returned for an empty file (None: an empty file is an error like any non-mapping).
+
+    Example:
+        >>> read_yaml_mapping("cluster.yaml", ClusterConfigError, "cluster config", empty={})  # doctest: +SKIP
+    """
     path = Path(path)
     try:
-        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
+        raise error(f"{path}: {what} not found") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-    if not isinstance(config, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections")
-    return apply_overrides(config, overrides)
+        raise error(f"{path}: not valid YAML ({exc})") from None
+    if data is None and empty is not None:
+        return dict(empty)
+    if not isinstance(data, dict):
+        raise error(f"{path}: the top level must be {top}")
+    return data
 
 
 def save_resolved(config: Mapping, run_dir: str | os.PathLike, name: str = "config.yaml") -> Path:
