@@ -9,7 +9,10 @@ brachytherapy RT Plans, as exported from a treatment planning system::
 One example per plan (see `medtf.data.schema.BRACHY_CT`): the CT in HU, the catheters rasterised as tubes of
 ``--catheter-radius-mm`` onto the (optionally resampled and cropped) CT grid as a binary mask and an instance
 map (catheter k = label k in plan order), the catheter polylines with each one's plan ``ChannelNumber``, and the
-grid geometry. The plan must share the CT's FrameOfReferenceUID; a plan
+grid geometry. ``--crop-margin-mm`` crops the *training* split only (to its plan's catheters plus the margin):
+val, test and K-fold (``fold-*``, each validates once) examples keep the whole CT, so evaluation sees every
+false positive a deployed model would make away from the catheters. The plan must share the CT's
+FrameOfReferenceUID; a plan
 without a matching CT is reported, not guessed. The patient (for splits) is the DICOM PatientID, so several
 folders of one patient (fractions, re-plans) always land in the same split.
 
@@ -30,6 +33,7 @@ from medtf.io.errors import FrameOfReferenceError, InputError
 from tfrecords_builder.engine import Case, CaseOutput, Converter, converter_main
 
 DEFAULT_WINDOW = (40.0, 400.0)
+TRAIN_SPLIT = "train"  # the only split --crop-margin-mm crops (the engine sets Case.split when it applies)
 MAX_CATHETERS = 255  # instance labels are stored as uint8 (real implants use tens of catheters)
 
 
@@ -98,12 +102,17 @@ class BrachyCtConverter(Converter):
         group.add_argument("--spacing", default=None,
                            help="resample the CT to this voxel size x,y,z in mm (default: keep the CT's)")
         group.add_argument("--crop-margin-mm", type=float, default=None,
-                           help="crop to the catheters' bounding box plus this margin (default: no crop)")
+                           help="crop training-split examples to their catheters' bounding box plus this margin; "
+                                "val, test and --folds examples keep the whole CT, since a crop to the plan's "
+                                "catheters would hide false positives from evaluation (default: no crop)")
 
     def case_options(self, options) -> dict:
         return {"catheter_radius_mm": options.catheter_radius_mm,
                 "spacing": _floats(options.spacing, 3, "--spacing"),
                 "crop_margin_mm": options.crop_margin_mm}
+
+    def uses_split(self, options) -> bool:
+        return options.crop_margin_mm is not None  # only the training split is cropped
 
     def discover(self, input_dir: Path, options):
         self.case_options(options)  # validate options before any work starts
@@ -132,9 +141,9 @@ class BrachyCtConverter(Converter):
             found = "; ".join(s.label() for s in scan.image_series)
             raise InputError(folder, "no CT image series in folder" + (f" (image series: {found})" if found else "")
                              + _skipped_note(scan))
-        return CaseOutput(examples=[self._convert_plan(path, cts, options) for path in sorted(plans)])
+        return CaseOutput(examples=[self._convert_plan(path, cts, options, case.split) for path in sorted(plans)])
 
-    def _convert_plan(self, plan_path: Path, cts, options) -> dict:
+    def _convert_plan(self, plan_path: Path, cts, options, split: str | None = None) -> dict:
         from medtf.io.dicom_series import read_dicom_series
         from medtf.rt import catheter_bounding_box, check_frame_of_reference, rasterize_polylines, read_brachy_plan
 
@@ -160,7 +169,7 @@ class BrachyCtConverter(Converter):
             raise InputError(plan_path, f"{len(polylines)} catheters; the instance map holds at most {MAX_CATHETERS}")
         if settings["spacing"]:
             ct = resample(ct, settings["spacing"])
-        if settings["crop_margin_mm"] is not None:
+        if settings["crop_margin_mm"] is not None and split == TRAIN_SPLIT:
             ct = crop(ct, catheter_bounding_box(polylines, ct, settings["crop_margin_mm"]))
         mask, instances = rasterize_polylines(polylines, ct, catheter_radius(settings["catheter_radius_mm"], ct))
         if not mask.any():

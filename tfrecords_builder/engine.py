@@ -59,6 +59,7 @@ class Case:
     raw_ids: tuple[str, ...] = ()
     info: tuple = ()
     stratum: float | str | None = None  # used when the converter stratifies at discovery
+    split: str | None = None  # the case's split, set before conversion when `Converter.uses_split` says so
 
 
 @dataclasses.dataclass
@@ -90,6 +91,11 @@ class Converter:
     def case_options(self, options: argparse.Namespace) -> dict:
         """The options that change what a case converts to (recorded in the manifest, keyed for resume)."""
         return {}
+
+    def uses_split(self, options: argparse.Namespace) -> bool:
+        """True when a case converts differently by split (``Case.split`` is then set before `convert_case`, and
+        a finished case is reused on resume only for the same split). Needs ``stratify_at_discovery``."""
+        return False
 
     def discover(self, input_dir: Path, options) -> tuple[list[Case], list[tuple[str, str]]]:
         """Cases found under ``input_dir`` and rejected entries as ``(relative path, reason)``.
@@ -165,7 +171,7 @@ def _run_case(converter: Converter, case: Case, options, key: bytes, work_dir: P
     patient = hasher(case.patient_id)
     case_hash = deid.IdHasher(key, prefix="c")(case.key)
     raw_ids = (case.patient_id,) + tuple(case.raw_ids)
-    status = {"case": case_hash, "patient": patient, "options": fingerprint}
+    status = {"case": case_hash, "patient": patient, "options": _case_fingerprint(fingerprint, case)}
     try:
         output = converter.convert_case(case, options)
         records = (converter.schema.encode_chunk(dict(example, patient_id=patient, example_id=f"{case_hash}-{i:04d}"))
@@ -247,6 +253,14 @@ def run_conversion(converter: Converter, options: argparse.Namespace) -> dict:
                 return existing
         except ManifestError:
             pass
+
+    if converter.uses_split(options):
+        # The split changes what a case converts to (brachy-ct crops training cases only): assigned now, as the
+        # streaming path below and every task (all see every case) assign it.
+        if not converter.stratify_at_discovery:
+            raise ConversionError(f"{converter.kind}: a split-dependent conversion needs splits at discovery")
+        _, assignment = _assign([(hasher(c.patient_id), c.stratum) for c in cases], fractions, options)
+        cases = [dataclasses.replace(c, split=assignment[hasher(c.patient_id)]) for c in cases]
 
     work_dir = output_dir / WORK_DIR
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -345,7 +359,7 @@ def _merged_statuses(cases, options, key, work_dir, case_fp, settings) -> list[d
         except (OSError, json.JSONDecodeError):
             missing.append(case_id)
             continue
-        if status.get("options") != case_fp:
+        if status.get("options") != _case_fingerprint(case_fp, case):
             other.append(case_id)
             missing.append(case_id)
         elif status["ok"] and not _work_file_intact(work_dir, status):
@@ -439,6 +453,11 @@ def _status_failures(status: dict, options) -> list[dict]:
     return failures
 
 
+def _case_fingerprint(case_fp: str, case: Case) -> str:
+    """What a finished case is keyed by for resume: the options, and its split when its conversion depends on it."""
+    return case_fp if case.split is None else _fingerprint([case_fp, case.split])
+
+
 def _convert_cases(converter, cases, options, key, work_dir, case_fp, on_done=None) -> list[dict]:
     from medtf.progress import progress as make_progress
 
@@ -449,7 +468,8 @@ def _convert_cases(converter, cases, options, key, work_dir, case_fp, on_done=No
         if done.exists():
             status = json.loads(done.read_text())
             # Failed cases are retried (inputs may have been fixed); finished ones are reused if intact.
-            if status.get("options") == case_fp and status["ok"] and _work_file_intact(work_dir, status):
+            if (status.get("options") == _case_fingerprint(case_fp, case) and status["ok"]
+                    and _work_file_intact(work_dir, status)):
                 statuses[case.key] = {**status, "raw_file": case.key}
                 continue
         todo.append(case)

@@ -97,6 +97,34 @@ def test_discovery_time_splits_merge_identically(tmp_path):
     assert "no RT Plan" in failure["reason"] and failure["case"] == CASE_ID(folders[1].name)
 
 
+def test_split_dependent_crop_merges_identically_and_resumes_per_split(tmp_path):
+    """brachy-ct --crop-margin-mm crops the training split only, so a case converts by its split: tasks + merge
+    still give the single conversion byte for byte, and a task re-run with another --seed reconverts the cases
+    whose split changed instead of reusing their conversion for the old split."""
+    from medtf.synth.brachy_ct import generate_brachy_ct
+
+    src = tmp_path / "src"
+    generate_brachy_ct(src, cases=4, seed=3, shape=(32, 96, 96), n_catheters=(2, 3))
+    options = ("--split", "0.5,0.5", "--id-salt", TEST_SALT, "--spacing", "2,2,4", "--crop-margin-mm", "8")
+
+    def splits(out):
+        return {s: v["num_examples"] for s, v in read_manifest(out)["splits"].items()}
+
+    single = {}
+    for seed in ("0", "1"):
+        assert convert(src, tmp_path / f"single-{seed}", "--seed", seed, kind="brachy-ct", options=options) == 0
+        single[seed] = sha256_tree(tmp_path / f"single-{seed}")
+    assert single["0"] != single["1"]  # the seeds put some patient in another split: other crops
+    out = tmp_path / "tasks"
+    for seed in ("0", "1"):  # seed 1 resumes in the .work the seed-0 tasks left
+        for index in range(2):
+            assert convert(src, out, "--num-tasks", 2, "--task-index", index, "--seed", seed, kind="brachy-ct",
+                           options=options) == 0
+    assert convert(src, out, "--merge", "--seed", "1", kind="brachy-ct", options=options) == 0
+    assert sha256_tree(out) == single["1"]
+    assert splits(out) == splits(tmp_path / "single-1")
+
+
 def test_a_killed_task_resumes_at_its_first_unfinished_case(lgg_source, tmp_path, monkeypatch, caplog):
     """SIGKILL while the task writes its last case (the temporary file it writes to is a FIFO nobody reads, so the
     write blocks there); the re-run converts only that case, and the merge equals one conversion."""
