@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "medtf-tfrecords"
@@ -62,3 +62,35 @@ def shard_paths(folder: str | os.PathLike, manifest: dict, split: str | None = N
     if unknown:
         raise ManifestError(f"split(s) {unknown} not in manifest; available: {list(manifest['splits'])}")
     return [Path(folder) / s["file"] for name in splits for s in manifest["splits"][name]["shards"]]
+
+
+def fold_names(manifest: Mapping) -> list[str]:
+    """``["fold-0", ..., "fold-{K-1}"]`` of a K-fold manifest, in fold order (empty for train/val/test manifests).
+
+    The one place that knows how `medtf convert --folds K` names its splits (`medtf.data.splits.assign_folds`).
+
+    Example:
+        >>> fold_names({"splits": {"test": {}, "fold-1": {}, "fold-0": {}, "fold-10": {}}})
+        ['fold-0', 'fold-1', 'fold-10']
+    """
+    folds = [name for name in manifest["splits"] if name.startswith("fold-") and name[5:].isdigit()]
+    return sorted(folds, key=lambda name: int(name[5:]))
+
+
+def fold_splits(manifest: Mapping, k: int) -> tuple[list[str], str]:
+    """Cross-validation round ``k``: ``(train splits = every other fold, validation split = fold k)``.
+
+    Raises:
+        ManifestError: the manifest has no ``fold-*`` splits.
+        ValueError: ``k`` is not one of its folds.
+
+    Example:
+        >>> fold_splits({"splits": {"fold-0": {}, "fold-1": {}, "fold-2": {}}}, 1)
+        (['fold-0', 'fold-2'], 'fold-1')
+    """
+    folds = fold_names(manifest)
+    if not folds:
+        raise ManifestError(f"not a K-fold manifest (splits: {list(manifest['splits'])})")
+    if not 0 <= k < len(folds):
+        raise ValueError(f"fold {k} out of range: the manifest has {len(folds)} folds")
+    return [f for f in folds if f != f"fold-{k}"], f"fold-{k}"

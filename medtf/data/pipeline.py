@@ -34,32 +34,11 @@ import tensorflow as tf
 from medtf.data import balance as balance_lib
 from medtf.data import parsers
 from medtf.data.decoder import decode_example
-from medtf.data.manifest import ManifestError, read_manifest, shard_paths
+from medtf.data.manifest import ManifestError, fold_names, read_manifest, shard_paths
 from medtf.data.schema import get_schema
 
 AUTOTUNE = tf.data.AUTOTUNE
 _PATCH_SEED_SALT = 1_000_003  # fold_in salt of the patch sampler's seed (transforms use 0..len-1)
-
-
-def fold_names(manifest: Mapping) -> list[str]:
-    """``["fold-0", ..., "fold-{K-1}"]`` of a K-fold manifest (empty for train/val/test manifests)."""
-    folds = [name for name in manifest["splits"] if name.startswith("fold-")]
-    return sorted(folds, key=lambda name: int(name.split("-", 1)[1]))
-
-
-def fold_splits(manifest: Mapping, k: int) -> tuple[list[str], str]:
-    """Cross-validation round ``k``: ``(train splits = every other fold, validation split = fold k)``.
-
-    Example:
-        >>> fold_splits(read_manifest("shards/lgg"), 1)
-        (['fold-0', 'fold-2'], 'fold-1')
-    """
-    folds = fold_names(manifest)
-    if not folds:
-        raise ManifestError(f"not a K-fold manifest (splits: {list(manifest['splits'])})")
-    if not 0 <= k < len(folds):
-        raise ValueError(f"fold {k} out of range: the manifest has {len(folds)} folds")
-    return [f for f in folds if f != f"fold-{k}"], f"fold-{k}"
 
 
 def resolve_splits(manifest: Mapping, split: str | Sequence[str] | None = "train",

@@ -43,13 +43,19 @@ def write_per_case(rows: Sequence[Mapping], path: str | os.PathLike) -> Path:
     return path
 
 
-def _json_safe(value):
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+def json_safe(value):
+    """``value`` as strict JSON can hold it: NaN and ±inf become null, NumPy scalars Python numbers, tuples lists.
+
+    Example:
+        >>> json_safe({"dice": [np.float32(0.5), float("nan")], "n": np.int64(3)})
+        {'dice': [0.5, None], 'n': 3}
+    """
+    if isinstance(value, Mapping):
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, (float, np.floating)):
-        return None if math.isnan(value) else float(value)  # JSON has no NaN
+        return float(value) if math.isfinite(value) else None  # JSON has no NaN / Infinity
     if isinstance(value, np.integer):
         return int(value)
     return value
@@ -58,7 +64,7 @@ def _json_safe(value):
 def write_summary(summary: Mapping, path: str | os.PathLike) -> Path:
     """``summary.json`` (NaN written as null)."""
     path = Path(path)
-    path.write_text(json.dumps(_json_safe(dict(summary)), indent=2) + "\n", encoding="utf-8")
+    path.write_text(json.dumps(json_safe(dict(summary)), indent=2) + "\n", encoding="utf-8")
     return path
 
 

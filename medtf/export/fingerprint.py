@@ -36,6 +36,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from medtf.data.manifest import fold_splits
+
 VERSION = 1
 MODALITY = {"brachy-ct": "CT", "lgg-mri": "MR", "prostate-mpmri": "MR", "mri-reports": "MR", "nuclei-he": "SM"}
 BODY_REGION = {"lgg-mri": "BRAIN", "mri-reports": "BRAIN", "prostate-mpmri": "PROSTATE"}
@@ -64,7 +66,7 @@ def _range(values: Sequence[Sequence[float]]) -> dict:
 def training_splits(manifest: Mapping, data: Mapping) -> list[str]:
     """The splits a run trained on: ``data.train_split`` (default train), or every fold but ``data.fold``."""
     if data.get("fold") is not None:
-        return [s for s in manifest["splits"] if s.startswith("fold-") and s != f"fold-{int(data['fold'])}"]
+        return fold_splits(manifest, int(data["fold"]))[0]
     split = data.get("train_split") or "train"
     return [split] if isinstance(split, str) else list(split)
 

@@ -38,6 +38,7 @@ from typing import Any, Mapping
 import numpy as np
 import yaml
 
+from medtf.evaluation.report import json_safe
 from medtf.training.config import ConfigError, save_resolved
 from medtf.training.experiment import parse_config
 
@@ -64,10 +65,10 @@ def manifest_folds(data_dir: str | os.PathLike) -> int:
     Raises:
         ConfigError: the folder is not a K-fold conversion (names the folder and its splits).
     """
-    from medtf.data.manifest import read_manifest
+    from medtf.data.manifest import fold_names, read_manifest
 
-    splits = list(read_manifest(data_dir)["splits"])
-    count = sum(1 for s in splits if s.startswith("fold-") and s[5:].isdigit())
+    manifest = read_manifest(data_dir)
+    splits, count = list(manifest["splits"]), len(fold_names(manifest))
     if not count:
         raise ConfigError(f"{data_dir} has no fold splits (splits: {splits}); convert it with "
                           f"`medtf convert KIND ... --folds K` for cross-validation")
@@ -281,23 +282,13 @@ def aggregate_folds(run_dir: str | os.PathLike, folds: int | None = None, *, wri
 
 # === Writing and printing ===
 
-def _json_safe(value):
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None  # JSON has no NaN; n_nan says how many there were
-    return value
-
-
 def write_report(report: Mapping, run_dir: str | os.PathLike) -> tuple[Path, Path]:
     """``cv_report.json`` (the whole report) and ``cv_report.csv`` (metric, fold_0..fold_{K-1}, mean, sd, n)."""
     from medtf.data.manifest import write_json_atomic
 
     run_dir = Path(run_dir)
     json_path, csv_path = run_dir / REPORT_JSON, run_dir / REPORT_CSV
-    write_json_atomic(json_path, _json_safe(dict(report)))
+    write_json_atomic(json_path, json_safe(dict(report)))
     folds = [f"fold_{k}" for k in range(report["folds"])]
 
     def cell(v):

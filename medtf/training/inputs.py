@@ -51,11 +51,11 @@ def split_names(data: DataConfig | Mapping) -> tuple[str | list[str], str | None
     data = _data(data)
     if data.fold is None:
         return data.train_split, data.val_split
-    from medtf.data.manifest import read_manifest
+    from medtf.data.manifest import fold_names, read_manifest
 
     k = data.fold
-    splits = list(read_manifest(data.dir)["splits"])
-    folds = sorted((s for s in splits if s.startswith("fold-") and s[5:].isdigit()), key=lambda s: int(s[5:]))
+    manifest = read_manifest(data.dir)
+    splits, folds = list(manifest["splits"]), fold_names(manifest)
     if not folds:
         raise ConfigError(f"data.fold={k}, but {data.dir} is not a K-fold shard folder (splits: {splits}); "
                             f"convert it with `medtf convert KIND ... --folds K`")
