@@ -10,10 +10,16 @@ Patient identifiers are synthetic but shaped like real ones so that de-identific
 seed-dependent ``PatientBirthDate``; `brachy_case_identity` returns them.
 
 Phantom (patient supine, LPS: +x left, +y posterior, +z superior): air outside the body, a half-ellipsoid breast
-(fat around -100 HU with glandular +40 HU blobs, 2 mm skin) on a chest-wall muscle layer, Gaussian noise. The
-needles are gently curved (quadratic bend) and mostly lateral. The plan's channel polylines are the needle paths
-resampled at the dwell step, and exactly those polylines are drawn into the CT (+1500 HU within 0.8 mm, linear
-partial-volume ramp over half a voxel diagonal), so image and plan agree.
+(fat around -100 HU with glandular +40 HU blobs, 2 mm skin) on a chest-wall muscle layer. The catheters are gently
+curved (quadratic bend) and mostly lateral. The plan's channel polylines are the catheter paths resampled at the
+dwell step, and exactly those polylines are drawn into the CT, so image and plan agree.
+
+``realism="clinical"`` (the default, `medtf.synth.brachy_appearance`): plastic tubes of 2 mm outer diameter (wall
++100..+200 HU) around an air lumen, partial-volumed by supersampling; radio-opaque dummy wires in some catheters only;
+surgical clips with metal streaks and calcifications as unlabelled bright distractors; in-plane blur and noise
+sigma 20-40 HU. A HU threshold finds wires, clips and calcifications, not the catheters (see
+``tests/synth/test_brachy_realism.py``). ``realism="bright-needles"``: the old easy look (+1500 HU within 0.8 mm,
+noise 12 HU), kept for tests of evaluation and reconstruction plumbing whose known-output models threshold the CT.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from scipy import ndimage
 from medtf.io.volume import Volume
 from medtf.rt.polyline import resample_polyline
 from medtf.rt.rasterize import polyline_distance_map
+from medtf.synth import brachy_appearance
 from medtf.synth.dicom_writer import write_dicom_series
 from medtf.synth.rtplan_writer import write_brachy_plan
 
@@ -37,6 +44,7 @@ NEEDLE_HU = 1500.0
 NEEDLE_RADIUS_MM = 0.8
 NOISE_HU = 12.0
 MIN_NEEDLE_GAP_MM = 5.0
+REALISM = ("clinical", "bright-needles")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +69,8 @@ def _uid(*parts) -> str:
 
 
 def _phantom(rng: np.random.Generator, volume: Volume) -> tuple[np.ndarray, dict]:
-    """Tissue HU map ``(z, y, x)`` float32 without needles/noise, and the breast geometry (mm, volume centre 0)."""
+    """Tissue HU map ``(z, y, x)`` float32 without needles/noise, and the breast geometry (mm, volume centre 0;
+    ``geo["breast"]`` is the breast mask)."""
     nz, ny, nx = volume.array.shape
     sx, sy, sz = volume.spacing
     z, y, x = (np.arange(n, dtype=np.float32) - (n - 1) / 2 for n in (nz, ny, nx))
@@ -91,6 +100,7 @@ def _phantom(rng: np.random.Generator, volume: Volume) -> tuple[np.ndarray, dict
     hu[chest & (Y >= cy + 10.0)] = SOFT_HU
     hu[body & (depth <= 2.0)] = SKIN_HU
     hu = ndimage.gaussian_filter(hu, 0.6)  # soften tissue boundaries a little (partial volume)
+    geo["breast"] = breast & (depth > 2.0)
     return hu, geo
 
 
@@ -146,8 +156,11 @@ def generate_brachy_case(
     spacing: tuple[float, float, float] = (1.0, 1.0, 2.0),
     n_catheters: tuple[int, int] = (5, 10),
     dwell_step_mm: float = 5.0,
+    realism: str = "clinical",
 ) -> tuple[Path, Path]:
     """Write one case (CT series + plan) into ``case_dir``; returns ``(ct_dir, plan_path)``."""
+    if realism not in REALISM:
+        raise ValueError(f"realism must be one of {REALISM}, got {realism!r}")
     rng = np.random.default_rng([seed, case_index, 12345])
     ident = brachy_case_identity(case_index, seed)
     case_dir = Path(case_dir)
@@ -163,10 +176,18 @@ def generate_brachy_case(
     if len(dense) < n_catheters[0]:
         raise RuntimeError(f"could only place {len(dense)} of {n} needles; enlarge the field of view")
     plan_lines = [resample_polyline(p, dwell_step_mm) for p in dense]
-    ramp = 0.5 * float(np.linalg.norm(spacing))  # worst-case distance from a path to the nearest voxel centre
-    dist, _ = polyline_distance_map(plan_lines, volume, NEEDLE_RADIUS_MM + ramp)
-    w = np.clip((NEEDLE_RADIUS_MM + ramp - dist) / ramp, 0.0, 1.0)
-    hu = hu * (1.0 - w) + NEEDLE_HU * w + rng.normal(0.0, NOISE_HU, shape).astype(np.float32)
+    if realism == "clinical":
+        look_rng = np.random.default_rng([seed, case_index, 4242])  # apart from `rng`: the plan stays the same
+        look = brachy_appearance.draw_appearance(look_rng, len(plan_lines))
+        hu = brachy_appearance.draw_catheters(hu, plan_lines, volume, look)
+        near, _ = polyline_distance_map(plan_lines, volume, 4.0)
+        hu, _ = brachy_appearance.add_distractors(look_rng, hu, volume, geo["breast"], near)
+        hu = brachy_appearance.finish(look_rng, hu, volume, look)
+    else:
+        ramp = 0.5 * float(np.linalg.norm(spacing))  # worst-case distance from a path to the nearest voxel centre
+        dist, _ = polyline_distance_map(plan_lines, volume, NEEDLE_RADIUS_MM + ramp)
+        w = np.clip((NEEDLE_RADIUS_MM + ramp - dist) / ramp, 0.0, 1.0)
+        hu = hu * (1.0 - w) + NEEDLE_HU * w + rng.normal(0.0, NOISE_HU, shape).astype(np.float32)
     ct = volume.with_array(np.clip(np.rint(hu), -1024, 3071).astype(np.int16), modality="CT")
 
     study_uid = _uid("study", seed, case_index)
@@ -197,6 +218,7 @@ def generate_brachy_ct(
     shape: tuple[int, int, int] = (48, 96, 96),
     spacing: tuple[float, float, float] = (1.0, 1.0, 2.0),
     n_catheters: tuple[int, int] = (5, 10),
+    realism: str = "clinical",
 ) -> list[Path]:
     """Write ``cases`` synthetic breast-brachytherapy patients under ``out_dir``.
 
@@ -207,6 +229,8 @@ def generate_brachy_ct(
         shape: CT size ``(z, y, x)``.
         spacing: voxel size ``(x, y, z)`` in mm.
         n_catheters: inclusive range of needles per patient.
+        realism: ``"clinical"`` (plastic catheters with an air lumen, dummy wires in some, clips, calcifications,
+            streaks, noise 20-40 HU) or ``"bright-needles"`` (the old thresholdable look, for plumbing tests).
 
     Returns:
         The case folders, in case order.
@@ -219,7 +243,8 @@ def generate_brachy_ct(
     dirs = []
     for i in range(cases):
         case_dir = out_dir / brachy_case_identity(i, seed).patient_id
-        generate_brachy_case(case_dir, i, seed=seed, shape=shape, spacing=spacing, n_catheters=n_catheters)
+        generate_brachy_case(case_dir, i, seed=seed, shape=shape, spacing=spacing, n_catheters=n_catheters,
+                             realism=realism)
         dirs.append(case_dir)
     return dirs
 

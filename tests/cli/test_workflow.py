@@ -55,7 +55,7 @@ def test_train_evaluate_export_predict(workflow, tmp_path):
     version = run / "export" / "unet3d" / "1"
     assert (version / "saved_model.pb").is_file()
     assert json.loads((version / "medtf.json").read_text())["preprocess"] == [
-        {"name": "window", "center": 650, "width": 1700}]
+        {"name": "window", "center": 0, "width": 2000}]  # experiments/brachy_unet3d.yaml
 
     case_dir, pseudonym = held_out_case(source, shards, id_salt=TEST_SALT)
     assert pseudonym in manifest["splits"]["test"]["patients"]

@@ -15,8 +15,9 @@ from tests.conftest import run_medtf
 def brachy_case(tmp_path_factory):
     from medtf.synth.brachy_ct import generate_brachy_case
 
+    # The old bright-needle look: this test is about predict + reconstruct plumbing with a known-output model.
     ct_dir, plan_path = generate_brachy_case(tmp_path_factory.mktemp("case") / "case", 0, seed=3,
-                                             shape=(32, 80, 80), n_catheters=(4, 4))
+                                             shape=(32, 80, 80), n_catheters=(4, 4), realism="bright-needles")
     return ct_dir, plan_path
 
 

@@ -157,7 +157,9 @@ def test_estimate_radius(radius):
 
 @pytest.fixture(scope="module")
 def synthetic_case(tmp_path_factory):
-    case = generate_brachy_ct(tmp_path_factory.mktemp("brachy"), cases=1, shape=(32, 96, 96), seed=1)[0]
+    # The old bright-needle look: test_synthetic_ct_thresholded reconstructs from a HU threshold of the CT.
+    case = generate_brachy_ct(tmp_path_factory.mktemp("brachy"), cases=1, shape=(32, 96, 96), seed=1,
+                              realism="bright-needles")[0]
     return read_dicom_series(case / "CT"), read_brachy_plan(next(case.glob("RP*.dcm")))
 
 

@@ -1,0 +1,96 @@
+"""Trivial baselines a segmentation model must beat: intensity thresholds fitted on the training patients.
+
+- **brachy-ct**: ``HU > t``, then 26-connected components smaller than ``min_voxels`` dropped; ``(t, min_voxels)``
+  chosen on the training patients by mean Dice. Only the bright polarity is tried (wires, needles, metal).
+- **lgg-mri**: FLAIR (channel 1) above a per-slice level, either ``fraction * max`` or a percentile of the slice;
+  the rule and its value are chosen on the training patients' tumour slices by mean per-slice Dice, the metric
+  `evaluate_run` reports as ``dice_tumour_slices``.
+
+Example:
+    >>> rule = fit_hu_threshold(train_cases)                      # [(hu (z, y, x), mask (z, y, x) bool), ...]
+    >>> pred = hu_threshold_mask(test_hu, **rule["params"])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from medtf.metrics.surface import dice
+
+HU_THRESHOLDS = tuple(range(0, 2001, 100))
+MIN_VOXELS = (1, 5, 20, 50)
+FLAIR_FRACTIONS = tuple(np.round(np.arange(0.3, 0.96, 0.05), 2))
+FLAIR_PERCENTILES = (80.0, 85.0, 90.0, 93.0, 95.0, 97.0, 98.0, 99.0, 99.5)
+
+
+def hu_threshold_mask(hu: np.ndarray, threshold: float, min_voxels: int = 1) -> np.ndarray:
+    """``hu > threshold`` with 26-connected components of fewer than ``min_voxels`` voxels removed."""
+    mask = np.asarray(hu) > threshold
+    if min_voxels <= 1 or not mask.any():
+        return mask
+    labels, n = ndimage.label(mask, structure=np.ones((3,) * mask.ndim, bool))
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    keep = sizes >= min_voxels
+    keep[0] = False
+    return keep[labels]
+
+
+def fit_hu_threshold(cases: Sequence[tuple[np.ndarray, np.ndarray]], thresholds=HU_THRESHOLDS,
+                     min_voxels=MIN_VOXELS) -> dict:
+    """Best ``(threshold, min_voxels)`` by mean Dice over ``cases`` of ``(hu, mask)``; returns the rule and its
+    training Dice."""
+    best = None
+    for t in thresholds:
+        raw = [np.asarray(hu) > t for hu, _ in cases]
+        if not any(r.any() for r in raw):
+            continue
+        for m in min_voxels:
+            scores = [dice(hu_threshold_mask(hu, t, m), mask) for hu, mask in cases]
+            score = float(np.mean(scores))
+            if best is None or score > best["train_dice"]:
+                best = {"params": {"threshold": float(t), "min_voxels": int(m)}, "train_dice": score}
+    if best is None:
+        raise ValueError("no threshold marks any voxel of the training cases")
+    return best
+
+
+def flair_threshold_mask(slices: np.ndarray, rule: str, value: float, channel: int = 1) -> np.ndarray:
+    """Masks ``(S, H, W)`` of ``slices (S, H, W, C)``: channel above ``value * max`` (``rule="fraction"``) or above
+    its ``value``-th percentile (``rule="percentile"``), per slice."""
+    x = np.asarray(slices, np.float64)[..., channel]
+    flat = x.reshape(len(x), -1)
+    if rule == "fraction":
+        level = value * flat.max(axis=1)
+    elif rule == "percentile":
+        level = np.percentile(flat, value, axis=1)
+    else:
+        raise ValueError(f"rule must be 'fraction' or 'percentile', got {rule!r}")
+    return x > level[:, None, None]
+
+
+def tumour_slice_dice(pred: np.ndarray, mask: np.ndarray) -> list[float]:
+    """Per-slice Dice of the slices whose ``mask`` has tumour (``(S, H, W)`` stacks)."""
+    return [dice(p, m) for p, m in zip(pred, mask) if np.any(m)]
+
+
+def fit_flair_threshold(cases: Sequence[tuple[np.ndarray, np.ndarray]], channel: int = 1) -> dict:
+    """Best FLAIR rule over ``cases`` of ``(slices (S, H, W, C), mask (S, H, W))`` by mean tumour-slice Dice."""
+    candidates = [("fraction", float(v)) for v in FLAIR_FRACTIONS] + [("percentile", v) for v in FLAIR_PERCENTILES]
+    best = None
+    for rule, value in candidates:
+        scores = []
+        for slices, mask in cases:
+            scores += tumour_slice_dice(flair_threshold_mask(slices, rule, value, channel), mask)
+        if not scores:
+            raise ValueError("the training cases have no tumour slice")
+        score = float(np.mean(scores))
+        if best is None or score > best["train_dice"]:
+            best = {"params": {"rule": rule, "value": value, "channel": channel}, "train_dice": score}
+    return best
+
+
+__all__ = ["fit_flair_threshold", "fit_hu_threshold", "flair_threshold_mask", "hu_threshold_mask",
+           "tumour_slice_dice"]
