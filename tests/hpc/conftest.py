@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from tests.conftest import run_medtf
+from tests.training.conftest import tiny_config as training_tiny_config
 
 
 FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
@@ -87,17 +88,8 @@ def hpc_root(tmp_path_factory) -> Path:
 
 
 def tiny_config(data_dir: Path, **train) -> dict:
-    return {
-        "data": {"dir": str(data_dir), "kind": "lgg-mri", "train_split": "train", "val_split": "val",
-                 "batch_size": 2, "transforms": [{"name": "random_flip", "prob": 0.5}],
-                 "patch_size": None, "seed": 0},
-        "model": {"name": "unet2d_small", "args": {"in_channels": 3, "base_filters": 4, "depth": 2}},
-        "loss": {"name": "dice_focal", "args": {}},
-        "optimizer": {"name": "adamw", "learning_rate": 1e-3, "weight_decay": 1e-4},
-        "train": {"epochs": 2, "steps_per_epoch": 2, "validation_steps": None, "monitor": "val_dice",
-                  "mode": "max", "precision": "float32", "verbose": 2, **train},
-        "seed": 0,
-    }
+    """The training tests' tiny config (tests/training/conftest.py), logging one line per epoch (job logs)."""
+    return training_tiny_config(data_dir, **{"verbose": 2, **train})
 
 
 @pytest.fixture(scope="session")

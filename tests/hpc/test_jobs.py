@@ -14,6 +14,8 @@ import yaml
 from tests.conftest import run_medtf
 from tests.hpc.conftest import scontrol_job, slurm_log, submit, submitted_id, tiny_config, wait_for_job
 
+REPO = Path(__file__).resolve().parents[2]
+
 
 
 def history(run_dir: Path) -> list[dict]:
@@ -28,7 +30,7 @@ def finished_training(slurm, tiny_config_file, cpu_cluster_config, hpc_root):
     proc = subprocess.run([".venv/bin/medtf", "slurm", str(tiny_config_file), "--gpus-per-node", "0", "--time",
                            "00:10:00", "--run-dir", str(run_dir), "--cluster-config", str(cpu_cluster_config),
                            "--set", "train.epochs=2", "--submit"],
-                          cwd=ENGINE.parents[2], env=slurm.env, capture_output=True, text=True, timeout=120)
+                          cwd=REPO, env=slurm.env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     job_id = submitted_id(proc.stdout)
     job = wait_for_job(job_id, timeout=180)
