@@ -38,6 +38,7 @@ from typing import Any, Mapping
 import numpy as np
 import yaml
 
+from medtf.data.manifest import ManifestError
 from medtf.evaluation.report import json_safe
 from medtf.training.config import ConfigError, save_resolved
 from medtf.training.experiment import parse_config
@@ -187,7 +188,7 @@ def _expected_folds(run_dir: Path, found: list[int], notes: list[str], data_dir=
         data_dir = data_dir or config.data.dir
         try:
             return manifest_folds(data_dir)
-        except Exception as exc:  # noqa: BLE001  (a moved shard folder: fall back to the directories)
+        except (ManifestError, ConfigError, OSError) as exc:  # a moved shard folder: fall back to the directories
             notes.append(f"could not read the number of folds from {data_dir}: {exc}")
     if not found:
         raise FileNotFoundError(f"{run_dir}: no fold_* directories and no {BASE_CONFIG}")
