@@ -24,8 +24,9 @@ def test_tune_script_renders_chief_and_workers(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("MEDTF_CLUSTER_CONFIG", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     path = tmp_path / "exp.yaml"
-    path.write_text("model: {args: {base_filters: 4}}\ntrain: {epochs: 1}\n"
-                    "tune: {tuner: random, max_trials: 5, space: {model.args.base_filters: [2, 4]}}\n")
+    config = tiny_config(tmp_path / "shards", epochs=1)  # a complete experiment: configs are validated first
+    path.write_text(yaml.safe_dump({**config, "tune": {"tuner": "random", "max_trials": 5,
+                                                       "space": {"model.args.base_filters": [2, 4]}}}))
     capsys.readouterr()
     assert run_medtf("slurm", path, "--tune", "--workers", "3", "--nodes", "2", "--gpus-per-node", "2",
                      "--set", "tune.max_trials=8") == 0
@@ -54,7 +55,7 @@ def test_tune_script_renders_chief_and_workers(tmp_path, monkeypatch, capsys):
     assert run_medtf("slurm", path, "--workers", "2") == 2
     assert "--workers goes with --tune" in capsys.readouterr().err
     plain = tmp_path / "plain.yaml"
-    plain.write_text("train: {epochs: 1}\n")
+    plain.write_text(yaml.safe_dump(config))
     assert run_medtf("slurm", plain, "--tune") == 2
     assert "no `tune:` section" in capsys.readouterr().err
 
