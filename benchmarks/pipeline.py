@@ -11,8 +11,9 @@ One run (``make bench``; ~6-8 minutes on 2 cores, ``--quick`` ~2) measures what 
    - the brachytherapy study's generator + volumentations-3D, in a pool of as many worker processes as usable
      cores, so no ratio compares two cores with one.
    Rows ``base`` (z-score, flips, rotation +-15 deg about one axis, noise, gamma, each p 0.5) and ``elastic`` (the
-   same + elastic p 0.5). Each setting runs in a fresh process: warm-up (8 volumes; one epoch for medtf's cache),
-   then >= 16 volumes and >= ``--seconds``. Targets: medtf >= 2.5x (base) / >= 4x (elastic) MONAI's best
+   same + elastic p 0.5). Each setting runs in a fresh process: warm-up (4 volumes; one epoch for medtf's cache),
+   then >= 16 volumes and >= ``--seconds`` (a slow setting stops after ``--max-seconds`` with >= 4 volumes timed).
+   Targets: medtf >= 2.5x (base) / >= 4x (elastic) MONAI's best
    setting, with peak PSS no higher than that setting's.
 2. **Memory** (issue #4): peak RSS (``VmHWM``) of a fresh process streaming one augmented epoch over a small and a
    10x larger shard set (256 MB shards) for a few ``make_dataset`` settings; target ratio <= 1.1.
@@ -82,6 +83,22 @@ def _pss_kb(pid: int) -> int:
         return 0
 
 
+def tree_cpu_seconds(pid: int | None = None) -> float:
+    """User + system CPU seconds so far of process ``pid`` (default: this one) and all its descendants."""
+    pids, i, ticks = [pid or os.getpid()], 0, 0
+    while i < len(pids):
+        try:
+            with open(f"/proc/{pids[i]}/stat") as f:
+                ticks += sum(int(v) for v in f.read().rsplit(")", 1)[1].split()[11:13])
+            for task in os.listdir(f"/proc/{pids[i]}/task"):
+                with open(f"/proc/{pids[i]}/task/{task}/children") as f:
+                    pids += [int(c) for c in f.read().split()]
+        except OSError:
+            pass
+        i += 1
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def run_child(cmd: list[str], env: dict | None = None, interval: float = 0.1) -> dict:
     """Run ``cmd``, sample the PSS of its process tree, return its last JSON line + ``peak_pss_mb``."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -107,19 +124,23 @@ def run_child(cmd: list[str], env: dict | None = None, interval: float = 0.1) ->
 
 
 # ---------------------------------------------------------------- children
-def timed(iterator, warmup: int, min_volumes: int, seconds: float) -> dict:
-    """Steady-state volumes/s of an iterator of ``(image, mask)`` batches."""
+def timed(iterator, warmup: int, min_volumes: int, seconds: float, max_seconds: float = 1e9) -> dict:
+    """Steady-state volumes/s of an iterator of ``(image, mask)`` batches: after ``warmup`` volumes, at least
+    ``min_volumes`` and ``seconds``, but stop after ``max_seconds`` once 4 volumes are timed (slow settings)."""
     t_start, seen = time.perf_counter(), 0
     while seen < warmup:
         seen += len(next(iterator)[0])
     warm = time.perf_counter() - t_start
-    count, t0 = 0, time.perf_counter()
+    count, t0, cpu0 = 0, time.perf_counter(), tree_cpu_seconds()
     while count < min_volumes or time.perf_counter() - t0 < seconds:
+        if count >= 4 and time.perf_counter() - t0 >= max_seconds:
+            break
         batch = next(iterator)
         count += len(batch[0])
     batch[0].numpy()
     elapsed = time.perf_counter() - t0
-    return {"volumes_per_s": count / elapsed, "volumes": count, "seconds": elapsed, "warmup_done_seconds": warm}
+    return {"volumes_per_s": count / elapsed, "volumes": count, "seconds": elapsed, "warmup_done_seconds": warm,
+            "cpu_ms_per_volume": (tree_cpu_seconds() - cpu0) / count * 1000}
 
 
 def _own_pss_mb() -> float:
@@ -137,7 +158,7 @@ def _medtf_child(args) -> None:
     dataset = data.medtf_dataset(args.data, args.row, batch_size=BATCH, cache=cache)
     volumes = len(list(Path(args.npy).glob("*_image.npy"))) if args.npy else 0
     warmup = max(args.warmup, volumes) if cache else args.warmup  # the first epoch fills the cache
-    result = timed(iter(dataset), warmup, args.min_volumes, args.seconds)
+    result = timed(iter(dataset), warmup, args.min_volumes, args.seconds, args.max_seconds)
     result.update(tensorflow=tf.__version__, xla_warp=geometry.XLA_WARP, import_pss_mb=import_pss)
     print(json.dumps(result), flush=True)
 
@@ -148,7 +169,8 @@ def _generator_child(args) -> None:
 
     import_pss = _own_pss_mb()
     dataset = data.baseline_3d_dataset(args.npy, pool, args.workers, batch_size=BATCH)
-    result = timed(((b["image"], b["mask"]) for b in dataset), args.warmup, args.min_volumes, args.seconds)
+    result = timed(((b["image"], b["mask"]) for b in dataset), args.warmup, args.min_volumes, args.seconds,
+                   args.max_seconds)
     pool.terminate()
     result["import_pss_mb"] = import_pss
     print(json.dumps(result), flush=True)
@@ -180,7 +202,8 @@ def _stream_child(args) -> None:
 def side_by_side(paths, args, monai_python: Path | None) -> list[dict]:
     cores = data.usable_cores()
     me = [sys.executable, str(Path(__file__).resolve())]
-    timing = ["--warmup", str(args.warmup), "--min-volumes", str(args.min_volumes), "--seconds", str(args.seconds)]
+    timing = ["--warmup", str(args.warmup), "--min-volumes", str(args.min_volumes), "--seconds", str(args.seconds),
+              "--max-seconds", str(args.max_seconds)]
     results = []
     for row in args.rows:
         settings = [("medtf", "streaming", me + ["--_child", "medtf", "--cache", "none"]),
@@ -200,14 +223,15 @@ def side_by_side(paths, args, monai_python: Path | None) -> list[dict]:
             result = run_child(cmd + common, CHILD_ENV if library != "MONAI" else {"OMP_NUM_THREADS": str(cores)})
             result.update(row=row, library=library, setting=setting)
             results.append(result)
-            print(f"  {row:<8} {library:<9} {setting:<36} {result['volumes_per_s']:6.2f} vol/s   peak PSS "
-                  f"{result['peak_pss_mb']:6.0f} MB ({result['processes']} processes)", flush=True)
+            print(f"  {row:<8} {library:<9} {setting:<36} {result['volumes_per_s']:6.2f} vol/s  "
+                  f"{result['cpu_ms_per_volume']:5.0f} CPU ms/vol  peak PSS {result['peak_pss_mb']:6.0f} MB "
+                  f"({result['processes']} processes)", flush=True)
     return results
 
 
 def side_by_side_table(results: list[dict]) -> list[str]:
-    lines = ["| row | library | setting | vol/s | peak PSS (MB) | of which after imports | medtf vs MONAI best |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| row | library | setting | vol/s | CPU ms / volume | peak PSS (MB) | of which after imports | "
+             "medtf vs MONAI best |", "|---|---|---|---|---|---|---|---|"]
     verdicts = []
     for row in dict.fromkeys(r["row"] for r in results):
         rows = [r for r in results if r["row"] == row]
@@ -217,7 +241,8 @@ def side_by_side_table(results: list[dict]) -> list[str]:
             ratio = f"{r['volumes_per_s'] / best['volumes_per_s']:.2f}x" if best and r["library"] == "medtf" else ""
             mark = " (best)" if r is best else ""
             lines.append(f"| {row} | {r['library']} | {r['setting']}{mark} | {r['volumes_per_s']:.2f} | "
-                         f"{r['peak_pss_mb']:.0f} | {r.get('import_pss_mb', 0):.0f} | {ratio} |")
+                         f"{r['cpu_ms_per_volume']:.0f} | {r['peak_pss_mb']:.0f} | {r.get('import_pss_mb', 0):.0f} | "
+                         f"{ratio} |")
         if best:
             for r in (r for r in rows if r["library"] == "medtf"):
                 ratio = r["volumes_per_s"] / best["volumes_per_s"]
@@ -235,8 +260,10 @@ def main(argv=None) -> int:
     parser.add_argument("--volumes", type=int, default=32, help="distinct 3D volumes (default 32)")
     parser.add_argument("--size", type=int, default=128, help="3D volume edge (default 128)")
     parser.add_argument("--seconds", type=float, default=8.0, help="minimum timed seconds per setting")
-    parser.add_argument("--warmup", type=int, default=8, help="volumes before timing")
+    parser.add_argument("--warmup", type=int, default=4, help="volumes before timing (medtf's cache: one epoch)")
     parser.add_argument("--min-volumes", type=int, default=16, help="minimum timed volumes per setting")
+    parser.add_argument("--max-seconds", type=float, default=40.0,
+                        help="stop timing a slow setting after this long once 4 volumes are timed")
     parser.add_argument("--rows", nargs="+", default=["base", "elastic"], choices=["base", "elastic"])
     parser.add_argument("--mem-small", type=int, default=24, help="volumes in the small memory set (large = 10x)")
     parser.add_argument("--slices", type=int, default=32, help="distinct 2D slices")

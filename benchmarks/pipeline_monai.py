@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -33,6 +34,22 @@ from pathlib import Path
 # (~2.4 voxels) as medtf's 8^3 control points with N(0, 3^2) displacements upsampled bicubically.
 ELASTIC_SIGMA, ELASTIC_MAGNITUDE = (7.0, 9.0), (550.0, 750.0)
 ROTATE_DEG, NOISE_STD, GAMMA = 15.0, 0.1, (0.7, 1.5)
+
+
+def tree_cpu_seconds(pid: int | None = None) -> float:
+    """User + system CPU seconds so far of process ``pid`` (default: this one) and all its descendants."""
+    pids, i, ticks = [pid or os.getpid()], 0, 0
+    while i < len(pids):
+        try:
+            with open(f"/proc/{pids[i]}/stat") as f:
+                ticks += sum(int(v) for v in f.read().rsplit(")", 1)[1].split()[11:13])
+            for task in os.listdir(f"/proc/{pids[i]}/task"):
+                with open(f"/proc/{pids[i]}/task/{task}/children") as f:
+                    pids += [int(c) for c in f.read().split()]
+        except OSError:
+            pass
+        i += 1
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def transforms(row: str):
@@ -62,9 +79,10 @@ def main(argv=None) -> int:
     parser.add_argument("--dataset", choices=["Dataset", "CacheDataset"], default="Dataset")
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=2)
-    parser.add_argument("--warmup", type=int, default=8, help="volumes before timing")
+    parser.add_argument("--warmup", type=int, default=4, help="volumes before timing")
     parser.add_argument("--min-volumes", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=8.0, help="minimum timed seconds")
+    parser.add_argument("--max-seconds", type=float, default=40.0, help="stop after this once 4 volumes are timed")
     args = parser.parse_args(argv)
 
     t_start = time.perf_counter()
@@ -98,13 +116,16 @@ def main(argv=None) -> int:
     while seen < args.warmup:
         seen += len(next(stream)["image"])
     first_volume_seconds = time.perf_counter() - t_start
-    count, t0 = 0, time.perf_counter()
+    count, t0, cpu0 = 0, time.perf_counter(), tree_cpu_seconds()
     while count < args.min_volumes or time.perf_counter() - t0 < args.seconds:
+        if count >= 4 and time.perf_counter() - t0 >= args.max_seconds:
+            break
         batch = next(stream)
         count += len(batch["image"])
     seconds = time.perf_counter() - t0
     assert tuple(batch["image"].shape[1:]) == (1,) + tuple(batch["mask"].shape[2:]), batch["image"].shape
     print(json.dumps({"volumes_per_s": count / seconds, "volumes": count, "seconds": seconds,
+                      "cpu_ms_per_volume": (tree_cpu_seconds() - cpu0) / count * 1000,
                       "setup_seconds": setup_seconds, "warmup_done_seconds": first_volume_seconds,
                       "torch": torch.__version__, "monai": __import__("monai").__version__,
                       "torch_threads": torch.get_num_threads(), "import_pss_mb": import_pss}), flush=True)
