@@ -21,12 +21,13 @@ def register(commands) -> None:
 
 def run(args) -> int:
     from medtf.data.manifest import ManifestError
-    from medtf.evaluation import evaluate_run
+    from medtf.tasks import get_task, task_of_run
     from medtf.training.config import ConfigError
 
-    try:
-        evaluate_run(args.run_dir, split=args.split, checkpoint=args.checkpoint, overlap=args.overlap,
-                     output=args.output, data_dir=args.data_dir)
+    try:  # the run's task evaluates (segmentation: per-case Dice/HD95; classification: AUC ... with CIs)
+        get_task(task_of_run(args.run_dir)).evaluate(args.run_dir, split=args.split, checkpoint=args.checkpoint,
+                                                      overlap=args.overlap, output=args.output,
+                                                      data_dir=args.data_dir)
     except (FileNotFoundError, ManifestError, ConfigError, ValueError) as exc:
         print(f"medtf evaluate: {exc}", file=sys.stderr)
         return 2

@@ -26,11 +26,14 @@ def register(commands) -> None:
 
 
 def run(args) -> int:
-    from medtf.export import ExportError, export_run
+    from medtf.export import ExportError
+    from medtf.tasks import get_task, task_of_run
 
-    try:
-        path = export_run(args.run_dir, checkpoint=args.checkpoint, output=args.output, version=args.version,
-                          name=args.name, threshold=args.threshold, data_dir=args.data_dir)
+    try:  # the run's task decides the signatures (medtf.tasks)
+        path = get_task(task_of_run(args.run_dir)).export(args.run_dir, checkpoint=args.checkpoint,
+                                                          output=args.output, version=args.version,
+                                                          name=args.name, threshold=args.threshold,
+                                                          data_dir=args.data_dir)
     except (ExportError, ValueError) as exc:
         print(f"medtf export: {exc}", file=sys.stderr)
         return 2

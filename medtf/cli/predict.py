@@ -65,6 +65,17 @@ def run(args) -> int:
     if problem:
         print(f"medtf predict: {problem}", file=sys.stderr)
         return 2
+    from medtf.tasks import get_task, task_of_model
+
+    task = task_of_model(args.model)
+    if task != "segmentation":  # the model's task writes its own outputs (medtf.tasks)
+        try:
+            summary = get_task(task).predict(args.model, args.input, args.output, threshold=args.threshold)
+        except (ExportError, InputError, ValueError) as exc:
+            print(f"medtf predict: {exc}", file=sys.stderr)
+            return 2
+        print(f"predicted {len(summary['predictions'])} input(s) ({task}) -> {args.output}")
+        return 0
     try:
         summary = predict_path(args.model, args.input, args.output, overlap=args.overlap, threshold=args.threshold,
                                probabilities=args.probabilities, overlays=args.overlays, batch_size=args.batch_size,

@@ -146,6 +146,7 @@ def make_dataset(
     max_boxes: int = parsers.DEFAULT_MAX_BOXES,
     cycle_length: int | None = None,
     input_context: tf.distribute.InputContext | None = None,
+    model_inputs: Callable[[dict], Any] | None = None,
 ):
     """A batched, prefetched ``tf.data.Dataset`` over one or more splits of a medtf shard folder.
 
@@ -177,6 +178,8 @@ def make_dataset(
             in parallel (prefetching) only while ``4 * cycle_length`` records fit that budget; bigger records
             (3D volumes) are read round-robin in order.
         input_context: from ``distribute_datasets_from_function``: shard files per input pipeline.
+        model_inputs: ``parsed example -> (x, y)`` replacing the kind's mapping for ``output="model"``: a task's
+            (`medtf.tasks.Task.model_inputs`), so any kind that provides the task's fields works with it.
 
     Returns:
         ``tf.data.Dataset`` of batches, e.g. lgg-mri: ``((B, H, W, 3) float32, (B, H, W, 1) float32)``;
@@ -267,7 +270,9 @@ def make_dataset(
     # === Per-example seed -> augmentation -> model inputs ===
     transform = _build_transform(transforms)
     patch = patch_transform(patch_size, training) if patch_size is not None else None
-    to_model = parsers.model_inputs_fn(kind, max_boxes=max_boxes) if output == "model" else None
+    to_model = None
+    if output == "model":
+        to_model = model_inputs or parsers.model_inputs_fn(kind, max_boxes=max_boxes)
     if transform is not None or patch is not None:
         seeds = tf.data.Dataset.random(seed=_seed(seed, 4)).batch(2)
 

@@ -11,9 +11,13 @@ from medtf.layers.factories import (
     upsampling_layer,
 )
 from medtf.layers.norm import GroupNormalization, fused_instance_norm
+from medtf.layers.padding import CropToInput, PadToMultiple, pad_to_multiple
 
 __all__ = [
     "ConvBlock",
+    "CropToInput",
+    "PadToMultiple",
+    "pad_to_multiple",
     "GroupNormalization",
     "NORM_TYPES",
     "conv_layer",

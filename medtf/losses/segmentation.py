@@ -26,28 +26,45 @@ def _register(*names):
     return deco
 
 
+def _keras_losses() -> dict[str, type]:
+    """Keras' own loss classes by lower-case class name and snake_case name (``binary_crossentropy``)."""
+    import re
+
+    out = {}
+    for attr in dir(keras.losses):
+        cls = getattr(keras.losses, attr)
+        if isinstance(cls, type) and issubclass(cls, keras.losses.Loss) and cls is not keras.losses.Loss:
+            snake = re.sub(r"(?<!^)(?=[A-Z])", "_", attr).lower()
+            out[attr.lower()] = out[snake] = out[snake.replace("cross_entropy", "crossentropy")] = cls
+    return out
+
+
+def _all_losses() -> dict[str, type]:
+    return {**_keras_losses(), **_REGISTRY}
+
+
 def get_loss(name: str, **kwargs) -> keras.losses.Loss:
-    """Create a registered loss by name (e.g. ``"soft_dice"``, ``"dice_ce"``, ``"SoftDiceLoss"``).
+    """Create a loss by name: medtf's (``"soft_dice"``, ``"dice_ce"``, ``"SoftDiceLoss"``) or Keras' own
+    (``"binary_crossentropy"``, ``"SparseCategoricalCrossentropy"``, ...); case-insensitive.
 
     Example:
         >>> loss = get_loss("dice_focal", gamma=2.0)
+        >>> loss = get_loss("binary_crossentropy", label_smoothing=0.1)
     """
-    key = name.lower()
-    if key not in _REGISTRY:
-        raise ValueError(f"Unknown loss {name!r}; available: {sorted(_REGISTRY)}")
-    return _REGISTRY[key](**kwargs)
+    return loss_class(name)(**kwargs)
 
 
 def list_losses() -> list[str]:
-    """Sorted registered loss names (lower case; `get_loss` ignores case)."""
-    return sorted(_REGISTRY)
+    """Sorted loss names `get_loss` knows (lower case; `get_loss` ignores case), Keras' own included."""
+    return sorted(_all_losses())
 
 
 def loss_class(name: str) -> type:
-    """The registered loss class ``name`` (case-insensitive)."""
-    if name.lower() not in _REGISTRY:
-        raise ValueError(f"Unknown loss {name!r}; available: {sorted(_REGISTRY)}")
-    return _REGISTRY[name.lower()]
+    """The loss class ``name`` (case-insensitive; medtf's registry first, then Keras' losses)."""
+    losses = _all_losses()
+    if name.lower() not in losses:
+        raise ValueError(f"Unknown loss {name!r}; available: {sorted(losses)}")
+    return losses[name.lower()]
 
 
 def _prepare(y_true, y_pred):

@@ -4,6 +4,7 @@
 from medtf.metrics.segmentation import (
     DiceScore,
     IoUScore,
+    PerClassScore,
     SegF1,
     SegPrecision,
     SegRecall,
@@ -11,5 +12,5 @@ from medtf.metrics.segmentation import (
 )
 from medtf.metrics.surface import dice, evaluate_case, hausdorff95, mean_surface_distance, summarize
 
-__all__ = ["DiceScore", "IoUScore", "SegF1", "SegPrecision", "SegRecall", "SegSpecificity", "dice",
+__all__ = ["DiceScore", "IoUScore", "PerClassScore", "SegF1", "SegPrecision", "SegRecall", "SegSpecificity", "dice",
            "evaluate_case", "hausdorff95", "mean_surface_distance", "summarize"]

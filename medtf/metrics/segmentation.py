@@ -128,3 +128,70 @@ class SegSpecificity(_ConfusionMetric):
 
     def result(self):
         return self._ratio(self.tn, self.tn + self.fp)
+
+
+_SCORES = ("dice", "iou", "precision", "recall", "specificity")
+
+
+@keras.saving.register_keras_serializable(package="medtf")
+class PerClassScore(keras.metrics.Metric):
+    """Mean over classes of a per-class confusion score for softmax outputs, background (channel 0) excluded.
+
+    Each voxel's prediction is its argmax class; TP/FP/FN/TN are accumulated per class over the epoch (global, as
+    `DiceScore`) and ``result()`` averages the per-class score over channels ``1..C-1`` (all channels with
+    ``include_background=True``). An all-background prediction therefore scores 0 Dice on any image with
+    foreground, where pooling every channel (`DiceScore` on softmax outputs) would score about the background
+    fraction. A class absent from both truth and prediction counts as 1 for Dice/IoU (0 otherwise), as `DiceScore`.
+
+    Args:
+        num_classes: channels ``C`` of ``y_true`` / ``y_pred`` ``(B, *spatial, C)`` (one-hot / probabilities).
+        score: ``"dice"``, ``"iou"``, ``"precision"``, ``"recall"`` or ``"specificity"``.
+        include_background: also average channel 0.
+
+    Example:
+        >>> PerClassScore(2, name="dice")(one_hot_mask, softmax_probabilities)
+    """
+
+    def __init__(self, num_classes, score="dice", include_background=False, name=None, dtype="float32"):
+        super().__init__(name=name or f"class_{score}", dtype=dtype)
+        if score not in _SCORES:
+            raise ValueError(f"score must be one of {_SCORES}, got {score!r}")
+        if int(num_classes) < (1 if include_background else 2):
+            raise ValueError(f"num_classes={num_classes}: excluding the background needs at least 2 classes")
+        self.num_classes, self.score = int(num_classes), score
+        self.include_background = bool(include_background)
+        shape = (self.num_classes,)
+        self.tp, self.fp, self.fn, self.tn = (self.add_weight(shape=shape, initializer="zeros", name=n,
+                                                              dtype="float32") for n in ("tp", "fp", "fn", "tn"))
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        if sample_weight is not None:
+            raise ValueError("sample_weight is not supported by segmentation confusion metrics")
+        y_true, y_pred = ops.convert_to_tensor(y_true), ops.convert_to_tensor(y_pred)
+        st, sp = tuple(y_true.shape), tuple(y_pred.shape)
+        if len(sp) not in (4, 5) or st != sp or sp[-1] != self.num_classes:
+            raise ValueError(f"Expected equal shapes of rank 4 or 5 with {self.num_classes} channels, "
+                             f"got y_true {st}, y_pred {sp}")
+        t = ops.one_hot(ops.argmax(y_true, axis=-1), self.num_classes)
+        p = ops.one_hot(ops.argmax(y_pred, axis=-1), self.num_classes)
+        axes = tuple(range(len(sp) - 1))
+        self.tp.assign_add(ops.sum(t * p, axis=axes))
+        self.fp.assign_add(ops.sum((1.0 - t) * p, axis=axes))
+        self.fn.assign_add(ops.sum(t * (1.0 - p), axis=axes))
+        self.tn.assign_add(ops.sum((1.0 - t) * (1.0 - p), axis=axes))
+
+    def result(self):
+        tp, fp, fn, tn = self.tp, self.fp, self.fn, self.tn
+        num, den, empty = {"dice": (2 * tp, 2 * tp + fp + fn, 1.0), "iou": (tp, tp + fp + fn, 1.0),
+                           "precision": (tp, tp + fp, 0.0), "recall": (tp, tp + fn, 0.0),
+                           "specificity": (tn, tn + fp, 0.0)}[self.score]
+        per_class = ops.where(den > 0, num / ops.maximum(den, 1e-12), empty)
+        return ops.mean(per_class if self.include_background else per_class[1:])
+
+    def reset_state(self):
+        for v in (self.tp, self.fp, self.fn, self.tn):
+            v.assign(ops.zeros_like(v))
+
+    def get_config(self):
+        return {**super().get_config(), "num_classes": self.num_classes, "score": self.score,
+                "include_background": self.include_background}

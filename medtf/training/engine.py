@@ -16,6 +16,9 @@ Run directory layout::
 
 Config keys (beyond ``model``, ``loss``, ``optimizer``; everything below is optional with the default shown)::
 
+    task: segmentation          what the model is trained for (medtf.tasks): the example -> (inputs, targets)
+                                mapping, default loss (loss.name: auto), metrics, monitor, diagnostics
+
     data:
       dir, kind, batch_size, train_split (train), val_split (val), seed, patch_size (null: whole images)
       transforms: []            augmentations, training only (medtf.transforms configs)
@@ -29,7 +32,8 @@ Config keys (beyond ``model``, ``loss``, ``optimizer``; everything below is opti
       {name: reduce_on_plateau, factor: 0.5, patience: 5, min_lr: 0, monitor: train.monitor}
       {name: cosine, warmup_epochs: 0 | warmup_steps: 0, min_lr: 0, warmup_from: 0}
     train:
-      epochs (1), steps_per_epoch (null: the whole split), validation_steps (null), monitor (val_dice), mode (max)
+      epochs (1), steps_per_epoch (null: the whole split), validation_steps (null), monitor / mode (the task's:
+                                val_dice / max for segmentation, see medtf.tasks)
       precision: float32        or mixed_float16 / mixed_bfloat16 / auto (the global policy is restored afterwards)
       strategy: auto            auto | mirrored | one_device | multiworker (medtf.training.strategy); across
                                 several workers batch norm is synchronized (one set of moving statistics) and
@@ -63,7 +67,8 @@ from medtf.training.callbacks import (HParamsLogger, LearningRateLogger, NanGuar
 from medtf.training.config import save_resolved
 from medtf.training.experiment import (CosineSchedule, ExperimentConfig, ModelConfig, OptimizerConfig, TrainConfig,
                                        parse_config, section)
-from medtf.training.diagnostics import GradientStats, ValidationPanels
+from medtf.tasks import get_task
+from medtf.training.diagnostics import GradientStats
 from medtf.training.inputs import build_datasets, build_preprocess, probe_batches, steps_per_epoch, training_transforms
 from medtf.training.schedules import build_learning_rate, schedule_callbacks
 from medtf.training.strategy import (RunPaths, make_strategy, num_workers, run_paths, shard_by_example,
@@ -78,11 +83,13 @@ class NonFiniteLossError(RuntimeError):
 
 
 def build_optimizer(opt: OptimizerConfig | Mapping, learning_rate=None) -> keras.optimizers.Optimizer:
-    """AdamW from the ``optimizer`` section; ``learning_rate`` (a float or schedule) replaces the section's."""
+    """The Keras optimizer ``optimizer.name`` (adamw, adam, sgd, ...) with ``learning_rate``, ``weight_decay`` and
+    ``args``; ``learning_rate`` (a float or schedule) replaces the section's."""
     opt = section(OptimizerConfig, opt, "optimizer")
     if learning_rate is None:
         learning_rate = opt.learning_rate
-    return keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=opt.weight_decay)
+    cls = type(keras.optimizers.get(opt.name.lower()))
+    return cls(learning_rate=learning_rate, weight_decay=opt.weight_decay, **opt.args)
 
 
 def build_model(model_cfg: ModelConfig | Mapping, remat: bool = False) -> keras.Model:
@@ -132,11 +139,12 @@ def _backup(paths: RunPaths):
 
 
 def build_callbacks(train_cfg: TrainConfig, schedule, paths: RunPaths, guard: NanGuard, resumed_rows: list,
-                    probes=None, hparams: Mapping | None = None) -> list:
+                    probes=None, hparams: Mapping | None = None, task=None) -> list:
     """Callbacks in the order they must see each epoch's logs (LR into the logs before CSV/TensorBoard read
     them; the backup last, so a crash between CSV row and backup re-runs the epoch and `trim_history` drops it).
 
-    ``train_cfg`` / ``schedule``: the typed sections; ``hparams``: the resolved config for the HParams entry.
+    ``train_cfg`` / ``schedule``: the typed sections; ``hparams``: the resolved config for the HParams entry;
+    ``task``: adds its diagnostics (`medtf.tasks.Task.diagnostics`; default segmentation's image panels).
     """
     monitor, mode = train_cfg.monitor, train_cfg.mode
     paths.checkpoints.mkdir(parents=True, exist_ok=True)
@@ -149,8 +157,8 @@ def build_callbacks(train_cfg: TrainConfig, schedule, paths: RunPaths, guard: Na
                  keras.callbacks.ModelCheckpoint(str(paths.checkpoints / "last.keras"))]
     if paths.is_chief and probes is not None:
         train_batch, val_examples = probes
-        if train_cfg.image_panels and val_examples:
-            callbacks.append(ValidationPanels(paths.images, val_examples, monitor, mode, best=best))
+        task = task if task is not None else get_task("segmentation")
+        callbacks.extend(task.diagnostics(None, train_cfg, paths, best, val_examples))
         if train_cfg.log_every_n_steps > 0 and train_batch is not None:
             callbacks.append(GradientStats(paths.gradients, train_batch, train_cfg.log_every_n_steps))
     if paths.is_chief and train_cfg.hparams:
@@ -174,9 +182,6 @@ def train(config: ExperimentConfig | Mapping, run_dir: str | os.PathLike) -> dic
     Example:
         >>> result = train(load_config("experiments/lgg_unet2d.yaml", ["train.epochs=2"]), "runs/lgg")
     """
-    from medtf.losses import get_loss
-    from medtf.metrics import DiceScore, IoUScore, SegPrecision, SegRecall, SegSpecificity
-
     from medtf.data.manifest import read_manifest
 
     experiment = parse_config(config)
@@ -204,8 +209,7 @@ def train(config: ExperimentConfig | Mapping, run_dir: str | os.PathLike) -> dic
         keras.mixed_precision.set_global_policy(policy)
         initial_epoch = backup_epoch(paths.backup)
         resumed_rows = trim_history(paths.history, initial_epoch) if paths.is_chief else []
-        train_ds, val_ds = build_datasets(data, strategy, seed=experiment.data_seed)
-        val_ds = shard_by_example(val_ds, strategy)
+        task = get_task(experiment.task)
         steps = train_cfg.steps_per_epoch
         if isinstance(schedule, CosineSchedule):
             steps = steps_per_epoch(data, train_cfg)
@@ -214,17 +218,19 @@ def train(config: ExperimentConfig | Mapping, run_dir: str | os.PathLike) -> dic
             model = build_model(experiment.model, train_cfg.remat)
             if num_workers(strategy) > 1:  # else each worker keeps its own moving statistics
                 synchronize_batch_norm(model)
-            model.compile(optimizer=build_optimizer(experiment.optimizer, learning_rate),
-                          loss=get_loss(experiment.loss.name, **experiment.loss.args),
-                          # F1 is Dice for binary masks (medtf.metrics.SegF1): not logged twice.
-                          metrics=[DiceScore(name="dice"), IoUScore(name="iou"), SegPrecision(name="precision"),
-                                   SegRecall(name="recall"), SegSpecificity(name="specificity")],
-                          jit_compile=train_cfg.jit_compile)
+            # The task's defaults: loss "auto", its metrics (and one loss per head for deep supervision).
+            task.compile(model, build_optimizer(experiment.optimizer, learning_rate),
+                         loss=experiment.loss.as_dict(), jit_compile=train_cfg.jit_compile)
+        # The task maps the kind's parsed examples to (inputs, targets) shaped for this model's heads.
+        to_model = task.model_inputs(model)
+        train_ds, val_ds = build_datasets(data, strategy, seed=experiment.data_seed, model_inputs=to_model)
+        val_ds = shard_by_example(val_ds, strategy)
         wants_probes = train_cfg.image_panels or train_cfg.log_every_n_steps > 0
-        probes = probe_batches(data) if paths.is_chief and wants_probes else None
+        probes = probe_batches(data, model_inputs=to_model, panel_inputs=task.model_inputs()) \
+            if paths.is_chief and wants_probes else None
         guard = NanGuard(policy)
         callbacks = build_callbacks(train_cfg, schedule, paths, guard, resumed_rows, probes,
-                                    hparams=experiment.as_dict())
+                                    hparams=experiment.as_dict(), task=task)
         fit = model.fit(train_ds, validation_data=val_ds, epochs=epochs, steps_per_epoch=steps,
                         validation_steps=train_cfg.validation_steps, callbacks=callbacks,
                         shuffle=False,  # make_dataset already shuffles (files and examples, seeded)

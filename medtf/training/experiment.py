@@ -18,11 +18,14 @@ Sections and defaults (``medtf/training/engine.py`` describes what each key does
                val_split (val; null: no validation), fold, folds (null), patch_size, val_patch_size (null),
                val_batch_size (null: batch_size), transforms ([]), preprocess ([]), seed (null: the top-level seed)
     model:     name (required), args ({}: the model's constructor arguments)
-    loss:      name (required), args ({})
-    optimizer: name (adamw), learning_rate (0.001), weight_decay (0.0001)
+    task:      segmentation (default) | classification | contrastive (`medtf.tasks`)
+    loss:      name (auto: the task's default; a medtf loss or a Keras one such as binary_crossentropy), args ({})
+    optimizer: name (adamw; any Keras optimizer: adam, sgd, rmsprop, ...), learning_rate (0.001),
+               weight_decay (0.0001; null: none), args ({}: the optimizer's other arguments)
     schedule:  one of {name: constant} | {name: reduce_on_plateau, factor, patience, min_lr, monitor, mode,
                min_delta, cooldown, verbose} | {name: cosine, warmup_epochs | warmup_steps, min_lr, warmup_from}
-    train:     epochs (1), steps_per_epoch, validation_steps (null), monitor (val_dice), mode (max),
+    train:     epochs (1), steps_per_epoch, validation_steps (null), monitor / mode (the task's: val_dice / max
+               for segmentation, val_auc / max for classification, val_loss / min for contrastive),
                precision (float32), strategy (auto), keep_worker_outputs, jit_compile, remat (false),
                log_every_n_steps (100), image_panels, hparams (true), verbose (auto)
     seed:      null
@@ -41,9 +44,13 @@ from medtf.training.hyperparams import Config, at_least, check_value, choice, di
 
 STRATEGIES = ("auto", "mirrored", "one_device", "multiworker")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16", "auto", "float16", "bfloat16", "float64")
-OPTIMIZERS = ("adamw",)
+# Keras optimizers by name (`keras.optimizers.get`); every one takes learning_rate and weight_decay.
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "adagrad", "adadelta", "adamax", "nadam", "ftrl", "lion", "lamb",
+              "adafactor")
 # Keyword arguments every Keras model / loss takes through **kwargs.
 _MODEL_KWARGS, _LOSS_KWARGS = ("name", "dtype", "trainable"), ("name", "reduction", "dtype")
+_OPTIMIZER_KWARGS = ("clipnorm", "clipvalue", "global_clipnorm", "use_ema", "ema_momentum", "ema_overwrite_frequency",
+                     "loss_scale_factor", "gradient_accumulation_steps", "name")
 
 
 # === Sections ===
@@ -105,15 +112,21 @@ class ModelConfig(Config):
 
 @dataclass
 class LossConfig(Config):
-    name: str
+    """``name``: ``auto`` (the task's default), a medtf loss or a Keras one (``binary_crossentropy``, ...)."""
+
+    name: str = "auto"
     args: dict = field(default_factory=dict)
 
 
 @dataclass
 class OptimizerConfig(Config):
+    """Any Keras optimizer by name (``adamw``, ``adam``, ``sgd``, ...); ``args``: its other arguments
+    (``momentum``, ``beta_1``, ...)."""
+
     name: str = "adamw"
     learning_rate: float = 1e-3
-    weight_decay: float = 1e-4
+    weight_decay: float | None = 1e-4
+    args: dict = field(default_factory=dict)
 
     def check(self, path: str) -> None:
         choice(self.name.lower(), OPTIMIZERS, f"{path}.name", "optimizer")
@@ -220,12 +233,18 @@ class ExperimentConfig(Config):
 
     data: DataConfig
     model: ModelConfig
-    loss: LossConfig
+    loss: LossConfig = field(default_factory=LossConfig)
+    task: str = "segmentation"
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: Schedule = field(default_factory=ConstantSchedule, metadata={"parse": parse_schedule})
     train: TrainConfig = field(default_factory=TrainConfig)
     seed: int | None = None
     tune: dict | None = None
+
+    @classmethod
+    def from_dict(cls, raw, path: str = ""):
+        """Parse; ``task`` is checked first and ``train.monitor`` / ``train.mode`` default to the task's."""
+        return super().from_dict(_with_task_defaults(raw), path)
 
     def as_dict(self) -> dict:
         """The resolved config; no ``tune`` key unless the experiment has a search (a trial's run has none)."""
@@ -244,6 +263,29 @@ class ExperimentConfig(Config):
         if isinstance(self.schedule, CosineSchedule) and self.schedule.min_lr > lr:
             raise ConfigError(f"schedule.min_lr ({self.schedule.min_lr}) is above optimizer.learning_rate ({lr}): "
                               f"the cosine schedule decays from the learning rate down to min_lr")
+
+
+def _with_task_defaults(raw: Any) -> Any:
+    """``raw`` with ``train.monitor`` / ``train.mode`` filled from its ``task`` (`medtf.tasks.default_monitor`)
+    where the config leaves them out; a mode left out for a monitor given is ``min`` for losses, else ``max``."""
+    from medtf.tasks import default_monitor, task_names
+
+    if not isinstance(raw, Mapping):
+        return raw
+    task = raw.get("task", "segmentation")
+    if not isinstance(task, str) or task not in task_names():
+        raise unknown_name("task", "task", task, task_names())
+    train = raw.get("train") or {}
+    if not isinstance(train, Mapping) or ("monitor" in train and "mode" in train):
+        return raw
+    train = dict(train)
+    args = (raw.get("model") or {}).get("args") if isinstance(raw.get("model"), Mapping) else None
+    monitor, mode = default_monitor(task, args if isinstance(args, Mapping) else None)
+    if "monitor" in train:
+        mode = "min" if str(train["monitor"]).endswith("loss") else "max"
+    train.setdefault("monitor", monitor)
+    train.setdefault("mode", mode)
+    return {**raw, "train": train}
 
 
 def section(cls, value: Any, path: str):
@@ -294,6 +336,12 @@ def _check_transforms(entries: list[dict], key: str) -> None:
         check_arguments(_REGISTRY[name], kwargs, f"{key}[{i}]", f"transform {name}", required=True)
 
 
+def _optimizer_class(name: str):
+    import keras
+
+    return type(keras.optimizers.get(name.lower()))
+
+
 def check_components(experiment: ExperimentConfig) -> None:
     """Registry names and constructor arguments of the model, the loss and every transform (imports them)."""
     from medtf.losses import list_losses, loss_class
@@ -305,9 +353,19 @@ def check_components(experiment: ExperimentConfig) -> None:
         raise unknown_name("model.name", "model", model.name, list_models())
     check_arguments(model_constructor(model.name), model.args, "model.args", f"model {model.name}", _MODEL_KWARGS)
     loss = experiment.loss
-    if loss.name.lower() not in list_losses():
+    if loss.name == "auto":
+        if loss.args:
+            raise ConfigError("loss.args: the task's default loss (loss.name: auto) takes no arguments; name the loss")
+    elif loss.name.lower() not in list_losses():
         raise unknown_name("loss.name", "loss", loss.name, list_losses())
-    check_arguments(loss_class(loss.name), loss.args, "loss.args", f"loss {loss.name}", _LOSS_KWARGS)
+    else:
+        check_arguments(loss_class(loss.name), loss.args, "loss.args", f"loss {loss.name}", _LOSS_KWARGS)
+    optimizer = experiment.optimizer
+    check_arguments(_optimizer_class(optimizer.name), optimizer.args, "optimizer.args",
+                    f"optimizer {optimizer.name}", _OPTIMIZER_KWARGS)
+    for reserved in ("learning_rate", "weight_decay"):
+        if reserved in optimizer.args:
+            raise ConfigError(f"optimizer.args.{reserved}: set optimizer.{reserved} instead")
     data = experiment.data
     _check_transforms(data.preprocess, "data.preprocess")
     _check_transforms(data.transforms, "data.transforms")

@@ -106,7 +106,7 @@ def steps_per_epoch(data: DataConfig | Mapping, train: TrainConfig | Mapping | N
     return max(1, examples // data.batch_size)
 
 
-def build_datasets(data: DataConfig | Mapping, strategy=None, *, seed: int | None = None):
+def build_datasets(data: DataConfig | Mapping, strategy=None, *, seed: int | None = None, model_inputs=None):
     """``(train, validation)``: train shuffled/repeated/augmented; validation ordered, one pass, preprocess only.
 
     Training batches ``data.patch_size`` patches; validation takes ``data.val_patch_size`` (None: whole images,
@@ -115,6 +115,7 @@ def build_datasets(data: DataConfig | Mapping, strategy=None, *, seed: int | Non
     With a multi-replica ``strategy`` the training set is built per input pipeline
     (`medtf.data.make_distributed_dataset`, ``batch_size`` global); Keras distributes the validation set.
     ``seed``: used when ``data.seed`` is null (`ExperimentConfig.data_seed` passes the experiment's seed).
+    ``model_inputs``: the task's ``example -> (x, y)`` (`medtf.tasks.Task.model_inputs`; default: the kind's).
     """
     from medtf.data import make_dataset
 
@@ -124,12 +125,14 @@ def build_datasets(data: DataConfig | Mapping, strategy=None, *, seed: int | Non
     train_split, val_split = split_names(data)
     train_ds = make_dataset(data.dir, train_split, training=True,
                             batch_size=data.batch_size, patch_size=data.patch_size, seed=seed,
-                            transforms=training_transforms(data), strategy=strategy if distribute else None)
+                            transforms=training_transforms(data), strategy=strategy if distribute else None,
+                            model_inputs=model_inputs)
     val_ds = None
     if val_split:
         val_batch = data.val_batch_size or data.batch_size
         val_ds = make_dataset(data.dir, val_split, training=False, repeat=False, batch_size=val_batch,
-                              patch_size=data.val_patch_size, seed=seed, transforms=build_preprocess(data))
+                              patch_size=data.val_patch_size, seed=seed, transforms=build_preprocess(data),
+                              model_inputs=model_inputs)
         val_ds = _with_length(val_ds, data.dir, val_split, val_batch, strategy)
     return train_ds, val_ds
 
@@ -156,23 +159,28 @@ def _with_length(val_ds, data_dir, split, batch_size: int, strategy):
     return val_ds.apply(tf.data.experimental.assert_cardinality(math.ceil(examples / batch_size)))
 
 
-def probe_batches(data: DataConfig | Mapping, count: int = 2) -> tuple[tuple | None, list[tuple]]:
+def probe_batches(data: DataConfig | Mapping, count: int = 2, *, model_inputs=None,
+                  panel_inputs=None) -> tuple[tuple | None, list[tuple]]:
     """Fixed examples for the diagnostics: ``(train batch (x, y) or None, [validation (x, y) ...])`` as numpy.
 
     The training batch is preprocessed but not augmented (center patch of ``data.patch_size``), so gradient
     statistics at different steps are comparable; the validation examples are exactly what validation sees.
+    ``model_inputs`` maps the training batch (the targets the compiled loss takes), ``panel_inputs`` the
+    validation examples (one image and its target for the task's panels); default: the kind's mapping.
     """
     from medtf.data import make_dataset
 
     data = _data(data)
     pre = build_preprocess(data)
 
-    def take(split, patch, n, batch):
+    import tensorflow as tf
+
+    def take(split, patch, n, batch, mapping):
         ds = make_dataset(data.dir, split, training=False, repeat=False, batch_size=batch, patch_size=patch,
-                          seed=0, transforms=pre)
-        return [(np.asarray(x), np.asarray(y)) for x, y in ds.take(n)]
+                          seed=0, transforms=pre, model_inputs=mapping)
+        return [tf.nest.map_structure(np.asarray, (x, y)) for x, y in ds.take(n)]
 
     train_split, val_split = split_names(data)
-    train = take(train_split, data.patch_size, 1, min(2, data.batch_size))
-    val = take(val_split, data.val_patch_size, count, 1) if val_split else []
+    train = take(train_split, data.patch_size, 1, min(2, data.batch_size), model_inputs)
+    val = take(val_split, data.val_patch_size, count, 1, panel_inputs or model_inputs) if val_split else []
     return (train[0] if train else None), val

@@ -7,6 +7,8 @@ import keras
 from medtf.layers import (
     NORM_TYPES,
     ConvBlock,
+    CropToInput,
+    PadToMultiple,
     conv_layer,
     conv_transpose_layer,
     norm_layer,
@@ -70,12 +72,14 @@ class UNet(keras.Model):
 
     Input ``(B, H, W, in_channels)`` or ``(B, D, H, W, in_channels)``; output ``(B, *spatial, num_classes)`` in
     float32 (the final activation layer is forced to float32, so mixed precision is safe). ``depth`` counts
-    resolution levels including the bottleneck, so there are ``depth - 1`` poolings and every spatial size must be
-    divisible by ``2**(depth - 1)``; when ``input_shape`` is given this is checked at build time (``ValueError``).
+    resolution levels including the bottleneck, so there are ``depth - 1`` poolings: inputs of any spatial size are
+    padded to a multiple of ``2**(depth - 1)`` with each image's per-channel minimum inside the graph and every head
+    is cropped back to the input's grid (`medtf.layers.PadToMultiple`; no-op on divisible sizes). A static
+    ``input_shape`` must still be divisible (checked at build time, ``ValueError``).
 
     With ``deep_supervision=True`` (needs ``depth >= 3``) the model returns a list of ``depth - 1`` tensors
     ``[main, aux_1, ..., aux_{depth-2}]`` where ``aux_k`` has shape
-    ``(B, *(spatial // 2**k), num_classes)`` — one 1x1 head per decoder level, full resolution first.
+    ``(B, *ceil(spatial / 2**k), num_classes)`` — one 1x1 head per decoder level, full resolution first.
 
     Args:
         spatial_dims: 2 or 3.
@@ -148,13 +152,19 @@ class UNet(keras.Model):
             x = upsampling_layer(spatial_dims)(2, name=f"{prefix}_upsample")(x)
             return conv(n_filters, 1, name=f"{prefix}_upproj")(x)
 
-        def head(x, name):
+        factor = 2 ** (depth - 1)
+
+        def head(x, name, scale=1):
             x = conv(num_classes, 1, name=f"{name}_logits")(x)
+            if factor > 1:  # back to the input's grid (a no-op on divisible sizes)
+                x = CropToInput(factor, spatial_dims, scale, name=f"{name}_crop")([x, inputs])
             return keras.layers.Activation(final_activation or "linear", dtype="float32", name=name)(x)
 
         # === Functional Model ===
         inputs = keras.Input(shape=(*spatial, in_channels), name="image")
-        x = inputs
+        # Any spatial size: pad to 2**(depth-1) with each image's per-channel minimum, crop the heads back, so
+        # whole-volume validation of e.g. 37x61x83 runs and the padding never reaches the loss or the metrics.
+        x = PadToMultiple(factor, spatial_dims, name="pad_to_divisor")(inputs) if factor > 1 else inputs
         skips = []
         for i in range(depth):
             x = block(x, filters[i], f"enc{i}")
@@ -172,7 +182,7 @@ class UNet(keras.Model):
         main = head(x, "output")
         if deep_supervision:
             # decoder_outputs runs coarse → fine; aux heads for levels 1..depth-2, full resolution first.
-            aux = [head(decoder_outputs[-1 - k], f"output_aux{k}") for k in range(1, depth - 1)]
+            aux = [head(decoder_outputs[-1 - k], f"output_aux{k}", 2 ** k) for k in range(1, depth - 1)]
             outputs = [main, *aux]
         else:
             outputs = main

@@ -1,0 +1,97 @@
+"""The U-Net encoder as a reusable backbone: a classifier head or a contrastive image tower on the same conv code.
+
+`unet_encoder` cuts a `UNet`'s contracting path at the bottleneck (the layers, names and padding of the U-Net
+itself, so a segmentation checkpoint's encoder weights load by name); `UNetClassifier` puts global average
+pooling and a dense head on it.
+"""
+
+from __future__ import annotations
+
+import keras
+
+from medtf.models.registry import register_model
+from medtf.models.unet.unet import UNet
+
+
+def unet_encoder(spatial_dims=2, in_channels=1, depth=4, base_filters=32, filters_multiplier=2, conv_per_block=2,
+                 norm="batch", groups=8, activation="relu", dropout=0.0, remat=False, name="unet_encoder"):
+    """``(B, *spatial, in_channels)`` -> bottleneck features ``(B, *ceil(spatial / 2**(depth-1)), filters)``.
+
+    Example:
+        >>> encoder = unet_encoder(spatial_dims=2, in_channels=3, depth=3, base_filters=8)
+        >>> encoder(np.zeros((2, 32, 32, 3))).shape
+        TensorShape([2, 8, 8, 32])
+    """
+    unet = UNet(spatial_dims=spatial_dims, in_channels=in_channels, num_classes=1, depth=depth,
+                base_filters=base_filters, filters_multiplier=filters_multiplier, conv_per_block=conv_per_block,
+                norm=norm, groups=groups, activation=activation, dropout=dropout, remat=remat)
+    bottleneck = [layer for layer in unet.layers if layer.name.split("_")[0] == f"enc{depth - 1}"][-1]
+    return keras.Model(unet.inputs, bottleneck.output, name=name)
+
+
+@keras.saving.register_keras_serializable(package="medtf")
+class UNetClassifier(keras.Model):
+    """Image classifier: the U-Net encoder (`unet_encoder`), global average pooling, dropout and a dense head.
+
+    Input ``(B, H, W, C)`` or ``(B, D, H, W, C)`` of any size; output ``(B, num_classes)`` probabilities in
+    float32 (sigmoid for one class: binary; softmax otherwise).
+
+    Args:
+        spatial_dims, in_channels, depth, base_filters, filters_multiplier, conv_per_block, norm, groups,
+            activation, remat: the encoder's (as `medtf.models.UNet`).
+        num_classes: 1 (binary, sigmoid) or the number of classes (softmax).
+        head_dropout: dropout before the dense head.
+
+    Example:
+        >>> model = UNetClassifier(spatial_dims=2, in_channels=3, num_classes=1, depth=3, base_filters=8)
+        >>> model(np.zeros((2, 32, 32, 3))).shape
+        TensorShape([2, 1])
+    """
+
+    def __init__(self, spatial_dims=2, in_channels=1, num_classes=1, depth=4, base_filters=32, filters_multiplier=2,
+                 conv_per_block=2, norm="batch", groups=8, activation="relu", head_dropout=0.0, remat=False,
+                 **kwargs):
+        if not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
+        # === Layers ===
+        encoder = unet_encoder(spatial_dims, in_channels, depth, base_filters, filters_multiplier, conv_per_block,
+                               norm, groups, activation, remat=remat)
+        pool = (keras.layers.GlobalAveragePooling2D if spatial_dims == 2 else keras.layers.GlobalAveragePooling3D)
+        # === Functional Model ===
+        inputs = keras.Input(shape=(None,) * spatial_dims + (in_channels,), name="image")
+        x = pool(name="pool")(encoder(inputs))
+        if head_dropout > 0:
+            x = keras.layers.Dropout(head_dropout, name="head_dropout")(x)
+        x = keras.layers.Dense(num_classes, name="logits")(x)
+        outputs = keras.layers.Activation("sigmoid" if num_classes == 1 else "softmax", dtype="float32",
+                                          name="output")(x)
+        super().__init__(inputs=inputs, outputs=outputs, name=kwargs.pop("name", "unet_classifier"), **kwargs)
+        # === Config ===
+        self.spatial_dims, self.in_channels, self.num_classes = spatial_dims, in_channels, num_classes
+        self.depth, self.base_filters, self.filters_multiplier = depth, base_filters, filters_multiplier
+        self.conv_per_block, self.norm, self.groups, self.activation = conv_per_block, norm, groups, activation
+        self.head_dropout, self.remat = head_dropout, bool(remat)
+        self.final_activation = "sigmoid" if num_classes == 1 else "softmax"
+
+    def get_config(self):
+        return {"name": self.name, "trainable": self.trainable, "spatial_dims": self.spatial_dims,
+                "in_channels": self.in_channels, "num_classes": self.num_classes, "depth": self.depth,
+                "base_filters": self.base_filters, "filters_multiplier": self.filters_multiplier,
+                "conv_per_block": self.conv_per_block, "norm": self.norm, "groups": self.groups,
+                "activation": self.activation, "head_dropout": self.head_dropout, "remat": self.remat}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+@register_model(model_class=UNetClassifier)
+def unet_classifier2d_small(**kwargs):
+    """Tiny 2D U-Net-encoder classifier (depth 3, 8 base filters) — CPU-friendly for tests and demos."""
+    return UNetClassifier(**{**dict(spatial_dims=2, depth=3, base_filters=8, norm="batch"), **kwargs})
+
+
+@register_model(model_class=UNetClassifier)
+def unet_classifier3d(**kwargs):
+    """3D U-Net-encoder classifier (depth 4, 32 base filters, instance norm)."""
+    return UNetClassifier(**{**dict(spatial_dims=3, depth=4, base_filters=32, norm="instance"), **kwargs})
