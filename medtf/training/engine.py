@@ -65,7 +65,7 @@ from medtf.runtime import resolve_precision
 from medtf.training.callbacks import (HParamsLogger, LearningRateLogger, NanGuard, backup_epoch, best_so_far,
                                       nan_message, trim_history)
 from medtf.training.config import save_resolved
-from medtf.training.experiment import (CosineSchedule, ExperimentConfig, ModelConfig, OptimizerConfig, TrainConfig,
+from medtf.training.experiment import (ExperimentConfig, ModelConfig, OptimizerConfig, TrainConfig,
                                        parse_config, section)
 from medtf.tasks import get_task
 from medtf.training.diagnostics import GradientStats
@@ -210,9 +210,8 @@ def train(config: ExperimentConfig | Mapping, run_dir: str | os.PathLike) -> dic
         initial_epoch = backup_epoch(paths.backup)
         resumed_rows = trim_history(paths.history, initial_epoch) if paths.is_chief else []
         task = get_task(experiment.task)
-        steps = train_cfg.steps_per_epoch
-        if isinstance(schedule, CosineSchedule):
-            steps = steps_per_epoch(data, train_cfg)
+        # null: the whole training split (the training set repeats forever, so Keras needs the count)
+        steps = steps_per_epoch(data, train_cfg)
         learning_rate = build_learning_rate(schedule, experiment.optimizer.learning_rate, steps, epochs)
         with strategy.scope():
             model = build_model(experiment.model, train_cfg.remat)
