@@ -95,8 +95,8 @@ class ContrastiveTask(Task):
         ckpt = Path(checkpoint) if checkpoint not in ("best", "last") else \
             run_dir / "checkpoints" / f"{checkpoint}.keras"
         model = load_checkpoint(ckpt)
-        image_tower = keras.Model(model.inputs["image"], model.get_layer("image_embedding").output)
-        text_tower = keras.Model(model.inputs["report"], model.get_layer("text_embedding").output)
+        image_tower = keras.Model(model.get_layer("image").output, model.get_layer("image_embedding").output)
+        text_tower = keras.Model(model.get_layer("report").output, model.get_layer("text_embedding").output)
 
         def encode_text(reports):
             """reports (strings) -> text_embeddings"""

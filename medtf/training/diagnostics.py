@@ -185,6 +185,7 @@ class GradientStats(keras.callbacks.Callback):
                 tf.summary.histogram(f"weights/{var.path}", tf.cast(var.value, tf.float32), step=step)
                 if grad is None:
                     continue
+                grad = tf.convert_to_tensor(grad)  # IndexedSlices (embedding lookups) -> dense
                 g = np.abs(tf.cast(grad, tf.float32).numpy())
                 tf.summary.histogram(f"gradients/{var.path}", tf.cast(grad, tf.float32), step=step)
                 squares += float(np.sum(g.astype(np.float64) ** 2))
