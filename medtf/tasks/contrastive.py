@@ -82,6 +82,47 @@ class ContrastiveTask(Task):
     def default_metrics(self, model):
         return [RetrievalRecallAt1()]
 
+    def evaluate(self, run_dir, split: str = "test", checkpoint: str = "best", output=None, data_dir=None,
+                 verbose: bool = True, **_) -> dict:
+        """Retrieval over the whole split: image->report and report->image recall@1/@5 and median rank of the own
+        pair; per_example.csv (ranks) and summary.json in ``output`` (default ``RUN_DIR/eval-SPLIT``)."""
+        import csv
+
+        from medtf.data import make_dataset
+        from medtf.evaluation.report import write_summary
+        from medtf.evaluation.run import build_preprocess, data_dir_of, load_run
+
+        config, model, config_path, ckpt = load_run(run_dir, checkpoint)
+        data = data_dir_of(config, config_path, data_dir)
+        out = Path(output) if output is not None else Path(run_dir) / f"eval-{split}"
+        out.mkdir(parents=True, exist_ok=True)
+        ds = make_dataset(data, split, batch_size=4, training=False, repeat=False, output="dict",
+                          transforms=build_preprocess(config))
+        ids, embeddings = [], []
+        for batch in ds:
+            embeddings.append(np.asarray(model({"image": batch["image"], "report": batch["report"]}, training=False)))
+            ids.extend(v.decode() for v in batch["example_id"].numpy())
+        both = np.concatenate(embeddings)
+        half = both.shape[1] // 2
+        similarity = both[:, :half] @ both[:, half:].T
+        own = np.diag(similarity)
+        image_rank = 1 + (similarity > own[:, None]).sum(axis=1)   # image i among all reports
+        text_rank = 1 + (similarity > own[None, :]).sum(axis=0)    # report j among all images
+        metrics = {"n": int(len(own))}
+        for name, ranks in (("image_to_report", image_rank), ("report_to_image", text_rank)):
+            metrics.update({f"{name}_recall_at_1": float((ranks <= 1).mean()),
+                            f"{name}_recall_at_5": float((ranks <= 5).mean()),
+                            f"{name}_median_rank": float(np.median(ranks))})
+        with open(out / "per_example.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["example_id", "image_to_report_rank", "report_to_image_rank"])
+            writer.writerows(zip(ids, image_rank.tolist(), text_rank.tolist()))
+        summary = {"task": self.name, "split": split, "checkpoint": str(ckpt), "metrics": metrics}
+        write_summary(summary, out / "summary.json")
+        if verbose:
+            print(" ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k != "n"))
+        return summary
+
     def export(self, run_dir, checkpoint: str = "best", output=None, version=None, name=None,
                threshold: float = 0.5, **_) -> Path:
         """``serving_default``: raw ``images`` -> ``image_embeddings (B, E)``; ``encode_text``: ``reports``

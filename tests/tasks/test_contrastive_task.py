@@ -46,6 +46,15 @@ def test_reports_contrastive_end_to_end(reports_source, tmp_path):  # noqa: F811
     assert len(rows) == 2 and {"loss", "val_loss", "val_recall_at_1"} <= set(rows[0])
     assert all(np.isfinite(float(r["val_loss"])) for r in rows)
 
+    assert run_medtf("evaluate", run, "--split", "test", "--quiet") == 0
+    summary = json.loads((run / "eval-test" / "summary.json").read_text())
+    metrics = summary["metrics"]
+    ranks = list(csv.DictReader(open(run / "eval-test" / "per_example.csv")))
+    assert metrics["n"] == len(ranks) == 2  # 10 studies split 0.6 / 0.2 / 0.2
+    recall = np.mean([int(r["image_to_report_rank"]) <= 1 for r in ranks])
+    assert metrics["image_to_report_recall_at_1"] == pytest.approx(recall)
+    assert all(1 <= int(r["report_to_image_rank"]) <= 2 for r in ranks)
+
     assert run_medtf("export", run, "--output", tmp_path / "export", "--quiet") == 0
     model_dir = tmp_path / "export" / "clip_unet3d_small" / "1"
     assert json.loads((model_dir / "medtf.json").read_text())["task"] == "contrastive"
