@@ -27,7 +27,8 @@ def test_validation_gets_preprocess_only(lgg_tiny):
     got = np.concatenate([x.numpy() for x, _ in val])
     assert got.shape == raw.shape == (4, 32, 32, 3)
     np.testing.assert_allclose(got, np.clip((raw - lo) / (hi - lo), 0, 1), atol=1e-5)  # windowed, never flipped
-    assert 0 < (got == 1).mean() < 0.2 and (got == 0).mean() > 0.2
+    # Clipped at both ends (a saturated top can sit exactly on the window's edge: compare with round-off).
+    assert 0 < (got >= 1 - 1e-5).mean() < 0.5 and (got <= 1e-5).mean() > 0.2
 
 
 def test_training_examples_are_preprocessed_before_augmentation(lgg_tiny):
