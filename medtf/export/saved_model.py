@@ -47,6 +47,8 @@ from typing import Any, Mapping
 from medtf.export.fingerprint import fingerprint_for_export
 from medtf.export.layout import METADATA_FILE, ExportError, next_version, publish
 from medtf.export.normalization import Preprocessor
+from medtf.layers.padding import pad_to_multiple
+from medtf.tasks.base import main_output
 
 DEFAULT_THRESHOLD = 0.5
 FORMAT = "medtf-savedmodel/1"
@@ -111,15 +113,6 @@ def load_checkpoint(path: Path):
     return keras.saving.load_model(str(path), compile=False)
 
 
-def _main_output(outputs):
-    """Deep-supervision models return ``[main, aux...]``: serve the full-resolution main head only."""
-    if isinstance(outputs, (list, tuple)):
-        return outputs[0]
-    if isinstance(outputs, Mapping):
-        return next(iter(outputs.values()))
-    return outputs
-
-
 def model_facts(model) -> dict:
     """Spatial dims, input channels, classes, size divisor (``2**(depth-1)`` for U-Nets) and output activation.
 
@@ -128,7 +121,7 @@ def model_facts(model) -> dict:
     declare ``final_activation`` are taken to output probabilities already.
     """
     shape = tuple(model.inputs[0].shape)
-    out = _main_output(model.outputs)
+    out = main_output(model.outputs)
     num_classes = int(out.shape[-1])
     depth = getattr(model, "depth", None)
     declared = getattr(model, "final_activation", "undeclared")
@@ -138,30 +131,6 @@ def model_facts(model) -> dict:
     return {"spatial_dims": len(shape) - 2, "in_channels": int(shape[-1]), "num_classes": num_classes,
             "size_divisor": 2 ** (int(depth) - 1) if depth else 1,
             "final_activation": None if declared == "undeclared" else declared, "output_activation": added}
-
-
-def pad_to_multiple(x, divisor: int, spatial_dims: int):
-    """Pad ``(B, *spatial, C)`` so every spatial size is a multiple of ``divisor`` (evenly before/after) with each
-    image's per-channel minimum; returns ``(padded, crop)`` where ``crop(y)`` cuts an output back to ``x``'s size."""
-    import tensorflow as tf
-
-    if divisor <= 1:
-        return x, lambda y: y
-    axes = list(range(1, spatial_dims + 1))
-    size = tf.shape(x)[1:spatial_dims + 1]
-    total = (-size) % divisor
-    before = total // 2
-    paddings = tf.concat([[[0, 0]], tf.stack([before, total - before], axis=1), [[0, 0]]], axis=0)
-    inside = tf.pad(tf.ones_like(x, dtype=tf.bool), paddings, constant_values=False)
-    lowest = tf.reduce_min(x, axis=axes, keepdims=True)
-    padded = tf.where(inside, tf.pad(x, paddings), lowest)
-
-    def crop(y):
-        begin = tf.concat([[0], before, [0]], axis=0)
-        extent = tf.concat([[-1], size, [-1]], axis=0)
-        return tf.slice(y, begin, extent)
-
-    return padded, crop
 
 
 def build_archive(model, preprocessor: Preprocessor, spatial_dims: int, in_channels: int,
@@ -176,7 +145,7 @@ def build_archive(model, preprocessor: Preprocessor, spatial_dims: int, in_chann
 
     def model_fn(x):
         padded, crop = pad_to_multiple(x, size_divisor, spatial_dims)
-        return crop(activation(tf.cast(_main_output(model(padded, training=False)), tf.float32)))
+        return crop(activation(tf.cast(main_output(model(padded, training=False)), tf.float32)))
 
     @tf.function(input_signature=[spec])
     def serving_default(images):

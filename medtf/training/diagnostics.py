@@ -17,16 +17,8 @@ from collections import OrderedDict
 import keras
 import numpy as np
 
+from medtf.tasks.base import main_output
 from medtf.training.schedules import scalar
-
-
-def _main_output(outputs):
-    """Deep-supervision models return ``[main, aux...]``: the full-resolution main head."""
-    if isinstance(outputs, (list, tuple)):
-        return outputs[0]
-    if isinstance(outputs, dict):
-        return next(iter(outputs.values()))
-    return outputs
 
 
 def _unit(a: np.ndarray) -> np.ndarray:
@@ -94,7 +86,7 @@ class ValidationPanels(keras.callbacks.Callback):
         """``(N, H, 3 W, 3)`` panels of the examples with the current model (smaller ones zero-padded)."""
         out = []
         for x, y in self.examples:
-            prediction = _main_output(self.model(x, training=False))
+            prediction = main_output(self.model(x, training=False))
             prediction = keras.ops.cast(prediction, "float32").numpy()
             out.append(make_panel(x[0], y[0], prediction[0]))
         # whole-volume validation: cases differ in size, tf.summary.image needs one shape
