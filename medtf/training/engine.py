@@ -66,7 +66,7 @@ from medtf.training.callbacks import (HParamsLogger, LearningRateLogger, NanGuar
                                       nan_message, trim_history)
 from medtf.training.config import save_resolved
 from medtf.training.experiment import (ExperimentConfig, ModelConfig, OptimizerConfig, TrainConfig,
-                                       parse_config, section)
+                                       optimizer_class, parse_config, section)
 from medtf.tasks import get_task
 from medtf.training.diagnostics import GradientStats
 from medtf.training.inputs import build_datasets, build_preprocess, probe_batches, steps_per_epoch, training_transforms
@@ -88,7 +88,7 @@ def build_optimizer(opt: OptimizerConfig | Mapping, learning_rate=None) -> keras
     opt = section(OptimizerConfig, opt, "optimizer")
     if learning_rate is None:
         learning_rate = opt.learning_rate
-    cls = type(keras.optimizers.get(opt.name.lower()))
+    cls = optimizer_class(opt.name)
     return cls(learning_rate=learning_rate, weight_decay=opt.weight_decay, **opt.args)
 
 

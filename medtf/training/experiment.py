@@ -336,10 +336,21 @@ def _check_transforms(entries: list[dict], key: str) -> None:
         check_arguments(_REGISTRY[name], kwargs, f"{key}[{i}]", f"transform {name}", required=True)
 
 
-def _optimizer_class(name: str):
+def optimizer_class(name: str):
+    """The Keras optimizer class ``name`` (case-insensitive, e.g. ``adamw`` -> `keras.optimizers.AdamW`).
+
+    Looked up, not instantiated: creating an optimizer creates a variable, which initialises TensorFlow's eager
+    context, after which MultiWorkerMirroredStrategy can no longer configure its collective ops (configs are
+    checked before the engine creates the strategy).
+    """
     import keras
 
-    return type(keras.optimizers.get(name.lower()))
+    classes = {cls.__name__.lower(): cls for cls in vars(keras.optimizers).values()
+               if isinstance(cls, type) and issubclass(cls, keras.optimizers.Optimizer)}
+    try:
+        return classes[name.lower()]
+    except KeyError:
+        raise ValueError(f"unknown optimizer {name!r}") from None
 
 
 def check_components(experiment: ExperimentConfig) -> None:
@@ -361,7 +372,7 @@ def check_components(experiment: ExperimentConfig) -> None:
     else:
         check_arguments(loss_class(loss.name), loss.args, "loss.args", f"loss {loss.name}", _LOSS_KWARGS)
     optimizer = experiment.optimizer
-    check_arguments(_optimizer_class(optimizer.name), optimizer.args, "optimizer.args",
+    check_arguments(optimizer_class(optimizer.name), optimizer.args, "optimizer.args",
                     f"optimizer {optimizer.name}", _OPTIMIZER_KWARGS)
     for reserved in ("learning_rate", "weight_decay"):
         if reserved in optimizer.args:

@@ -36,3 +36,26 @@ def test_load_and_save_round_trip(tmp_path):
         load_config(tmp_path / "bad.yaml")
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_checking_a_config_leaves_tensorflow_uninitialised(tmp_path):
+    """Configs are checked before the engine creates its strategy; MultiWorkerMirroredStrategy can only configure
+    collective ops while TensorFlow's eager context is uninitialised, so checking must not create tensors (it once
+    instantiated the optimizer to find its class, and every multi-worker SLURM job failed at start)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.training.conftest import tiny_config
+
+    path = tmp_path / "exp.yaml"
+    config = tiny_config(tmp_path / "shards")
+    config["optimizer"] = {"name": "sgd", "learning_rate": 0.1, "args": {"momentum": 0.9}}
+    path.write_text(yaml.safe_dump(config))
+    code = ("import sys, medtf; from tensorflow.python.eager import context; "
+            "from medtf.training.experiment import load_experiment; load_experiment(sys.argv[1], []); "
+            "print('initialised' if context.context()._initialized else 'clean')")
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "clean"
