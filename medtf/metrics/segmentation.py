@@ -39,7 +39,10 @@ class _ConfusionMetric(keras.metrics.Metric):
         y_true = ops.convert_to_tensor(y_true)
         y_pred = ops.convert_to_tensor(y_pred)
         st, sp = tuple(y_true.shape), tuple(y_pred.shape)
-        if len(sp) not in (4, 5) or st != sp:
+        # Unknown (None) sizes are compatible with any: a replica's batch is static on one side only, and a
+        # U-Net that pads to its size divisor in-graph has dynamic spatial sizes.
+        compatible = len(st) == len(sp) and all(a is None or b is None or a == b for a, b in zip(st, sp))
+        if len(sp) not in (4, 5) or not compatible:
             raise ValueError(f"Expected equal shapes of rank 4 or 5, got y_true {st}, y_pred {sp}")
         if self.class_id is not None:
             if self.class_id >= sp[-1]:
@@ -169,7 +172,8 @@ class PerClassScore(keras.metrics.Metric):
             raise ValueError("sample_weight is not supported by segmentation confusion metrics")
         y_true, y_pred = ops.convert_to_tensor(y_true), ops.convert_to_tensor(y_pred)
         st, sp = tuple(y_true.shape), tuple(y_pred.shape)
-        if len(sp) not in (4, 5) or st != sp or sp[-1] != self.num_classes:
+        compatible = len(st) == len(sp) and all(a is None or b is None or a == b for a, b in zip(st, sp))
+        if len(sp) not in (4, 5) or not compatible or sp[-1] != self.num_classes:
             raise ValueError(f"Expected equal shapes of rank 4 or 5 with {self.num_classes} channels, "
                              f"got y_true {st}, y_pred {sp}")
         t = ops.one_hot(ops.argmax(y_true, axis=-1), self.num_classes)
