@@ -18,14 +18,21 @@ def test_the_shipped_experiments_are_found():
 def test_experiment_loads_and_builds(path):
     import numpy as np
 
-    from medtf.losses import get_loss
+    import keras
+
+    from medtf.tasks import get_task
     from medtf.training.config import load_config
     from medtf.training.engine import build_model
+    from medtf.training.experiment import parse_config
     from medtf.tuning import tune_settings
 
     config = load_config(path)
-    get_loss(config["loss"]["name"], **dict(config["loss"].get("args") or {}))
+    experiment = parse_config(config)  # every key, type, name and argument checked
     model = build_model(config["model"])
+    task = get_task(experiment.task)
+    assert isinstance(task.build_loss(config["loss"], model), keras.losses.Loss)
+    if experiment.task != "segmentation":  # the task tests (tests/tasks) run these end to end
+        return
     args = config["model"]["args"]
     spatial = [16] * (3 if "3d" in config["model"]["name"] else 2)
     x = np.zeros((1, *spatial, args["in_channels"]), "float32")
