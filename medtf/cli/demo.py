@@ -1,5 +1,5 @@
-"""``medtf demo``: the whole path on built-in synthetic data in a few minutes on 2 CPU cores (5.0 min of CPU time;
-10.3 min wall clock measured on 2 shared cores at load average 8, i.e. while others' jobs ran).
+"""``medtf demo``: the whole path on built-in synthetic data in a few minutes on 2 CPU cores (3.3 min on an idle
+2-core AVX2 AMD EPYC; 10.3 min wall clock on 2 shared cores at load average 8, i.e. while others' jobs ran).
 
     synthesise breast-brachytherapy CT + RT Plans  ->  convert to de-identified TFRecords (patient-level splits)
     ->  verify  ->  train a small 3D U-Net (experiments/brachy_unet3d.yaml, scaled down)  ->  evaluate on the
