@@ -233,8 +233,14 @@ def export_run(run_dir: str | os.PathLike, checkpoint: str = "best", output: str
         logging.getLogger("medtf.export").warning("no training-data fingerprint in %s: %s; medtf predict will not "
                                                   "warn about inputs unlike the training data", METADATA_FILE, why_not)
 
-    model_base.mkdir(parents=True, exist_ok=True)
-    tmp = model_base / f".tmp-{target.name}-{os.getpid()}"
+    return write_archive(archive, metadata, model_base, target)
+
+
+def write_archive(archive, metadata: dict, base: Path, target: Path) -> Path:
+    """Write ``archive`` + ``medtf.json`` into a temporary folder under ``base`` and publish it as ``target``
+    (atomic: a half-written export never looks complete)."""
+    base.mkdir(parents=True, exist_ok=True)
+    tmp = base / f".tmp-{target.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     logger = logging.getLogger("tensorflow")
     level = logger.level

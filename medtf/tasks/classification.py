@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -280,15 +279,12 @@ def export_classifier(task: str, run_dir, checkpoint, output, version, name, thr
                       extra_signatures: dict | None = None, image_model=None) -> Path:
     """Write ``OUTPUT/NAME/VERSION`` with ``serving_default`` (raw images -> ``outputs``), ``preprocess`` and
     ``extra_signatures`` (name -> (input specs, fn)), plus ``medtf.json`` (task, kind, signatures, preprocessing)."""
-    import logging
-    import shutil
-
     import tensorflow as tf
 
     from medtf import __version__
-    from medtf.export.layout import METADATA_FILE, ExportError, next_version, publish
+    from medtf.export.layout import ExportError, next_version
     from medtf.export.normalization import Preprocessor
-    from medtf.export.saved_model import load_checkpoint, read_run, sha256_file
+    from medtf.export.saved_model import load_checkpoint, read_run, sha256_file, write_archive
 
     run_dir = Path(run_dir)
     config = read_run(run_dir)
@@ -330,19 +326,7 @@ def export_classifier(task: str, run_dir, checkpoint, output, version, name, thr
                 "threshold": float(threshold), **preprocessor.describe(), "signatures": signatures,
                 "input_name": "images", "output_names": list(outputs), "medtf_version": __version__,
                 "checkpoint": {"file": ckpt.name, "sha256": sha256_file(ckpt)}}
-    base.mkdir(parents=True, exist_ok=True)
-    tmp = base / f".tmp-{target.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    logger = logging.getLogger("tensorflow")
-    level = logger.level
-    try:
-        logger.setLevel(logging.WARNING)
-        archive.write_out(str(tmp), verbose=False)
-        (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
-        return publish(tmp, target)
-    finally:
-        logger.setLevel(level)
-        shutil.rmtree(tmp, ignore_errors=True)
+    return write_archive(archive, metadata, base, target)
 
 
 def read_for_predict(model_dir, input_path) -> tuple[Path, dict, list[Path], list[np.ndarray]]:
