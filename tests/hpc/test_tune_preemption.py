@@ -20,9 +20,10 @@ REPO = Path(__file__).resolve().parents[2]
 EPOCHS, TRIALS = 4, 3
 
 
-
-
-@pytest.mark.parametrize("scancel", [["--batch"], []], ids=["batch-shell", "workers-only"])
+# The batch-shell path is what `slurm/tune.sbatch` gets from `--signal=B:USR1@S`: default tier. Signalling only the
+# workers is the rarer path and costs another minute of SLURM time: slow tier (`make test-slow`).
+@pytest.mark.parametrize("scancel", [["--batch"], pytest.param([], marks=pytest.mark.slow)],
+                         ids=["batch-shell", "workers-only"])
 def test_preempted_search_requeues_and_finishes_its_budget(scancel, slurm, lgg_tiny, cpu_cluster_config, hpc_root):
     """``--batch``: USR1 to the batch shell, as SLURM's ``--signal=B:USR1@S`` does (the trap forwards it); without
     it, scancel signals only the job steps (the workers): the shell then tells the chief once they are gone."""
