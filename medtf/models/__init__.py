@@ -3,5 +3,8 @@
 from medtf.models.registry import get_model, list_models, register_model
 from medtf.models.clip import ImageReportEncoder  # noqa: E402  (registers the dual encoders)
 from medtf.models.unet import AttentionUNet, UNet, UNetClassifier, unet_encoder  # noqa: E402  (registers the unet variants)
+from medtf.models.vgg import VGGBackbone, VGGClassifier  # noqa: E402  (registers the vgg variants)
+from medtf.models.freeze import freeze, trainable_counts, unfreeze  # noqa: E402
 
-__all__ = ["AttentionUNet", "ImageReportEncoder", "UNet", "UNetClassifier", "unet_encoder", "get_model", "list_models", "register_model"]
+__all__ = ["AttentionUNet", "ImageReportEncoder", "UNet", "UNetClassifier", "VGGBackbone", "VGGClassifier", "freeze",
+           "get_model", "list_models", "register_model", "trainable_counts", "unet_encoder", "unfreeze"]
