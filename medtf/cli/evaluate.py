@@ -16,6 +16,11 @@ def register(commands) -> None:
     p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (default %(default)s)")
     p.add_argument("--output", default=None, help="output folder (default RUN_DIR/eval-SPLIT)")
     p.add_argument("--data-dir", default=None, help="shard folder (default: the run config's data.dir)")
+    p.add_argument("--tta", action="store_true",
+                   help="test-time augmentation: segmentation averages the flips of every axis (mapped back), "
+                        "classification the 8 in-plane flips/quarter turns (the thesis's enhanced prediction)")
+    p.add_argument("--tta-shift", type=int, default=0, metavar="PIXELS",
+                   help="classification with --tta: also average 4 shifts by PIXELS (default %(default)s: none)")
     p.set_defaults(handler=run)
 
 
@@ -27,7 +32,8 @@ def run(args) -> int:
     try:  # the run's task evaluates (segmentation: per-case Dice/HD95; classification: AUC ... with CIs)
         get_task(task_of_run(args.run_dir)).evaluate(args.run_dir, split=args.split, checkpoint=args.checkpoint,
                                                       overlap=args.overlap, output=args.output,
-                                                      data_dir=args.data_dir)
+                                                      data_dir=args.data_dir, tta=args.tta,
+                                                      **({"tta_shift": args.tta_shift} if args.tta_shift else {}))
     except (FileNotFoundError, ManifestError, ConfigError, ValueError) as exc:
         print(f"medtf evaluate: {exc}", file=sys.stderr)
         return 2

@@ -32,6 +32,8 @@ def register(commands) -> None:
     p.add_argument("--reconstruct", action="store_true",
                    help="brachytherapy catheter models on a DICOM CT: also write catheters.json, RP.reconstructed.dcm "
                         "and reconstruction.json (as `medtf reconstruct`)")
+    p.add_argument("--tta", action="store_true",
+                   help="classification models: average over flips and quarter turns (the predict_tta signature)")
     p.add_argument("--plan", default=None, help="with --reconstruct: the original RT Plan to match against")
     p.set_defaults(handler=run)
 
@@ -70,12 +72,17 @@ def run(args) -> int:
     task = task_of_model(args.model)
     if task != "segmentation":  # the model's task writes its own outputs (medtf.tasks)
         try:
-            summary = get_task(task).predict(args.model, args.input, args.output, threshold=args.threshold)
+            summary = get_task(task).predict(args.model, args.input, args.output, threshold=args.threshold,
+                                             tta=args.tta)
         except (ExportError, InputError, ValueError) as exc:
             print(f"medtf predict: {exc}", file=sys.stderr)
             return 2
         print(f"predicted {len(summary['predictions'])} input(s) ({task}) -> {args.output}")
         return 0
+    if args.tta:
+        print("medtf predict: --tta is for classification models; segmentation models average flips with "
+              "`medtf evaluate --tta` (or medtf.inferers.flip_tta)", file=sys.stderr)
+        return 2
     try:
         summary = predict_path(args.model, args.input, args.output, overlap=args.overlap, threshold=args.threshold,
                                probabilities=args.probabilities, overlays=args.overlays, batch_size=args.batch_size,

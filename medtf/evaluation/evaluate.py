@@ -69,7 +69,7 @@ def _evaluate_slices(model, examples, patch, overlap, extra: dict, bar) -> list[
 
 def evaluate_run(run_dir: str | os.PathLike, split: str = "test", checkpoint: str = "best", overlap: float = 0.5,
                  output: str | os.PathLike | None = None, *, data_dir: str | os.PathLike | None = None,
-                 verbose: bool = True) -> dict[str, Any]:
+                 verbose: bool = True, tta: bool = False) -> dict[str, Any]:
     """Evaluate a run's checkpoint on a split; write ``per_case.csv`` and ``summary.json`` into ``output``.
 
     Args:
@@ -80,6 +80,8 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", checkpoint: st
         output: output folder (default ``run_dir/eval-<split>``).
         data_dir: shard folder (default: the config's ``data.dir``).
         verbose: print the summary table.
+        tta: average the probabilities over every flip of the spatial axes (`medtf.inferers.flip_tta`, mapped
+            back before averaging).
 
     Returns:
         The summary (as written to ``summary.json``) plus ``"per_case"`` (the CSV rows as dicts),
@@ -93,6 +95,10 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", checkpoint: st
     from medtf.progress import progress
 
     config, model, config_path, ckpt = load_run(run_dir, checkpoint)
+    if tta:
+        from medtf.inferers import flip_tta
+
+        model = flip_tta(model)
     data_dir = data_dir_of(config, config_path, data_dir)  # names the path and suggests --data-dir when moved
     manifest = read_manifest(data_dir)
     kind = manifest["kind"]
@@ -119,7 +125,7 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test", checkpoint: st
     summary = {
         "kind": kind, "split": split, "checkpoint": checkpoint, "checkpoint_path": str(ckpt),
         "config": str(config_path), "run_dir": str(run_dir), "data_dir": str(data_dir), "n_cases": len(rows),
-        "overlap": overlap, "threshold": THRESHOLD, "patch_size": patch,
+        "overlap": overlap, "tta": bool(tta), "threshold": THRESHOLD, "patch_size": patch,
         "metrics": report.statistics(rows), "extra": extra, "notes": notes,
     }
     csv_path = report.write_per_case(rows, output / "per_case.csv")

@@ -6,6 +6,6 @@ Example:
 """
 
 from medtf.inferers.sliding_window import importance_map, patch_starts, sliding_window_inference
-from medtf.inferers.tta import flip_tta
+from medtf.inferers.tta import classification_views, flip_tta, invariant_tta
 
-__all__ = ["flip_tta", "importance_map", "patch_starts", "sliding_window_inference"]
+__all__ = ["classification_views", "flip_tta", "invariant_tta", "importance_map", "patch_starts", "sliding_window_inference"]

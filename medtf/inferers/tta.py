@@ -57,3 +57,76 @@ def flip_tta(predictor: Predictor, axes: Sequence[int] | None = None) -> Predict
         return total / tf.cast(count, total.dtype)
 
     return predict
+
+
+# === Invariant TTA (classifiers): the mean of the predictions of transformed inputs, nothing mapped back ===
+
+def _rot90(x: tf.Tensor, k: int, a: int, b: int) -> tf.Tensor:
+    """Rotate ``x`` by ``k`` quarter turns in the plane of tensor axes ``(a, b)`` (a -> b)."""
+    for _ in range(k % 4):
+        perm = list(range(x.shape.rank))
+        perm[a], perm[b] = perm[b], perm[a]
+        x = tf.reverse(tf.transpose(x, perm), [a])
+    return x
+
+
+def _shift(x: tf.Tensor, offset: Sequence[int], axes: Sequence[int]) -> tf.Tensor:
+    """Translate ``x`` by ``offset`` voxels along tensor ``axes``; the border is mirrored (no black wedge the
+    network never saw in training), the size is kept."""
+    pad = [[0, 0] for _ in range(x.shape.rank)]
+    for axis, o in zip(axes, offset):
+        pad[axis] = [max(o, 0), max(-o, 0)]
+    padded = tf.pad(x, pad, mode="SYMMETRIC")
+    begin = [0] * x.shape.rank
+    for axis, o in zip(axes, offset):
+        begin[axis] = max(-o, 0)
+    return tf.slice(padded, begin, tf.shape(x))
+
+
+def classification_views(spatial_dims: int, square: bool = True, flips: bool = True, rotations: bool = True,
+                         shift: int = 0) -> list[tuple[str, object]]:
+    """The input transforms of classifier TTA, as ``(name, fn)`` with ``fn: (N, *spatial, C) -> same shape``.
+
+    In-plane (the last two spatial axes, H and W; a 3D volume keeps its slice axis): the 8 symmetries of the square
+    (4 quarter turns, each with and without a left-right flip) when ``square`` (H == W), else the 4 that keep the
+    shape (identity, flips, half turn); ``shift`` > 0 adds 4 translations by that many pixels (up, down, left,
+    right, mirrored border). The identity comes first. The prostate thesis's "enhanced prediction" averages
+    flips and rotations of the lesion crop.
+    """
+    if spatial_dims not in (2, 3):
+        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+    a, b = spatial_dims - 1, spatial_dims  # tensor axes of H, W in (N, *spatial, C)
+    turns = (0, 1, 2, 3) if rotations and square else ((0, 2) if rotations else (0,))
+    views = []
+    for k in turns:
+        for flip in ((False, True) if flips else (False,)):
+            name = f"rot{90 * k}" + ("_flip" if flip else "")
+            views.append((name, lambda x, k=k, flip=flip: _rot90(tf.reverse(x, [b]) if flip else x, k, a, b)))
+    if flips and not (rotations and square):  # without quarter turns an up-down flip is not a composition above
+        views.append(("flip_ud", lambda x: tf.reverse(x, [a])))
+    if shift:
+        for name, offset in (("up", (-shift, 0)), ("down", (shift, 0)), ("left", (0, -shift)),
+                             ("right", (0, shift))):
+            views.append((f"shift_{name}{shift}", lambda x, o=offset: _shift(x, o, (a, b))))
+    return views
+
+
+def invariant_tta(predictor: Predictor, views: Sequence[tuple[str, object]]) -> Predictor:
+    """Wrap a classifier so it returns the mean of its outputs over ``views`` (`classification_views`).
+
+    Unlike `flip_tta` nothing is mapped back: a class probability does not move with the image. The result is
+    the arithmetic mean of the probabilities, as the thesis averaged them.
+
+    Example:
+        >>> tta = invariant_tta(model, classification_views(2, shift=2))   # 8 symmetries + 4 shifts
+        >>> probs = tta(crops)                                             # (N, K)
+    """
+    if not views:
+        raise ValueError("invariant_tta needs at least one view")
+
+    def predict(batch):
+        x = tf.convert_to_tensor(batch)
+        outputs = [tf.cast(call_predictor(predictor, fn(x)), tf.float32) for _, fn in views]
+        return tf.add_n(outputs) / float(len(outputs))
+
+    return predict

@@ -15,6 +15,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from medtf.inferers import classification_views, invariant_tta
 from medtf.tasks.base import Task, main_output
 
 
@@ -38,6 +39,15 @@ class SparseAUC(keras.metrics.AUC):
 
 def _classes(model) -> int:
     return int(main_output(model.outputs).shape[-1])
+
+
+def tta_views(model, shift: int = 0) -> list:
+    """`medtf.inferers.classification_views` for ``model``'s input: quarter turns unless its H and W are fixed
+    and differ (a turned non-square crop would not fit; a network that takes any size takes it turned)."""
+    shape = tuple(model.inputs[0].shape)
+    spatial = shape[1:-1]
+    square = None in spatial[-2:] or spatial[-1] == spatial[-2]
+    return classification_views(len(spatial), square=square, shift=int(shift))
 
 
 # === Evaluation statistics (NumPy) ===
@@ -199,9 +209,13 @@ class ClassificationTask(Task):
 
     # === Evaluation ===
     def evaluate(self, run_dir, split: str = "test", checkpoint: str = "best", output=None, data_dir=None,
-                 threshold: float = 0.5, bootstrap: int = 1000, verbose: bool = True, **_) -> dict:
+                 threshold: float = 0.5, bootstrap: int = 1000, verbose: bool = True, tta: bool = False,
+                 tta_shift: int = 0, **_) -> dict:
         """Per-example probabilities CSV, summary.json (metrics with 95% bootstrap CIs) and TensorBoard images
-        (ROC, PR, confusion matrix) in ``output`` (default ``RUN_DIR/eval-SPLIT``)."""
+        (ROC, PR, confusion matrix) in ``output`` (default ``RUN_DIR/eval-SPLIT``).
+
+        ``tta``: "enhanced prediction", the mean probability over `tta_views` (flips and quarter turns in plane,
+        plus 4 shifts of ``tta_shift`` pixels when > 0)."""
         from medtf.data import make_dataset
         from medtf.evaluation.report import write_summary
         from medtf.evaluation.run import build_preprocess, data_dir_of, load_run
@@ -211,12 +225,14 @@ class ClassificationTask(Task):
         out = Path(output) if output is not None else Path(run_dir) / f"eval-{split}"
         out.mkdir(parents=True, exist_ok=True)
         to_model = self.model_inputs(model)
+        views = tta_views(model, tta_shift) if tta else [("identity", lambda x: x)]
+        predictor = invariant_tta(lambda x: main_output(model(x, training=False)), views)
         ds = make_dataset(data, split, batch_size=8, training=False, repeat=False, output="dict",
                           transforms=build_preprocess(config))
         ids, labels, probs = [], [], []
         for batch in ds:
             x, y = zip(*[to_model({k: v[i] for k, v in batch.items()}) for i in range(len(batch["image"]))])
-            probs.append(np.asarray(main_output(model(np.stack(x), training=False)), np.float64))
+            probs.append(np.asarray(predictor(np.stack(x)), np.float64))
             labels.extend(int(np.asarray(v).ravel()[0]) for v in y)
             key = "example_id" if "example_id" in batch else None
             ids.extend(v.decode() if isinstance(v, bytes) else str(v) for v in
@@ -232,7 +248,7 @@ class ClassificationTask(Task):
                 pred = int(p[0] >= threshold) if k == 1 else int(p.argmax())
                 writer.writerow([ids[i], labels[i], *[f"{v:.6f}" for v in p], pred])
         summary = {"task": self.name, "split": split, "checkpoint": str(ckpt), "threshold": threshold,
-                   "metrics": bootstrap_summary(labels, probs, threshold, samples=bootstrap)}
+                   "tta": [name for name, _ in views] if tta else None, "metrics": bootstrap_summary(labels, probs, threshold, samples=bootstrap)}
         write_summary(summary, out / "summary.json")
         write_tensorboard(out / "logs", labels, probs, threshold)
         if verbose:
@@ -243,18 +259,25 @@ class ClassificationTask(Task):
 
     # === Export / predict ===
     def export(self, run_dir, checkpoint: str = "best", output=None, version=None, name=None,
-               threshold: float = 0.5, **_) -> Path:
+               threshold: float = 0.5, tta_shift: int = 0, **_) -> Path:
         """A SavedModel whose ``serving_default`` takes raw ``images (B, *spatial, C)`` and returns
-        ``probabilities (B, K)``; ``preprocess`` returns the model inputs. ``medtf.json`` says ``task``."""
+        ``probabilities (B, K)``; ``predict_tta`` the same averaged over `tta_views` (enhanced prediction);
+        ``preprocess`` returns the model inputs. ``medtf.json`` says ``task`` and names the TTA views."""
         return export_classifier(self.name, run_dir, checkpoint, output, version, name, threshold,
-                                 {"probabilities": lambda y: main_output(y)})
+                                 {"probabilities": lambda y: main_output(y)}, tta_shift=tta_shift)
 
-    def predict(self, model_dir, input_path, output, threshold: float | None = None, **_) -> dict:
-        """probabilities.csv and prediction.json (class, probabilities) for an image file or a folder of them."""
+    def predict(self, model_dir, input_path, output, threshold: float | None = None, tta: bool = False,
+                **_) -> dict:
+        """probabilities.csv and prediction.json (class, probabilities) for an image file or a folder of them;
+        ``tta``: through the model's ``predict_tta`` signature (mean over flips and rotations)."""
         import tensorflow as tf
 
         model_dir, meta, paths, images = read_for_predict(model_dir, input_path)
-        served = tf.saved_model.load(str(model_dir)).signatures["serving_default"]
+        signatures = tf.saved_model.load(str(model_dir)).signatures
+        if tta and "predict_tta" not in signatures:
+            raise ValueError(f"{model_dir} has no predict_tta signature (exported before medtf had one): export "
+                             f"the run again, or predict without --tta")
+        served = signatures["predict_tta" if tta else "serving_default"]
         threshold = meta.get("threshold", 0.5) if threshold is None else threshold
         rows = []
         for path, image in zip(paths, images):
@@ -268,7 +291,8 @@ class ClassificationTask(Task):
             writer.writerow(["input", *[f"p{c}" for c in range(len(rows[0]["probabilities"]))], "class"])
             for r in rows:
                 writer.writerow([r["input"], *[f"{v:.6f}" for v in r["probabilities"]], r["class"]])
-        summary = {"task": self.name, "model": str(model_dir), "threshold": threshold, "predictions": rows}
+        summary = {"task": self.name, "model": str(model_dir), "threshold": threshold,
+                   "tta": meta.get("tta_views") if tta else None, "predictions": rows}
         (out / "prediction.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         return summary
 
@@ -276,9 +300,10 @@ class ClassificationTask(Task):
 # === Shared by the non-segmentation tasks' export and predict ===
 
 def export_classifier(task: str, run_dir, checkpoint, output, version, name, threshold, outputs: dict,
-                      extra_signatures: dict | None = None, image_model=None) -> Path:
+                      extra_signatures: dict | None = None, image_model=None, tta_shift: int | None = None) -> Path:
     """Write ``OUTPUT/NAME/VERSION`` with ``serving_default`` (raw images -> ``outputs``), ``preprocess`` and
-    ``extra_signatures`` (name -> (input specs, fn)), plus ``medtf.json`` (task, kind, signatures, preprocessing)."""
+    ``extra_signatures`` (name -> (input specs, fn)), plus ``medtf.json`` (task, kind, signatures, preprocessing).
+    ``tta_shift`` not None adds ``predict_tta``: ``outputs`` averaged over `tta_views`."""
     import tensorflow as tf
 
     from medtf import __version__
@@ -317,6 +342,19 @@ def export_classifier(task: str, run_dir, checkpoint, output, version, name, thr
     archive.add_endpoint("serving_default", serving_default)
     archive.add_endpoint("preprocess", preprocess)
     signatures = {"serving_default": f"raw images -> {', '.join(outputs)}", "preprocess": "raw images -> images"}
+    views = None
+    if tta_shift is not None:
+        views = tta_views(served_model, tta_shift)
+
+        @tf.function(input_signature=[spec])
+        def predict_tta(images):
+            x = preprocessor.batch(images)
+            return {k: invariant_tta(lambda v: served_model(v, training=False) if fn is None else
+                                     fn(served_model(v, training=False)), views)(x) for k, fn in outputs.items()}
+
+        archive.add_endpoint("predict_tta", predict_tta)
+        signatures["predict_tta"] = (f"raw images -> {', '.join(outputs)}, mean over {len(views)} views "
+                                     f"(flips, rotations{', shifts' if tta_shift else ''})")
     for sig, (specs, fn) in (extra_signatures or {}).items():
         archive.add_endpoint(sig, tf.function(fn, input_signature=specs))
         signatures[sig] = fn.__doc__ or sig
@@ -324,6 +362,7 @@ def export_classifier(task: str, run_dir, checkpoint, output, version, name, thr
                 "spatial_dims": len(shape) - 2, "in_channels": int(shape[-1]),
                 "num_classes": int(main_output(model.outputs).shape[-1]) if task == "classification" else None,
                 "threshold": float(threshold), **preprocessor.describe(), "signatures": signatures,
+                "tta_views": [n for n, _ in views] if views else None,
                 "input_name": "images", "output_names": list(outputs), "medtf_version": __version__,
                 "checkpoint": {"file": ckpt.name, "sha256": sha256_file(ckpt)}}
     return write_archive(archive, metadata, base, target)

@@ -57,3 +57,61 @@ def test_composes_with_sliding_window():
 def test_bad_axes_raise():
     with pytest.raises(ValueError, match="out of range"):
         flip_tta(lambda b: b, axes=[2])(np.zeros((1, 4, 4, 1), np.float32))
+
+
+# === Classifier (invariant) TTA ===
+
+def _dihedral_numpy(x, axes):
+    """The 8 symmetries of the square in the plane ``axes`` of ``x``, by NumPy."""
+    return [np.rot90(v, k, axes=axes) for v in (x, np.flip(x, axes[1])) for k in range(4)]
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 5, 3), (1, 4, 6, 6, 2)])
+def test_square_views_are_the_eight_symmetries(shape):
+    from medtf.inferers import classification_views
+
+    x = _rand(shape, seed=3)
+    plane = (len(shape) - 3, len(shape) - 2)
+    views = classification_views(len(shape) - 2)
+    got = [fn(tf.constant(x)).numpy() for _, fn in views]
+    expected = _dihedral_numpy(x, plane)
+    assert len(got) == 8 and views[0][0] == "rot0"
+    np.testing.assert_array_equal(got[0], x)
+    # the same set of transforms (order aside), all distinct
+    keys = lambda arrays: sorted(a.tobytes() for a in arrays)  # noqa: E731
+    assert keys(got) == keys(expected) and len(set(keys(got))) == 8
+
+
+def test_non_square_views_keep_the_shape_and_shifts_mirror_the_border():
+    from medtf.inferers import classification_views
+
+    x = _rand((1, 4, 7, 1), seed=4)
+    views = dict(classification_views(2, square=False, shift=1))
+    assert sorted(views) == ["flip_ud", "rot0", "rot0_flip", "rot180", "rot180_flip", "shift_down1", "shift_left1",
+                             "shift_right1", "shift_up1"]
+    for fn in views.values():
+        assert fn(tf.constant(x)).shape == x.shape
+    down = views["shift_down1"](tf.constant(x)).numpy()
+    np.testing.assert_array_equal(down[:, 1:], x[:, :-1])     # content moved down by one row
+    np.testing.assert_array_equal(down[:, 0], x[:, 0])        # the new top row mirrors the old one
+    right = views["shift_right1"](tf.constant(x)).numpy()
+    np.testing.assert_array_equal(right[:, :, 1:], x[:, :, :-1])
+
+
+def test_invariant_tta_is_the_mean_over_views_and_works_in_a_tf_function():
+    from medtf.inferers import classification_views, invariant_tta
+
+    x = _rand((3, 6, 6, 2), seed=5)
+    w = _rand((6 * 6 * 2, 4), seed=6)
+
+    def classifier(batch):  # not rotation invariant: a fixed linear map of the flattened image
+        return tf.nn.softmax(tf.reshape(batch, (tf.shape(batch)[0], -1)) @ w)
+
+    views = classification_views(2, shift=2)
+    expected = np.mean([classifier(fn(tf.constant(x))).numpy() for _, fn in views], axis=0)
+    tta = invariant_tta(classifier, views)
+    np.testing.assert_allclose(tta(x).numpy(), expected, rtol=1e-6)
+    np.testing.assert_allclose(tf.function(tta)(tf.constant(x)).numpy(), expected, rtol=1e-6)
+    assert not np.allclose(expected, classifier(x).numpy())  # the views do change the prediction
+    with pytest.raises(ValueError):
+        invariant_tta(classifier, [])

@@ -70,20 +70,29 @@ m = tf.saved_model.load({str(model_dir)!r})
 sig = m.signatures["serving_default"]
 x = np.stack([np.asarray(__import__("PIL.Image").Image.open({str(tmp_path)!r} + f"/slice{{i}}.png")) for i in range(2)])
 out = sig(images=tf.constant(x, tf.float32))
+tta = m.signatures["predict_tta"](images=tf.constant(x, tf.float32))
 print(json.dumps({{"sigs": sorted(m.signatures), "outputs": sorted(sig.structured_outputs),
                   "inputs": [s.name for s in sig.structured_input_signature[1].values()],
-                  "p": out["probabilities"].numpy().tolist()}}))
+                  "p": out["probabilities"].numpy().tolist(), "tta": tta["probabilities"].numpy().tolist()}}))
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     served = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert served["sigs"] == ["preprocess", "serving_default"] and served["outputs"] == ["probabilities"]
+    assert served["sigs"] == ["predict_tta", "preprocess", "serving_default"]
+    assert served["outputs"] == ["probabilities"]
     assert served["inputs"] == ["images"]
     import keras
 
     model = keras.saving.load_model(run / "checkpoints" / "best.keras", compile=False)
     expected = np.asarray(model(slices.astype(np.float32) / 255.0))
     np.testing.assert_allclose(served["p"], expected, rtol=1e-4, atol=1e-5)
+    # Enhanced prediction = the mean over the 8 symmetries of the square, computed here with NumPy.
+    x = slices.astype(np.float32) / 255.0
+    views = [np.rot90(v, k, axes=(1, 2)) for v in (x, x[:, :, ::-1]) for k in range(4)]
+    tta = np.mean([np.asarray(model(np.ascontiguousarray(v))) for v in views], axis=0)
+    np.testing.assert_allclose(served["tta"], tta, rtol=1e-4, atol=1e-5)
+    assert meta["tta_views"] == ["rot0", "rot0_flip", "rot90", "rot90_flip", "rot180", "rot180_flip", "rot270",
+                                 "rot270_flip"]
 
     assert run_medtf("predict", model_dir, "--input", tmp_path / "slice1.png", "--output", tmp_path / "pred",
                      "--quiet") == 0
@@ -91,3 +100,16 @@ print(json.dumps({{"sigs": sorted(m.signatures), "outputs": sorted(sig.structure
     assert prediction["task"] == "classification"
     np.testing.assert_allclose(prediction["predictions"][0]["probabilities"], expected[1], rtol=1e-4, atol=1e-5)
     assert prediction["predictions"][0]["class"] == int(expected[1][0] >= 0.5)
+    assert run_medtf("predict", model_dir, "--input", tmp_path / "slice1.png", "--output", tmp_path / "pred-tta",
+                     "--tta", "--quiet") == 0
+    prediction = json.loads((tmp_path / "pred-tta" / "prediction.json").read_text())
+    assert prediction["tta"] == meta["tta_views"]
+    np.testing.assert_allclose(prediction["predictions"][0]["probabilities"], tta[1], rtol=1e-4, atol=1e-5)
+
+    # evaluate --tta: the per-example probabilities are the mean over the same 8 views of the parsed slices.
+    assert run_medtf("evaluate", run, "--split", "test", "--tta", "--output", tmp_path / "eval-tta", "--quiet") == 0
+    plain = {r["example_id"]: float(r["p_positive"]) for r in per_example}
+    enhanced = {r["example_id"]: float(r["p_positive"])
+                for r in csv.DictReader(open(tmp_path / "eval-tta" / "per_example.csv"))}
+    assert plain.keys() == enhanced.keys() and plain != enhanced
+    assert json.loads((tmp_path / "eval-tta" / "summary.json").read_text())["tta"] == meta["tta_views"]
