@@ -176,10 +176,28 @@ def _train(args) -> int:
     if args.folds is not None:
         return _train_folds(args)
     config = load_experiment(args.config, args.overrides)  # every key and value checked before anything runs
+    if config.transfer is not None:
+        return _train_transfer(config, args.run_dir)
     result = train(config, args.run_dir)
     last = {k: v[-1] for k, v in result["history"].items() if v}
     print(f"run {args.run_dir}: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(last.items())))
     print(f"tensorboard --logdir {result['logs']}")
+    return 0
+
+
+def _train_transfer(config, run_dir) -> int:
+    from medtf.training.transfer import run_transfer
+
+    summary = run_transfer(config, run_dir)
+    if "preempted" in summary:
+        print(f"phase {summary['preempted']} was preempted: re-run the same command to resume", file=sys.stderr)
+        return 0
+    for record in [*summary["phases"], *([summary["scratch"]] if summary["scratch"] else [])]:
+        best = "n/a" if record["best"] is None else f"{record['best']:.4f}"
+        print(f"phase {record['name']}: best {record['monitor']} {best} ({record['epochs']} epochs)")
+    if "gain_over_scratch" in summary:
+        print(f"final phase vs scratch: {summary['gain_over_scratch']:+.4f} {summary['phases'][-1]['monitor']}")
+    print(f"wrote {run_dir}/transfer.json; the final model is {run_dir}/checkpoints/best.keras")
     return 0
 
 

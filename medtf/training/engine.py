@@ -71,6 +71,7 @@ from medtf.tasks import get_task
 from medtf.training.diagnostics import GradientStats
 from medtf.training.inputs import build_datasets, build_preprocess, probe_batches, steps_per_epoch, training_transforms
 from medtf.training.schedules import build_learning_rate, schedule_callbacks
+from medtf.training.transfer import apply_freeze, load_initial_weights
 from medtf.training.strategy import (RunPaths, make_strategy, num_workers, run_paths, shard_by_example,
                                      synchronize_batch_norm)
 
@@ -215,6 +216,9 @@ def train(config: ExperimentConfig | Mapping, run_dir: str | os.PathLike) -> dic
         learning_rate = build_learning_rate(schedule, experiment.optimizer.learning_rate, steps, epochs)
         with strategy.scope():
             model = build_model(experiment.model, train_cfg.remat)
+            if experiment.model.init_from:  # transfer learning (medtf.training.transfer); a backup overrides it
+                load_initial_weights(model, experiment.model.init_from, experiment.model.carry)
+            apply_freeze(model, experiment.model.freeze_blocks, experiment.model.freeze_up_to)  # before compile
             if num_workers(strategy) > 1:  # else each worker keeps its own moving statistics
                 synchronize_batch_norm(model)
             # The task's defaults: loss "auto", its metrics (and one loss per head for deep supervision).

@@ -17,7 +17,8 @@ Sections and defaults (``medtf/training/engine.py`` describes what each key does
     data:      dir (required), batch_size (required), kind (null: the manifest's), train_split (train),
                val_split (val; null: no validation), fold, folds (null), patch_size, val_patch_size (null),
                val_batch_size (null: batch_size), transforms ([]), preprocess ([]), seed (null: the top-level seed)
-    model:     name (required), args ({}: the model's constructor arguments)
+    model:     name (required), args ({}: the model's constructor arguments), init_from (null), carry (all |
+               backbone), freeze_blocks ([]), freeze_up_to (null)
     task:      segmentation (default) | classification | contrastive (`medtf.tasks`)
     loss:      name (auto: the task's default; a medtf loss or a Keras one such as binary_crossentropy), args ({})
     optimizer: name (adamw; any Keras optimizer: adam, sgd, rmsprop, ...), learning_rate (0.001),
@@ -30,6 +31,8 @@ Sections and defaults (``medtf/training/engine.py`` describes what each key does
                log_every_n_steps (100), image_panels, hparams (true), verbose (auto)
     seed:      null
     tune:      null (checked by `medtf.tuning.settings.tune_settings`)
+    transfer:  null, or {phases: [{name, <section overrides>}, ...], compare_scratch: false}: a transfer-learning
+               chain run by `medtf train` (`medtf.training.transfer`)
 """
 
 from __future__ import annotations
@@ -106,8 +109,27 @@ class DataConfig(Config):
 
 @dataclass
 class ModelConfig(Config):
+    """``name`` + ``args``; transfer learning (`medtf.training.transfer`): ``init_from`` (a ``.keras`` checkpoint,
+    a ``.weights.h5`` file or a run directory, meaning its ``checkpoints/best.keras``), ``carry`` (``all``: every
+    layer whose weights fit, the head too when the classes match; ``backbone``: all but the output layer) and the
+    layers frozen for training (``freeze_blocks: [block1, ...]`` or ``freeze_up_to: LAYER_OR_BLOCK``; frozen batch
+    norm runs in inference mode)."""
+
     name: str
     args: dict = field(default_factory=dict)
+    init_from: str | None = None
+    carry: str = "all"
+    freeze_blocks: list[str] = field(default_factory=list)
+    freeze_up_to: str | None = None
+
+    def __post_init__(self):
+        if self.init_from is not None:  # absolute, as data.dir: config.yaml must work from any directory
+            self.init_from = os.path.abspath(os.path.expanduser(self.init_from))
+
+    def check(self, path: str) -> None:
+        choice(self.carry, ("all", "backbone"), f"{path}.carry", "carry mode")
+        if self.freeze_blocks and self.freeze_up_to is not None:
+            raise ConfigError(f"{path}: give freeze_blocks or freeze_up_to, not both")
 
 
 @dataclass
@@ -240,6 +262,7 @@ class ExperimentConfig(Config):
     train: TrainConfig = field(default_factory=TrainConfig)
     seed: int | None = None
     tune: dict | None = None
+    transfer: dict | None = None
 
     @classmethod
     def from_dict(cls, raw, path: str = ""):
@@ -247,10 +270,12 @@ class ExperimentConfig(Config):
         return super().from_dict(_with_task_defaults(raw), path)
 
     def as_dict(self) -> dict:
-        """The resolved config; no ``tune`` key unless the experiment has a search (a trial's run has none)."""
+        """The resolved config; no ``tune`` / ``transfer`` key unless the experiment has a search / phases (a
+        trial's or a phase's run has none)."""
         out = super().as_dict()
-        if out["tune"] is None:
-            del out["tune"]
+        for key in ("tune", "transfer"):
+            if out[key] is None:
+                del out[key]
         return out
 
     @property
@@ -399,6 +424,10 @@ def parse_config(raw: Mapping | ExperimentConfig, *, components: bool = True) ->
         from medtf.tuning.settings import tune_settings
 
         tune_settings(experiment)
+    if experiment.transfer is not None:
+        from medtf.training.transfer import transfer_phases
+
+        transfer_phases(experiment)  # every phase's merged config parses
     return experiment
 
 

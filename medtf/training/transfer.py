@@ -1,0 +1,216 @@
+"""Transfer learning: start from another model's weights, freeze blocks, and run chains of training phases.
+
+A phase chain is the prostate thesis's freeze/unfreeze plan over several body parts (prostate DWI -> brain ->
+lung -> prostate): each phase trains on its own data set, starting from the previous phase's best checkpoint,
+with some blocks frozen or none. In an experiment::
+
+    transfer:
+      compare_scratch: true          # also train the last phase's network on its data alone, from scratch
+      phases:
+        - name: brain-frozen         # any section may be overridden, merged into the experiment's own
+          data: {dir: shards/brain}
+          model: {freeze_up_to: block3, carry: backbone}
+          optimizer: {learning_rate: 1.0e-4}
+        - name: brain-full
+          model: {freeze_up_to: null}
+
+`medtf train` runs the chain in ``RUN_DIR/phases/NN-NAME/`` (each a normal run directory with its TensorBoard
+logs), resumably: a finished phase (``phase.json`` written) is not run again and a preempted one resumes from its
+backup. At the end the last phase's ``config.yaml`` and checkpoints are copied to ``RUN_DIR`` (so ``medtf
+evaluate`` / ``export RUN_DIR`` use the final model) and ``RUN_DIR/transfer.json`` compares each phase's best
+validation score with the scratch baseline's.
+
+Weights are carried layer by layer in network order (`medtf.models.freeze.leaf_layers`), where the layer type and
+every weight shape agree: auto-generated layer names differ between two builds of one architecture, the order does
+not. ``carry: backbone`` leaves the output layer (the head) at its initialisation.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Mapping
+
+import keras
+
+from medtf.training.config import ConfigError
+
+__all__ = ["apply_freeze", "load_initial_weights", "run_transfer", "transfer_phases"]
+
+_SECTIONS = ("data", "model", "task", "loss", "optimizer", "schedule", "train", "seed")
+
+
+# === Weights and freezing ===
+
+def _source_model(source: str | os.PathLike) -> keras.Model:
+    path = Path(source)
+    if path.is_dir():
+        path = path / "checkpoints" / "best.keras"
+    if not path.is_file():
+        raise FileNotFoundError(f"model.init_from: {path} does not exist (a .keras checkpoint, a .weights.h5 file "
+                                f"or a run directory with checkpoints/best.keras)")
+    return keras.saving.load_model(path, compile=False)
+
+
+def load_initial_weights(model: keras.Model, source: str | os.PathLike, carry: str = "all") -> dict:
+    """Copy weights from ``source`` into ``model``; returns ``{"copied": [...], "skipped": [...]}`` layer names.
+
+    ``.weights.h5`` files are loaded with Keras' own ``load_weights`` (same architecture required). Otherwise the
+    source model's layers are paired with ``model``'s in network order; a pair is copied when both layers have the
+    same type and weight shapes (``carry="backbone"`` skips ``model``'s output layer). Raises ValueError when
+    nothing fits: a wrong ``init_from`` must not silently train from scratch.
+    """
+    from medtf.models.freeze import leaf_layers
+
+    if str(source).endswith(".weights.h5"):
+        model.load_weights(source)
+        return {"copied": [layer.name for layer in leaf_layers(model) if layer.weights], "skipped": []}
+    src_layers = [layer for layer in leaf_layers(_source_model(source)) if layer.weights]
+    dst_layers = [layer for layer in leaf_layers(model) if layer.weights]
+    head = dst_layers[-1].name if dst_layers else None
+    copied, skipped = [], []
+    for src, dst in zip(src_layers, dst_layers):
+        fits = type(src) is type(dst) and [tuple(w.shape) for w in src.weights] == [tuple(w.shape) for w in
+                                                                                   dst.weights]
+        if fits and not (carry == "backbone" and dst.name == head):
+            dst.set_weights(src.get_weights())
+            copied.append(dst.name)
+        else:
+            skipped.append(dst.name)
+    skipped.extend(layer.name for layer in dst_layers[len(src_layers):])
+    if not copied:
+        raise ValueError(f"model.init_from: no layer of {source} fits model {model.name!r} (different architecture?)")
+    return {"copied": copied, "skipped": skipped}
+
+
+def apply_freeze(model: keras.Model, blocks=(), up_to: str | None = None) -> list[str]:
+    """`medtf.models.freeze.freeze` from the model section (nothing when neither is given); before compile."""
+    from medtf.models.freeze import freeze
+
+    if blocks:
+        return freeze(model, blocks=list(blocks))
+    if up_to is not None:
+        return freeze(model, up_to=up_to)
+    return []
+
+
+# === Phase chains ===
+
+def _merge(base: Any, override: Any) -> Any:
+    """``override`` deep-merged into ``base`` (mappings merge, everything else replaces)."""
+    if isinstance(base, Mapping) and isinstance(override, Mapping):
+        out = dict(base)
+        for key, value in override.items():
+            out[key] = _merge(base.get(key), value) if key in base else copy.deepcopy(value)
+        return out
+    return copy.deepcopy(override)
+
+
+def transfer_phases(experiment) -> list[tuple[str, dict]]:
+    """``[(name, raw config), ...]``: each phase's overrides merged into the experiment (without ``transfer``),
+    every one parsed and checked (a `ConfigError` names the phase and key)."""
+    from medtf.training.experiment import parse_config
+
+    settings = experiment.transfer or {}
+    unknown = sorted(set(settings) - {"phases", "compare_scratch"})
+    if unknown:
+        raise ConfigError(f"transfer.{unknown[0]}: unknown key; transfer takes phases and compare_scratch")
+    phases = settings.get("phases")
+    if not isinstance(phases, list) or not phases:
+        raise ConfigError("transfer.phases: a non-empty list of phases ({name: ..., <section overrides>})")
+    if not isinstance(settings.get("compare_scratch", False), bool):
+        raise ConfigError("transfer.compare_scratch: true or false")
+    base = experiment.as_dict()
+    base.pop("transfer", None)
+    out, names = [], set()
+    for i, phase in enumerate(phases):
+        key = f"transfer.phases[{i}]"
+        if not isinstance(phase, Mapping) or not isinstance(phase.get("name"), str) or not phase["name"]:
+            raise ConfigError(f"{key}: a phase is a mapping with a name, got {phase!r}")
+        name = phase["name"]
+        if name in names or "/" in name:
+            raise ConfigError(f"{key}.name: {name!r} is used twice or has a '/'")
+        names.add(name)
+        extra = sorted(set(phase) - {"name", *_SECTIONS})
+        if extra:
+            raise ConfigError(f"{key}.{extra[0]}: a phase overrides only {', '.join(_SECTIONS)}")
+        raw = _merge(base, {k: v for k, v in phase.items() if k != "name"})
+        if "task" in phase and "monitor" not in (phase.get("train") or {}):
+            raw["train"].pop("monitor", None), raw["train"].pop("mode", None)  # the phase's task's defaults
+        if (phase.get("data") or {}).get("dir") and "kind" not in (phase.get("data") or {}):
+            raw["data"]["kind"] = None  # another data set: its manifest says its kind
+        try:
+            parse_config(raw)
+        except ConfigError as exc:
+            raise ConfigError(f"{key} ({name}): {exc}") from None
+        out.append((name, raw))
+    return out
+
+
+def _best_value(run_dir: Path, monitor: str, mode: str) -> float | None:
+    import csv
+
+    path = run_dir / "history.csv"
+    if not path.is_file():
+        return None
+    values = [float(r[monitor]) for r in csv.DictReader(open(path, newline="")) if r.get(monitor) not in (None, "")]
+    return (max(values) if mode == "max" else min(values)) if values else None
+
+
+def _run_phase(name: str, raw: dict, run_dir: Path) -> dict | None:
+    """Train one phase in ``run_dir`` unless it finished before; its record, or None when preempted."""
+    from medtf.training.engine import train
+
+    marker = run_dir / "phase.json"
+    if marker.is_file():
+        return json.loads(marker.read_text(encoding="utf-8"))
+    result = train(raw, run_dir)
+    if result["preempted"]:
+        return None
+    monitor, mode = raw["train"]["monitor"], raw["train"]["mode"]
+    record = {"name": name, "run_dir": str(run_dir), "init_from": raw["model"].get("init_from"),
+              "freeze_blocks": raw["model"].get("freeze_blocks") or [],
+              "freeze_up_to": raw["model"].get("freeze_up_to"), "data_dir": raw["data"]["dir"],
+              "monitor": monitor, "mode": mode, "best": _best_value(run_dir, monitor, mode),
+              "epochs": len(result["history"].get("loss", []))}
+    tmp = marker.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, marker)  # the marker appears only complete: a phase killed while writing it runs again
+    return record
+
+
+def run_transfer(experiment, run_dir: str | os.PathLike) -> dict:
+    """Run the experiment's phase chain (see the module docstring) in ``run_dir``; returns the summary written to
+    ``RUN_DIR/transfer.json``, or ``{"preempted": PHASE}`` when a phase was preempted (run again to resume)."""
+    run_dir = Path(run_dir)
+    phases = transfer_phases(experiment)
+    records, previous = [], None
+    for i, (name, raw) in enumerate(phases):
+        if previous is not None and not raw["model"].get("init_from"):
+            raw["model"]["init_from"] = str(previous)
+        record = _run_phase(name, raw, run_dir / "phases" / f"{i + 1:02d}-{name}")
+        if record is None:
+            return {"preempted": name}
+        records.append(record)
+        previous = Path(record["run_dir"]) / "checkpoints" / "best.keras"
+    summary = {"phases": records, "final": records[-1]["run_dir"], "scratch": None}
+    if (experiment.transfer or {}).get("compare_scratch"):
+        scratch = copy.deepcopy(phases[-1][1])
+        scratch["model"].update(init_from=None, freeze_blocks=[], freeze_up_to=None)
+        record = _run_phase("scratch", scratch, run_dir / "scratch")
+        if record is None:
+            return {"preempted": "scratch"}
+        summary["scratch"] = record
+        if record["best"] is not None and records[-1]["best"] is not None:
+            sign = 1 if record["mode"] == "max" else -1
+            summary["gain_over_scratch"] = sign * (records[-1]["best"] - record["best"])
+    final = Path(records[-1]["run_dir"])
+    shutil.copy2(final / "config.yaml", run_dir / "config.yaml")
+    shutil.copytree(final / "checkpoints", run_dir / "checkpoints", dirs_exist_ok=True)
+    tmp = run_dir / "transfer.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, run_dir / "transfer.json")
+    return summary
