@@ -11,6 +11,8 @@ CONVERTERS = {
     "prostate-mpmri": ("tfrecords_builder.prostate_mpmri", "ProstateMpmriConverter"),
     "nuclei-he": ("tfrecords_builder.nuclei_he", "NucleiHeConverter"),
     "mri-reports": ("tfrecords_builder.mri_reports", "MriReportsConverter"),
+    "image-folders": ("tfrecords_builder.image_folders", "ImageFoldersConverter"),
+    "lung-nodules": ("tfrecords_builder.lung_nodules", "LungNodulesConverter"),
 }
 
 

@@ -51,6 +51,10 @@ SYNTH_KINDS = {
                   "PanNuke fold (.npy) and CoNSeP-style (PNG + .mat) H&E tiles with nucleus instances"),
     "mri-reports": ("medtf.synth.mri_reports", "generate_mri_reports",
                     "one NIfTI folder per case (DWI, T2*, FLAIR) + reports.csv with radiology text"),
+    "image-folders": ("medtf.synth.image_folders", "generate_image_folders",
+                      "Kaggle brain-tumour layout: yes/ and no/ folders of brain MRI slices (--cases per class)"),
+    "lung-nodules": ("medtf.synth.lung_nodules", "generate_lung_nodules",
+                     "LUNGx layout: a DICOM CT series per scan + the nodule CSV (centre x, y, image number, diagnosis)"),
 }
 
 

@@ -20,6 +20,8 @@ nuclei-he       image ``(H, W, 3)`` float32 in [0, 1], instances        ``{"imag
                 ``(H, W, 1)`` int32, boxes ``(N, 4)``, classes and      "classes" (max_boxes,) padded with -1,
                 instance_ids ``(N,)`` int32                             "num_boxes"}`` (a single dict, no ``y``)
 mri-reports     image ``(D, H, W, C)`` float32, report string, label    ``({"image", "report"}, label int32)``
+image-folders   image ``(H, W, C)`` float32 in [0, 1], label int64      ``(image, label int32)``
+lung-nodules    image ``(H, W, C)`` float32 (windowed or HU), label     ``(image, label int32)``
 =============== ======================================================= ==============================================
 
 Every other stored field (ids, geometry, ...) passes through the parser unchanged, so ``output="dict"`` pipelines
@@ -56,7 +58,7 @@ def _parse_brachy(example: dict, training: bool, manifest=None) -> dict:
 
 # Stored image values are divided by this to give the model input (uint8 RGB -> [0, 1]); kinds not listed are
 # stored in model units already (CT in HU). `medtf.export` bakes the same divisor into exported SavedModels.
-_IMAGE_SCALE: dict[str, float] = {"lgg-mri": 255.0, "nuclei-he": 255.0}
+_IMAGE_SCALE: dict[str, float] = {"lgg-mri": 255.0, "nuclei-he": 255.0, "image-folders": 255.0}
 
 
 def image_scale(kind: str) -> float:
@@ -88,6 +90,26 @@ def _parse_prostate(example: dict, training: bool, manifest=None) -> dict:
     out = dict(example)
     image = tf.cast(example["image"], tf.float32)
     image.set_shape([None, None, 3])
+    out["image"] = image
+    return out
+
+
+def _parse_image_folders(example: dict, training: bool, manifest=None) -> dict:
+    out = dict(example)
+    options = (manifest or {}).get("options") or {}
+    image = tf.cast(example["image"], tf.float32) / image_scale("image-folders")
+    size = options.get("resize") or [None, None]  # static when the converter resized (flatten heads need it)
+    image.set_shape([size[0], size[1], options.get("channels")])
+    out["image"] = image
+    return out
+
+
+def _parse_lung_nodules(example: dict, training: bool, manifest=None) -> dict:
+    out = dict(example)
+    options = (manifest or {}).get("options") or {}
+    image = tf.cast(example["image"], tf.float32)
+    size = options.get("patch_size")
+    image.set_shape([size, size, options.get("channels")])
     out["image"] = image
     return out
 
@@ -153,6 +175,8 @@ _PARSERS: dict[str, Callable] = {
     "prostate-mpmri": _parse_prostate,
     "nuclei-he": _parse_nuclei,
     "mri-reports": _parse_reports,
+    "image-folders": _parse_image_folders,
+    "lung-nodules": _parse_lung_nodules,
 }
 _MODEL_INPUTS: dict[str, Callable] = {
     "brachy-ct": _segmentation_inputs,
@@ -160,6 +184,8 @@ _MODEL_INPUTS: dict[str, Callable] = {
     "prostate-mpmri": _classification_inputs,
     "nuclei-he": _nuclei_inputs,
     "mri-reports": _reports_inputs,
+    "image-folders": _classification_inputs,
+    "lung-nodules": _classification_inputs,
 }
 _TRAINING_FILTERS: dict[str, Callable] = {"prostate-mpmri": _known_label}
 

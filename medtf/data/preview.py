@@ -82,8 +82,15 @@ def _channels_view(example: dict):
     return np.concatenate(tiles, axis=1), None
 
 
+def _gray_or_rgb_view(example: dict):
+    """(H, W, 1) or (H, W, 3) uint8 without a mask."""
+    image = example["image"]
+    return (image[..., 0] if image.shape[-1] == 1 else image), None
+
+
 VIEWS = {"brachy-ct": _volume_view, "lgg-mri": _rgb_view, "nuclei-he": _rgb_view,
-         "prostate-mpmri": _channels_view, "mri-reports": _volume_view}
+         "prostate-mpmri": _channels_view, "mri-reports": _volume_view, "image-folders": _gray_or_rgb_view,
+         "lung-nodules": _channels_view}
 
 
 def _best_view(kind: str, example: dict) -> tuple[np.ndarray, np.ndarray | None, float]:

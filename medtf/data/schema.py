@@ -225,7 +225,37 @@ MRI_REPORTS = Schema(
     + _GEOMETRY,
 )
 
-SCHEMAS: dict[str, Schema] = {s.kind: s for s in (BRACHY_CT, LGG_MRI, PROSTATE_MPMRI, NUCLEI_HE, MRI_REPORTS)}
+IMAGE_FOLDERS = Schema(
+    kind="image-folders",
+    version=1,
+    description="One 2D image of a folder-per-class tree (e.g. Kaggle brain tumour yes/no) with its class.",
+    fields=_IDS
+    + (
+        TensorField("image", "uint8", 3, "(H, W, C): C = 3 (RGB) or 1 (--grayscale); after crop and resize"),
+        ValueField("label", "int64", 1, "class index into the manifest's options.class_names"),
+        ValueField("class_name", "bytes", 1, "the class folder's name"),
+        ValueField("source_shape", "int64", 2, "(H, W) of the source image"),
+        ValueField("crop_box", "int64", 4, "(top, left, bottom, right) kept of the source, bottom/right exclusive"),
+    ),
+)
+
+LUNG_NODULES = Schema(
+    kind="lung-nodules",
+    version=1,
+    description="LUNGx-style lung nodule: an axial CT patch on a physical grid centred on the nodule.",
+    fields=_IDS
+    + (
+        TensorField("image", "float32", 3, "(H, W, C) patch, one channel per --window (in [0, 1]) or HU"),
+        ValueField("label", "int64", 1, "1 malignant or primary lung cancer, 0 benign"),
+        ValueField("diagnosis", "bytes", 1, "the CSV's diagnosis: benign, malignant or primary lung cancer"),
+        ValueField("nodule_number", "int64", 1, "nodule number within its scan"),
+        ValueField("lesion_position", "float", 3, "nodule centre in mm, patient LPS"),
+        ValueField("pixel_spacing", "float", 2, "patch pixel size (x, y) in mm"),
+    ),
+)
+
+SCHEMAS: dict[str, Schema] = {s.kind: s for s in (BRACHY_CT, LGG_MRI, PROSTATE_MPMRI, NUCLEI_HE, MRI_REPORTS,
+                                                 IMAGE_FOLDERS, LUNG_NODULES)}
 
 
 def get_schema(kind: str) -> Schema:
