@@ -10,19 +10,24 @@ Pipeline (all distances in millimetres, so anisotropic spacing and any image dir
 3. Voxels explained by the long tracks are removed and steps 1-2 run once more on what is left (a catheter
    crossing another at a steep angle has its own dominant axis).
 4. Pieces of one catheter (gaps in the mask, a catheter cut where another crosses it, the last voxels of a tip)
-   are joined end to end when their directions agree (`medtf.rt.skeleton.join_tracks`); tracks are lightly
-   smoothed, those shorter than ``min_length_mm`` dropped, the rest oriented tip first (`orient_catheter`) and
-   resampled every ``step_mm``.
+   are joined end to end when their directions agree (`medtf.rt.skeleton.join_tracks`); pieces that run side by
+   side within ``overlap_lateral_mm`` (a catheter split in two where a predicted mask's confidence dips, or a
+   duplicate) are merged (`medtf.rt.track_merge`) *before* orienting, so a catheter is oriented as a whole.
+5. Tracks are lightly smoothed, those shorter than ``min_length_mm`` dropped, the rest oriented tip first
+   (`orient_catheters`) and resampled every ``step_mm``.
 
 Limits: separations below about two slice spacings *along the slicing axis* (3 mm apart across 2 mm slices)
 can merge two catheters into one; a catheter that bends by more than ~60 degrees from its component's main
 direction (loops, ring applicators) is not supported; a stretch of catheter absent from the mask cannot be
-recovered beyond ``max_join_gap_mm``.
+recovered beyond ``max_join_gap_mm``; two catheters within a slice spacing of each other, one continuing the
+other past its end with at most ``max_step_overlap_mm`` side by side, are taken for one (a slice step).
 
 Tip versus connector: catheters enter through the skin, so the connector end is the one outside or nearest the
 body surface, which on a planning CT is the end nearest the image border (it often leaves the field of view);
 the tip is the deeper end. ``connector_side`` (an LPS direction) or ``tip_hint`` (points near the tips, e.g. a
-previous plan) override this where the implant geometry is known (prostate: connectors inferior, "I").
+previous plan) override this where the implant geometry is known (prostate: connectors inferior, "I"). A track
+with neither end within ``border_mm`` of the border (the deep piece of a catheter whose outer part the mask
+missed) follows the insertion direction of the catheters that do reach it (`orient_catheters`).
 """
 
 from __future__ import annotations
@@ -36,8 +41,13 @@ from medtf.io.volume import Volume
 from medtf.rt.polyline import polyline_length, resample_polyline
 from medtf.rt.rasterize import polyline_distance_map
 from medtf.rt.skeleton import join_tracks, slice_blobs, smooth_track, track_component
+from medtf.rt.track_merge import merge_overlapping_tracks
 
 STUB_MM = 4.0  # pieces shorter than this only extend the end of a longer piece (see join_tracks)
+# A track end this close (mm) to the image border is a connector end (orient_catheters). Connectors run to the
+# edge of the field of view (a mask may stop a voxel or two short of it); tips stop a few mm inside the skin,
+# which on a tight field of view can be under 10 mm from the border, hence not more.
+BORDER_MM = 5.0
 
 #: LPS unit directions of the patient sides accepted by ``connector_side``.
 SIDES = {"L": (1.0, 0.0, 0.0), "R": (-1.0, 0.0, 0.0), "P": (0.0, 1.0, 0.0), "A": (0.0, -1.0, 0.0),
@@ -117,10 +127,47 @@ def orient_catheter(points: np.ndarray, reference: Volume, connector_side=None, 
     if connector_side is not None:
         v = np.asarray(SIDES[connector_side.upper()] if isinstance(connector_side, str) else connector_side, float)
         return points[::-1].copy() if (last - first) @ v < 0 else points
-    idx = reference.physical_to_index(np.stack([first, last]))
-    extent = np.asarray(reference.shape_xyz, dtype=np.float64) - 1.0
-    depth = np.min(np.minimum(idx, extent - idx) * np.asarray(reference.spacing), axis=1)  # mm to the border
+    depth = _border_depth(np.stack([first, last]), reference)
     return points[::-1].copy() if depth[0] < depth[1] - 1e-6 else points
+
+
+def _border_depth(points: np.ndarray, reference: Volume) -> np.ndarray:
+    """Distance (mm) from each of ``points`` ``(n, 3)`` to the nearest face of the image box."""
+    idx = reference.physical_to_index(points)
+    extent = np.asarray(reference.shape_xyz, dtype=np.float64) - 1.0
+    return np.min(np.minimum(idx, extent - idx) * np.asarray(reference.spacing), axis=1)
+
+
+def orient_catheters(tracks: Sequence[np.ndarray], reference: Volume, connector_side=None, tip_hint=None,
+                     border_mm: float = BORDER_MM) -> list[np.ndarray]:
+    """`orient_catheter` for every track, with one rule for tracks that do not reach the image border.
+
+    With an override (``connector_side``, ``tip_hint``) each track follows it. Otherwise tracks with one end
+    within ``border_mm`` of the border and the other at least ``border_mm`` deeper have a clear connector end;
+    they vote (weighted by length) for the implant's insertion direction (tip -> connector). A track whose ends
+    both lie deeper than ``border_mm`` (a fragment of a catheter whose outer part the mask missed: its nearer
+    end may be its tip, close to the opposite skin) is oriented along that direction when the votes agree
+    (resultant >= half their weight: the needles of one implant enter from one side), instead of by the
+    nearer-border rule, which does not apply to it. Without agreeing votes every track keeps that rule.
+
+    Example:
+        >>> tip_first = orient_catheters(centrelines, ct)  # centrelines in LPS mm, either order
+    """
+    if connector_side is not None or tip_hint is not None:
+        return [orient_catheter(t, reference, connector_side, tip_hint) for t in tracks]
+    oriented = [orient_catheter(t, reference) for t in tracks]
+    depths = [_border_depth(t[[0, -1]], reference) for t in oriented]  # (tip, connector)
+    vote, weight = np.zeros(3), 0.0
+    for t, (d_tip, d_conn) in zip(oriented, depths):
+        chord = t[-1] - t[0]
+        length = float(np.linalg.norm(chord))
+        if d_conn <= border_mm and d_tip - d_conn >= border_mm and length > 0:  # a clear connector end
+            vote += chord  # unit direction x length
+            weight += length
+    if weight == 0.0 or np.linalg.norm(vote) < 0.5 * weight:
+        return oriented
+    return [t[::-1].copy() if min(d) > border_mm and (t[-1] - t[0]) @ vote < 0 else t
+            for t, d in zip(oriented, depths)]
 
 
 def reconstruct_catheters(
@@ -133,6 +180,9 @@ def reconstruct_catheters(
     connector_side: str | Sequence[float] | None = None,
     tip_hint: np.ndarray | Sequence[Sequence[float]] | None = None,
     max_join_gap_mm: float = 15.0,
+    overlap_lateral_mm: float | None = None,
+    max_step_overlap_mm: float = 12.0,
+    border_mm: float = BORDER_MM,
 ) -> list[np.ndarray]:
     """One ordered centreline per catheter found in a binary mask.
 
@@ -148,6 +198,14 @@ def reconstruct_catheters(
         connector_side, tip_hint: orientation overrides, see `orient_catheter`.
         max_join_gap_mm: pieces whose facing ends are this close and aligned (within 30 degrees) are joined
             into one catheter (gaps in a predicted mask; a catheter cut where another one crosses it).
+        overlap_lateral_mm: tracks that run side by side over >= 3 mm within this distance (and within 30
+            degrees) are one catheter split where the mask's confidence dips, or a duplicate
+            (`medtf.rt.track_merge`); None: ``radius_mm``, below the spacing of two real catheters.
+        max_step_overlap_mm: pieces up to a slice spacing (+ half an in-plane voxel) apart are merged too when
+            one continues the other past its end and they overlap by at most this (a catheter passing from one
+            slice to the next); longer side-by-side runs are neighbouring catheters.
+        border_mm: a track end this close to the image border is a connector end; tracks with both ends deeper
+            follow the other catheters' insertion direction (`orient_catheters`).
 
     Returns:
         ``(N, 3)`` float64 LPS mm arrays, tip (distal end) first, ``step_mm`` apart; sorted by tip position
@@ -185,16 +243,24 @@ def reconstruct_catheters(
             break
         dist, _ = polyline_distance_map(kept, reference, radius_mm + half_diag)
         residual &= ~np.isfinite(dist)
-    tracks = join_tracks(tracks, max_gap_mm=max_join_gap_mm, lateral_mm=radius_mm + half_diag,
-                         stub_mm=min(min_length_mm, STUB_MM))
-    out = []
-    for t in tracks:
-        t = smooth_track(t)
-        if polyline_length(t) < min_length_mm:
-            continue
-        t = orient_catheter(t, reference, connector_side, tip_hint)
-        out.append(resample_polyline(t, step_mm, include_end=False))
+    stub_mm = min(min_length_mm, STUB_MM)
+    tracks = join_tracks(tracks, max_gap_mm=max_join_gap_mm, lateral_mm=radius_mm + half_diag, stub_mm=stub_mm)
+    # Pieces of one catheter that overlap (a confidence dip) are merged before orienting, then joined again:
+    # a merged piece may now meet another end to end. A catheter passing from one slice to the next can leave
+    # a piece on each, a slice spacing apart.
+    n_before = len(tracks)
+    spacing = np.asarray(reference.spacing, dtype=np.float64)
+    tracks = merge_overlapping_tracks(
+        tracks, radius_mm if overlap_lateral_mm is None else overlap_lateral_mm,
+        step_lateral_mm=max(radius_mm, float(spacing.max())) + 0.5 * float(spacing.min()),
+        max_step_overlap_mm=max_step_overlap_mm)
+    if len(tracks) < n_before:
+        tracks = join_tracks(tracks, max_gap_mm=max_join_gap_mm, lateral_mm=radius_mm + half_diag,
+                             stub_mm=stub_mm)
+    tracks = [t for t in (smooth_track(t) for t in tracks) if polyline_length(t) >= min_length_mm]
+    tracks = orient_catheters(tracks, reference, connector_side, tip_hint, border_mm)
+    out = [resample_polyline(t, step_mm, include_end=False) for t in tracks]
     return sorted(out, key=lambda c: tuple(np.round(c[0][::-1], 3)))
 
 
-__all__ = ["SIDES", "estimate_radius", "orient_catheter", "reconstruct_catheters"]
+__all__ = ["SIDES", "estimate_radius", "orient_catheter", "orient_catheters", "reconstruct_catheters"]
