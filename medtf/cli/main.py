@@ -13,6 +13,7 @@
     medtf reconstruct MASK --ct DIR [--plan RP] --output D  catheters -> JSON + RT Plan (+ match report in mm)
     medtf slurm CONFIG [--nodes N ...] [--submit]           render / submit a SLURM job
     medtf tune CONFIG --tune-dir DIR [--set key=value ...]  keras-tuner search over the config's tune section
+    medtf roulette CONFIG --candidates N --out DIR          best of N seeded initialisations on the val split
     medtf demo [--out DIR]                                  the built-in end-to-end job
     medtf info [--json]                                     CPU features, oneDNN, usable cores, GPUs, versions
 
@@ -38,7 +39,7 @@ from medtf.cli.output import add_global_flags, clean_help_texts, with_global_fla
 # ``handler=<function(args) -> exit code>`` as a default, so main.py does not grow with every command.
 COMMAND_MODULES: tuple[str, ...] = ("medtf.cli.evaluate", "medtf.cli.export", "medtf.cli.predict",
                                      "medtf.cli.slurm", "medtf.cli.tune", "medtf.cli.cv_report", "medtf.cli.info",
-                                     "medtf.cli.check", "medtf.cli.reconstruct")
+                                     "medtf.cli.check", "medtf.cli.reconstruct", "medtf.cli.roulette")
 
 SYNTH_KINDS = {
     "brachy-ct": ("medtf.synth.brachy_ct", "generate_brachy_ct",
@@ -111,6 +112,9 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config value, e.g. --set train.epochs=5 (repeatable)")
     train.add_argument("--run-dir", required=True, help="run directory (re-running the same one resumes)")
+    train.add_argument("--init-from", default=None, metavar="PATH",
+                       help="start from these weights (a .keras checkpoint such as `medtf roulette`'s best.keras, "
+                            "a .weights.h5 or a run directory): the same as --set model.init_from=PATH")
     train.add_argument("--folds", type=int, default=None, metavar="K",
                        help="K-fold cross-validation on a `convert --folds K` shard folder: train fold 0..K-1 into "
                             "RUN_DIR/fold_k, evaluate each on its held-out fold, write RUN_DIR/cv_report.{json,csv} "
@@ -177,6 +181,8 @@ def _train(args) -> int:
     from medtf.training.engine import train
     from medtf.training.experiment import load_experiment
 
+    if args.init_from:
+        args.overrides = [*args.overrides, f"+model.init_from={args.init_from}"]
     if args.folds is not None:
         return _train_folds(args)
     config = load_experiment(args.config, args.overrides)  # every key and value checked before anything runs
