@@ -13,6 +13,9 @@ segmentation        image, mask                                       dice_ce   
 classification      image, label (or mask: any foreground -> 1)       binary / sparse categorical   val_auc (max)
                                                                       cross-entropy
 contrastive         image, report                                     symmetric InfoNCE (CLIP)      val_loss (min)
+masked_modeling     image (2D); tokens (H/P x W/P ids) for token      masked MSE (pixels) / masked  val_loss (min)
+                    targets. In-pipeline BEiT blockwise masks, ~40 %  sparse cross-entropy (tokens)
+                    of the patches (medtf.models.MaskedImageModel)
 ==================  ================================================  ============================  ================
 
 Example:
@@ -32,6 +35,7 @@ _TASKS = {
     "segmentation": ("medtf.tasks.segmentation", "SegmentationTask", "val_dice", "max"),
     "classification": ("medtf.tasks.classification", "ClassificationTask", "val_auc", "max"),
     "contrastive": ("medtf.tasks.contrastive", "ContrastiveTask", "val_loss", "min"),
+    "masked_modeling": ("medtf.tasks.masked_modeling", "MaskedModelingTask", "val_loss", "min"),
 }
 
 
