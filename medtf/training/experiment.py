@@ -19,7 +19,7 @@ Sections and defaults (``medtf/training/engine.py`` describes what each key does
                val_batch_size (null: batch_size), transforms ([]), preprocess ([]), seed (null: the top-level seed)
     model:     name (required), args ({}: the model's constructor arguments), init_from (null), carry (all |
                backbone), freeze_blocks ([]), freeze_up_to (null)
-    task:      segmentation (default) | classification | contrastive (`medtf.tasks`)
+    task:      segmentation (default) | classification | contrastive | masked_modeling (`medtf.tasks`)
     loss:      name (auto: the task's default; a medtf loss or a Keras one such as binary_crossentropy), args ({})
     optimizer: name (adamw; any Keras optimizer: adam, sgd, rmsprop, ...), learning_rate (0.001),
                weight_decay (0.0001; null: none), args ({}: the optimizer's other arguments)

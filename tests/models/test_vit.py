@@ -129,3 +129,16 @@ def test_bad_backbone_arguments_are_named(kwargs, message):
 def test_bad_masked_model_arguments_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         MaskedImageModel(**{**TINY, **kwargs})
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_masked_image_model_under_mixed_precision_gives_float32(policy):
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        model = MaskedImageModel(**TINY, min_mask_patches=4)
+        x = {"images": np.random.default_rng(3).random((2, 32, 32, 3), dtype=np.float32),
+             "mask": (np.arange(32).reshape(2, 16) % 3 == 0).astype("float32")}
+        y = model(x, training=False)
+        assert y.dtype == "float32" and np.isfinite(np.asarray(y)).all()
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
