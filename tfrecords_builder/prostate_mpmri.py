@@ -14,8 +14,12 @@ CSVs may sit in the input folder or up to two levels below it, or be given with 
 One example per finding (see `medtf.data.schema.PROSTATE_MPMRI`): an ``(H, W, 3)`` float32 patch of T2, DWI with
 the highest b-value and ADC, all sampled (linear) on ONE grid in physical space, so a pixel is the same tissue
 in every channel: a square of --patch-mm at --patch-size pixels in the transverse T2's plane, centred on the
-lesion (default 65 mm / 65 px = the source thesis's 130 px of 0.5 mm T2 resized to 65). Sequences finer than the
-patch are Gaussian-smoothed first (no aliasing). The lesion centre is, with ``--locate ijk`` (default), the T2
+lesion (default 65 mm / 65 px, the field of the source thesis's 130 px of 0.5 mm T2 resized to 65). Sequences finer
+than the patch are Gaussian-smoothed first (no aliasing). ``--native-crop PX`` instead crops PX x PX pixels at the
+T2's own in-plane pixel size (every channel on that grid, no smoothing) and resizes them to --patch-size with
+bicubic interpolation (PIL's kernel): ``--native-crop 130 --patch-size 65`` is the thesis's crop exactly.
+``--channels dwi`` stores the DWI (highest b) alone, one channel, still sampled on the T2's plane through the T2's
+geometry (the thesis's transfer-learning chain used prostate DWI only); ADC is then not needed. The lesion centre is, with ``--locate ijk`` (default), the T2
 row's ``ijk`` (0-based voxel index) through the T2's DICOM geometry, or with ``--locate pos`` the CSV's ``pos``;
 the ``ijk`` of T2, DWI and ADC must lie within --ijk-tolerance voxels of ``pos`` (catches 1-based slice numbers).
 Each sequence is z-scored per patient: mean and std over ALL native voxels of that patient's series (the chosen
@@ -30,6 +34,8 @@ with the lesion dot from each series' ``ijk``, bottom row the three patch channe
 Usage::
 
     medtf convert prostate-mpmri --input data/prostatex --output shards/prostatex --patch-mm 65 --patch-size 65
+    medtf convert prostate-mpmri --input data/prostatex --output shards/prostate-dwi --channels dwi \
+        --native-crop 130 --patch-size 65
 """
 
 from __future__ import annotations
@@ -42,68 +48,15 @@ import numpy as np
 
 from medtf.data import deid
 from medtf.data.schema import PROSTATE_MPMRI
-from medtf.io.errors import InputError, UnreadableDicomError
+from medtf.io.errors import InputError
 from tfrecords_builder import prostatex_layout as layout
 from tfrecords_builder.engine import Case, CaseOutput, Converter, converter_main
+from tfrecords_builder.prostate_patches import (  # noqa: F401 - zscore/antialiased/sample_patch: public here too
+    CHANNEL_NAMES, CHANNEL_SETS, antialiased, inside, lesion_patch, load_sequences, sample_patch, zscore)
 
 ALIGNMENT_DIR = "alignment"
-CHANNELS = ("t2_tra", "dwi", "adc")
-
-
-def zscore(volume):
-    """``(float32 array, mean, std)`` of a `Volume` normalised over all its voxels (per patient, per sequence).
-
-    Args:
-        volume: one native series of one patient, array ``(z, y, x)``.
-
-    Example:
-        >>> normalised, mean, std = zscore(read_dicom_series(t2_files))
-        >>> float(normalised.mean()), float(normalised.std())   # ~(0.0, 1.0)
-    """
-    data = volume.array.astype(np.float64)
-    mean, std = float(data.mean()), float(data.std())
-    if not np.isfinite(std) or std < 1e-6:
-        raise ValueError("image is constant; cannot z-score it")
-    return ((data - mean) / std).astype(np.float32), mean, std
-
-
-def antialiased(volume, array: np.ndarray, patch_spacing: float):
-    """SimpleITK image of ``array`` on ``volume``'s grid, Gaussian-smoothed in-plane where the patch is coarser."""
-    import SimpleITK as sitk
-
-    image = volume.with_array(array).to_sitk()
-    sigma_px = [max(0.0, (patch_spacing / s - 1.0) / 2.0) for s in volume.spacing[:2]]
-    if max(sigma_px) > 0:
-        variance = [(p * s) ** 2 for p, s in zip(sigma_px, volume.spacing[:2])] + [0.0]
-        image = sitk.DiscreteGaussian(image, variance, 32, 0.01, True)
-    return image
-
-
-def sample_patch(image, centre, direction: np.ndarray, spacing: float, size: int) -> np.ndarray:
-    """``(size, size)`` float32 plane through ``centre`` (mm LPS) spanned by ``direction``'s first two columns
-    (rows follow the second column, as a DICOM slice); pixel ``((size-1)/2, (size-1)/2)`` is the centre.
-
-    Args:
-        image: SimpleITK image (any grid); sampled with linear interpolation, 0 outside it.
-        centre: lesion centre ``(x, y, z)`` in mm.
-        direction: 3x3 matrix whose columns are the patch's x (columns) and y (rows) axes and the normal.
-        spacing: patch pixel size in mm; ``size``: patch side in pixels.
-
-    Example:
-        >>> t2_patch = sample_patch(t2.to_sitk(), centre, t2.direction_matrix, 1.0, 65)   # (65, 65)
-    """
-    import SimpleITK as sitk
-
-    half = (size - 1) / 2.0 * spacing
-    origin = np.asarray(centre, float) - direction[:, 0] * half - direction[:, 1] * half
-    out = sitk.Resample(image, [size, size, 1], sitk.Transform(), sitk.sitkLinear, origin.tolist(),
-                        [spacing, spacing, 1.0], direction.ravel().tolist(), 0.0, sitk.sitkFloat32)
-    return sitk.GetArrayFromImage(out)[0]
-
-
-def _inside(volume, index, margin: float = 0.5) -> bool:
-    size = np.asarray(volume.shape_xyz)
-    return bool(np.all(np.asarray(index) >= -margin) and np.all(np.asarray(index) <= size - 1 + margin))
+CHANNELS = CHANNEL_SETS["t2-dwi-adc"]
+DEFAULT_PATCH_MM = 65.0
 
 
 class ProstateMpmriConverter(Converter):
@@ -114,8 +67,18 @@ class ProstateMpmriConverter(Converter):
 
     def add_arguments(self, parser):
         group = parser.add_argument_group("prostate-mpmri options")
-        group.add_argument("--patch-mm", type=float, default=65.0, help="patch side in mm (default %(default)s)")
+        group.add_argument("--patch-mm", type=float, default=None,
+                           help=f"patch side in mm (default {DEFAULT_PATCH_MM:g}; not with --native-crop)")
         group.add_argument("--patch-size", type=int, default=65, help="patch side in pixels (default %(default)s)")
+        group.add_argument("--native-crop", type=int, default=None, metavar="PX",
+                           help="the thesis's crop: PX x PX pixels at the T2's own in-plane pixel size (no "
+                                "smoothing), every channel sampled on that grid, then resized to --patch-size with "
+                                "bicubic interpolation (--native-crop 130 --patch-size 65: 130 px of 0.5 mm T2 -> "
+                                "65 px); default: --patch-mm at --patch-size directly")
+        group.add_argument("--channels", choices=sorted(CHANNEL_SETS), default="t2-dwi-adc",
+                           help="t2-dwi-adc (default): T2, DWI highest b and ADC stacked; dwi: DWI highest b alone "
+                                "(one channel), sampled on the T2's plane through the T2's geometry, as the "
+                                "thesis's transfer-learning chain (the T2 is still needed; ADC is not)")
         group.add_argument("--locate", choices=["ijk", "pos"], default="ijk",
                            help="lesion centre from the T2 row's ijk (default) or from the findings CSV's pos")
         group.add_argument("--ijk-tolerance", type=float, default=1.0,
@@ -128,11 +91,19 @@ class ProstateMpmriConverter(Converter):
         group.add_argument("--no-alignment-pngs", action="store_true", help="do not write alignment/ control PNGs")
 
     def case_options(self, options) -> dict:
-        if options.patch_mm <= 0 or options.patch_size < 3:
-            raise ValueError(f"--patch-mm must be > 0 and --patch-size >= 3, got {options.patch_mm}, "
-                             f"{options.patch_size}")
-        return {"patch_mm": options.patch_mm, "patch_size": options.patch_size, "locate": options.locate,
-                "ijk_tolerance": options.ijk_tolerance, "channels": ["T2 transverse", "DWI highest b", "ADC"],
+        """Everything that shapes a patch; the export copies it into medtf.json for `medtf predict`."""
+        native = getattr(options, "native_crop", None)
+        patch_mm = options.patch_mm if options.patch_mm is not None else (None if native else DEFAULT_PATCH_MM)
+        if native is not None and options.patch_mm is not None:
+            raise ValueError("--native-crop sets the crop in T2 pixels: it takes no --patch-mm")
+        if (patch_mm is not None and patch_mm <= 0) or options.patch_size < 3 or (native is not None and native < 3):
+            raise ValueError(f"--patch-mm must be > 0 and --patch-size / --native-crop >= 3, got {options.patch_mm}, "
+                             f"{options.patch_size}, {native}")
+        channel_set = getattr(options, "channels", None) or "t2-dwi-adc"
+        return {"patch_mm": patch_mm, "patch_size": options.patch_size, "native_crop_px": native,
+                "resize": "bicubic (PIL kernel)" if native else None, "locate": options.locate,
+                "ijk_tolerance": options.ijk_tolerance, "channel_set": channel_set,
+                "channels": [CHANNEL_NAMES[k] for k in CHANNEL_SETS[channel_set]],
                 "normalisation": "z-score per patient and sequence over all native voxels"}
 
     def discover(self, input_dir: Path, options):
@@ -178,36 +149,23 @@ class ProstateMpmriConverter(Converter):
         if folder is None:
             raise InputError(case.paths[0] if case.paths else None,
                              "no DICOM folder named after this patient's ProxID under the input")
-        series = layout.list_series(folder)
-        chosen = layout.choose_series(series, {r.series_number for r in rows})
         settings = self.case_options(options)
-        spacing = settings["patch_mm"] / settings["patch_size"]
-        volumes, images = {}, {}
-        for kind in CHANNELS:
-            s, files, _ = chosen[kind]
-            volumes[kind] = _read_series(s, files)
-            try:
-                normalised, _, _ = zscore(volumes[kind])
-            except ValueError as exc:
-                raise InputError(s.path, f"{s.label}: {exc}") from None
-            images[kind] = antialiased(volumes[kind], normalised, spacing)
-        direction = volumes["t2_tra"].direction_matrix
-
+        seq = load_sequences(folder, {r.series_number for r in rows}, settings)
+        spacing = seq.out_spacing(settings)
         examples, failures, controls = [], [], []
         for finding in sorted(findings, key=lambda f: f.fid):
             try:
-                centre, dots = self._locate(finding, rows, chosen, volumes, settings)
+                centre, dots = self._locate(finding, rows, seq.chosen, seq.volumes, settings)
             except ValueError as exc:
                 failures.append((Path(finding.source), f"fid {finding.fid}: {exc}"))
                 continue
-            patch = np.stack([sample_patch(images[k], centre, direction, spacing, settings["patch_size"])
-                              for k in CHANNELS], axis=-1)
-            examples.append({"image": patch.astype(np.float32), "label": finding.label, "finding_id": finding.fid,
-                             "zone": finding.zone, "lesion_position": np.asarray(centre, np.float32),
+            examples.append({"image": lesion_patch(seq, centre, settings), "label": finding.label,
+                             "finding_id": finding.fid, "zone": finding.zone,
+                             "lesion_position": np.asarray(centre, np.float32),
                              "pixel_spacing": np.array([spacing, spacing], np.float32)})
             controls.append(dots)
         if not options.no_alignment_pngs:
-            self._write_alignment(case, options, volumes, examples, controls)
+            self._write_alignment(case, options, seq, examples, controls)
         return CaseOutput(examples=examples, stratum=case.stratum, failures=failures)
 
     @staticmethod
@@ -220,13 +178,13 @@ class ProstateMpmriConverter(Converter):
             if r.fid == finding.fid:
                 mine.setdefault(r.series_number, r)
         ijks = {}
-        for kind in CHANNELS:
+        for kind in volumes:  # the sequences read: T2 and the channels'
             s, vol = chosen[kind][0], volumes[kind]
             row = mine.get(s.number)
             if row is None:
                 continue
             ijk = np.asarray(layout.parse_numbers(row.ijk, 3, f"ijk of {s.label}"))
-            if not _inside(vol, ijk, margin=0.0):
+            if not inside(vol, ijk, margin=0.0):
                 raise ValueError(f"ijk {row.ijk} of {s.label} lies outside its image of {vol.shape_xyz} voxels")
             if finding.pos is not None and settings["ijk_tolerance"] > 0:
                 dev = np.abs(ijk - vol.physical_to_index(finding.pos))
@@ -244,15 +202,15 @@ class ProstateMpmriConverter(Converter):
         else:
             centre = volumes["t2_tra"].index_to_physical(ijks["t2_tra"])
         dots = {}
-        for kind in CHANNELS:
+        for kind in volumes:
             index = volumes[kind].physical_to_index(centre)
-            if not _inside(volumes[kind], index):
+            if not inside(volumes[kind], index):
                 raise ValueError(f"lesion centre {np.round(centre, 2).tolist()} mm lies outside the "
                                  f"{chosen[kind][0].label} image")
             dots[kind] = ijks.get(kind, np.rint(index))
         return centre, dots
 
-    def _write_alignment(self, case, options, volumes, examples, controls):
+    def _write_alignment(self, case, options, seq, examples, controls):
         from medtf.data.alignment import render_alignment, write_png_atomic
 
         key = deid.load_or_create_key(options.output, options.id_salt, options.id_key_file)
@@ -263,33 +221,11 @@ class ProstateMpmriConverter(Converter):
             stale.unlink()
         for i, (example, dots) in enumerate(zip(examples, controls)):
             before = []
-            for kind in CHANNELS:
-                k = int(np.clip(np.rint(dots[kind][2]), 0, volumes[kind].array.shape[0] - 1))
-                before.append((volumes[kind].array[k], (float(dots[kind][0]), float(dots[kind][1]))))
+            for kind in seq.kinds:  # one source slice per patch channel
+                volume = seq.volumes[kind]
+                k = int(np.clip(np.rint(dots[kind][2]), 0, volume.array.shape[0] - 1))
+                before.append((volume.array[k], (float(dots[kind][0]), float(dots[kind][1]))))
             write_png_atomic(out / f"{case_hash}-{i:04d}.png", render_alignment(before, example["image"]))
-
-
-def _read_series(series, files):
-    """The chosen files of a series folder as a `Volume`; a damaged DICOM file anywhere in the folder (also in
-    another b-value stack, where it could be one of the chosen stack's slices) fails the series, naming it."""
-    from medtf.io.dicom_headers import read_header
-    from medtf.io.dicom_series import read_dicom_series
-
-    chosen = set(files)
-    try:
-        for path in series.files:
-            if path not in chosen:
-                try:
-                    read_header(path)
-                except UnreadableDicomError:
-                    raise
-                except InputError:  # not DICOM, or no series object: not a slice of this series
-                    pass
-        return read_dicom_series(files)
-    except UnreadableDicomError as exc:
-        raise InputError(exc.path, f"unreadable DICOM file in the folder of {series.label}: {exc.reason}; it may "
-                                   "be one of the series' slices, so the series is not read: remove or replace "
-                                   "it") from None
 
 
 def _stratum(labels) -> str:

@@ -218,9 +218,10 @@ def b_value(path: Path, description: str) -> float | None:
     return float("inf") if "calcbval" in _norm(description) else None
 
 
-def choose_series(series: list[SeriesFolder], referenced: set[int]) -> dict[str, tuple[SeriesFolder, list[Path], str]]:
-    """Per sequence the chosen ``(series, files, note)``: T2/ADC prefer series the Images CSV refers to, then the
-    highest series number (a repeat after motion); DWI is the (series, b) stack with the highest b-value.
+def choose_series(series: list[SeriesFolder], referenced: set[int], needed: tuple = SEQUENCES,
+                  ) -> dict[str, tuple[SeriesFolder, list[Path], str]]:
+    """Per sequence of ``needed`` the chosen ``(series, files, note)``: T2/ADC prefer series the Images CSV refers
+    to, then the highest series number (a repeat after motion); DWI is the (series, b) stack with the highest b.
 
     Raises:
         InputError: a sequence is missing (the message lists what was found).
@@ -230,14 +231,16 @@ def choose_series(series: list[SeriesFolder], referenced: set[int]) -> dict[str,
         if kind := classify(s.description):
             by_kind.setdefault(kind, []).append(s)
     found = "; ".join(s.label for s in series) or "none"
-    missing = [k for k in SEQUENCES if not by_kind.get(k)]
+    missing = [k for k in needed if not by_kind.get(k)]
     if missing:
         names = {"t2_tra": "transverse T2", "dwi": "DWI", "adc": "ADC"}
         raise InputError(series[0].path.parent if series else None,
                          f"no {' / '.join(names[m] for m in missing)} series (found: {found})")
     rank = lambda s: (s.number in referenced, s.number or 0)  # noqa: E731
-    chosen = {k: (max(by_kind[k], key=rank), None, "") for k in ("t2_tra", "adc")}
+    chosen = {k: (max(by_kind[k], key=rank), None, "") for k in ("t2_tra", "adc") if k in needed}
     chosen = {k: (s, s.files, "") for k, (s, _, _) in chosen.items()}
+    if "dwi" not in needed:
+        return chosen
     stacks = []
     for s in by_kind["dwi"]:
         groups: dict[float | None, list[Path]] = {}

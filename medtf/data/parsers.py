@@ -89,7 +89,8 @@ def _parse_lgg(example: dict, training: bool, manifest=None) -> dict:
 def _parse_prostate(example: dict, training: bool, manifest=None) -> dict:
     out = dict(example)
     image = tf.cast(example["image"], tf.float32)
-    image.set_shape([None, None, 3])
+    channels = ((manifest or {}).get("options") or {}).get("channels") or [None] * 3  # names; dwi alone: 1
+    image.set_shape([None, None, len(channels)])
     out["image"] = image
     return out
 

@@ -180,7 +180,8 @@ PROSTATE_MPMRI = Schema(
     description="PROSTATEx-style finding: T2, high-b DWI and ADC patches on one grid centred on the lesion.",
     fields=_IDS
     + (
-        TensorField("image", "float32", 3, "(H, W, 3) patch: T2, DWI (highest b), ADC; z-scored per patient"),
+        TensorField("image", "float32", 3,
+                    "(H, W, C) patch: T2, DWI (highest b), ADC (--channels dwi: DWI alone); z-scored per patient"),
         ValueField("label", "int64", 1, "ClinSig: 1 significant, 0 not, -1 unknown (challenge test set)"),
         ValueField("finding_id", "int64", 1, "fid of the finding within its patient"),
         ValueField("zone", "bytes", 1, "prostate zone of the finding (PZ, TZ, AS, SV) or empty"),
