@@ -102,7 +102,9 @@ def apply_freeze(model: keras.Model, blocks=(), up_to: str | None = None) -> lis
 def _merge(base: Any, override: Any) -> Any:
     """``override`` deep-merged into ``base`` (mappings merge, everything else replaces)."""
     if isinstance(base, Mapping) and isinstance(override, Mapping):
-        out = dict(base)
+        # a deep copy: phases that do not override a section must not share it (run_transfer sets each phase's
+        # model.init_from; a shared dict gave every later such phase the first one's)
+        out = copy.deepcopy(dict(base))
         for key, value in override.items():
             out[key] = _merge(base.get(key), value) if key in base else copy.deepcopy(value)
         return out
@@ -209,6 +211,7 @@ def run_transfer(experiment, run_dir: str | os.PathLike) -> dict:
             summary["gain_over_scratch"] = sign * (records[-1]["best"] - record["best"])
     final = Path(records[-1]["run_dir"])
     shutil.copy2(final / "config.yaml", run_dir / "config.yaml")
+    shutil.copy2(final / "history.csv", run_dir / "history.csv")  # RUN_DIR reads as a finished run (folds, cv-report)
     shutil.copytree(final / "checkpoints", run_dir / "checkpoints", dirs_exist_ok=True)
     tmp = run_dir / "transfer.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")

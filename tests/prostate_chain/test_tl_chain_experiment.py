@@ -1,0 +1,77 @@
+"""experiments/prostate_tl_chain.yaml: the shipped chain parses, every phase builds with one input, freezes what it
+says, and one --set scales every phase (default tier: no data, no training)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+EXPERIMENT = REPO / "experiments/prostate_tl_chain.yaml"
+PHASES = ["ds1-prostate", "ds2-brain-frozen", "ds2-brain-full", "ds3-lung-frozen", "ds3-lung-full",
+          "ds4-prostate-frozen", "ds4-prostate-full"]
+
+
+def test_chain_parses_builds_every_phase_and_scales_by_set():
+    import keras
+
+    from medtf.models.freeze import trainable_counts
+    from medtf.training.engine import build_model
+    from medtf.training.experiment import load_experiment, parse_config
+    from medtf.training.transfer import apply_freeze, transfer_phases
+
+    experiment = load_experiment(EXPERIMENT, ["train.epochs=1", "+train.steps_per_epoch=2", "data.batch_size=4"])
+    assert experiment.transfer["compare_scratch"] is True
+    phases = transfer_phases(experiment)
+    assert [name for name, _ in phases] == PHASES
+    dirs = [Path(raw["data"]["dir"]).name for _, raw in phases]
+    assert dirs == ["prostate", "brain", "brain", "lung", "lung", "prostate", "prostate"]
+    assert [raw["optimizer"]["learning_rate"] for _, raw in phases] == [1e-3, 1e-3, 1e-4, 1e-3, 1e-4, 1e-3, 1e-4]
+    # the top-level --set reaches every phase (no phase overrides train or batch size)
+    assert {(raw["train"]["epochs"], raw["train"]["steps_per_epoch"], raw["data"]["batch_size"])
+            for _, raw in phases} == {(1, 2, 4)}
+    # the target (last phase) is the top-level data set: what --folds folds and scratch trains on
+    assert Path(phases[-1][1]["data"]["dir"]).resolve() == Path(experiment.data.dir)
+
+    # every phase owns its sections (run_transfer writes model.init_from into each: a shared dict leaked the
+    # first full phase's init_from into every later phase without a model override)
+    models = [raw["model"] for _, raw in phases]
+    assert len({id(m) for m in models}) == len(models)
+    phases[2][1]["model"]["init_from"] = "x"
+    assert [raw["model"].get("init_from") for _, raw in phases].count("x") == 1
+
+    shapes = set()
+    for name, raw in phases:
+        config = parse_config(raw)
+        keras.backend.clear_session()
+        model = build_model(config.model)
+        shapes.add(tuple(model.input_shape))
+        frozen = apply_freeze(model, config.model.freeze_blocks, config.model.freeze_up_to)
+        counts = trainable_counts(model)
+        if name.endswith("-frozen"):
+            assert config.model.carry == "backbone" and frozen
+            assert counts["block1"] == counts["block2"] == counts["block3"] == 0, name
+            assert counts["fc1"] > 0 and counts["head"] > 0, name
+        else:
+            assert config.model.carry == "all" and not frozen and counts["block1"] > 0, name
+    assert shapes == {(None, 65, 65, 3)}  # one input for every phase: the weights carry over
+
+
+def test_a_phase_with_another_input_size_is_caught_before_training(tmp_path):
+    """Carrying weights between phases needs one input: a phase that changes the crop size fails to load them
+    (load_initial_weights raises: nothing of the flatten head fits) rather than silently training from scratch."""
+    import keras
+
+    from medtf.models import get_model
+    from medtf.training.transfer import load_initial_weights
+
+    keras.utils.set_random_seed(0)
+    source = get_model("vgg_elu_small", in_channels=3, num_classes=1, input_shape=[65, 65])
+    source.save(tmp_path / "a.keras")
+    other = get_model("vgg_elu_small", in_channels=1, num_classes=1, input_shape=[33, 33])
+    done = load_initial_weights(other, tmp_path / "a.keras")
+    assert "block1_conv1" in done["skipped"]  # 1 vs 3 input channels: the first convolution cannot carry
+    assert "fc1_dense" in done["skipped"]     # 33 vs 65 px: the flattened features differ in size
+    with pytest.raises(Exception):
+        load_initial_weights(keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]), tmp_path / "a.keras")
