@@ -52,7 +52,7 @@ class ImageReportEncoder(keras.Model):
     the L2-normalised image embedding then the report embedding (split with `split_embeddings`).
 
     The image tower is `medtf.models.unet.unet_encoder` (+ global average pooling and a linear projection), the
-    text tower `HashedText` (+ a projection). Trained with `medtf.losses.ClipLoss` (in-batch negatives).
+    text tower `HashedText` (+ a projection). Trained with `medtf.tasks.contrastive.ClipLoss` (negatives: the global batch).
 
     Example:
         >>> model = ImageReportEncoder(spatial_dims=3, in_channels=3, depth=3, base_filters=4, embed_dim=16)

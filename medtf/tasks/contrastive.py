@@ -1,9 +1,16 @@
-"""Contrastive image-report pretraining (CLIP): paired ``image`` and ``report`` fields, in-batch negatives.
+"""Contrastive image-report pretraining (CLIP): paired ``image`` and ``report`` fields, negatives from the global batch.
 
 The model (e.g. `medtf.models.ImageReportEncoder`) maps ``{"image", "report"}`` to ``(B, 2E)``: L2-normalised image
-and report embeddings side by side. `ClipLoss` is the symmetric InfoNCE over the batch's similarity matrix; the
-metric `RetrievalRecallAt1` is the fraction of images whose own report is the nearest (and vice versa).
-Not yet: negatives gathered across replicas (each replica contrasts its own batch).
+and report embeddings side by side. `ClipLoss` is the symmetric InfoNCE over the similarity matrix; the metric
+`RetrievalRecallAt1` is the fraction of images whose own report is the nearest (and vice versa).
+
+Under a distribution strategy (MirroredStrategy, MultiWorkerMirroredStrategy) both gather every replica's
+embeddings (``ReplicaContext.all_gather``): each replica contrasts its own examples against the whole global batch,
+the targets being the global indices of its own rows, so N replicas of B/N examples compute what one device computes
+on B (more negatives per step, as CLIP trains). The gather's gradient all-reduces the upstream gradients and hands
+each replica the slice of its own embeddings (TensorFlow's all_gather custom gradient); with Keras' per-replica
+``1/N`` loss scaling and the optimizer's gradient sum, loss and gradients equal the single-device ones
+(tests/tasks/test_contrastive_replicas.py). The temperature is fixed (``ClipLoss(temperature=0.07)``), not learned.
 """
 
 from __future__ import annotations
@@ -18,28 +25,54 @@ from keras import ops
 from medtf.tasks.base import Task
 
 
-def _similarity(y_pred, temperature):
+def _global_pairs(y_pred):
+    """``(image, text, all_image, all_text, offset)``: this replica's rows split into image and report
+    embeddings, every replica's rows (all-gathered in replica order) and the global index of its first row."""
+    import tensorflow as tf
+
     y_pred = ops.cast(y_pred, "float32")
+    context = tf.distribute.get_replica_context()
+    # None: cross-replica context (Keras builds the loss symbolically under strategy.scope()); nothing to gather.
+    if context is None or context.num_replicas_in_sync == 1:
+        everyone, offset = y_pred, 0
+    else:
+        # A copy made here carries this replica's device: all_gather sends to the input's device, and a tensor that
+        # entered the replica function from outside (a function argument) has none ("destinations can not be empty"
+        # under MultiWorkerMirroredStrategy).
+        y_pred = tf.identity(y_pred)
+        everyone = context.all_gather(y_pred, axis=0)
+        # The last (validation) batch may be split unevenly, or leave a replica empty: offsets from the real sizes.
+        sizes = context.all_gather(tf.shape(y_pred)[:1], axis=0)
+        offset = tf.reduce_sum(sizes[:context.replica_id_in_sync_group])
     half = y_pred.shape[-1] // 2
-    image, text = y_pred[:, :half], y_pred[:, half:]
-    return ops.matmul(image, ops.transpose(text)) / temperature
+    return y_pred[:, :half], y_pred[:, half:], everyone[:, :half], everyone[:, half:], offset
+
+
+def _own_indices(rows, offset):
+    """Global indices of this replica's rows: the targets of its images and reports."""
+    return ops.cast(offset, "int32") + ops.cast(ops.arange(ops.shape(rows)[0]), "int32")
 
 
 @keras.saving.register_keras_serializable(package="medtf")
 class ClipLoss(keras.losses.Loss):
-    """Symmetric InfoNCE: cross-entropy of each image against all reports of the batch (its own is the target) and
-    of each report against all images, averaged; ``y_true`` is ignored. Per-sample values, shape ``(B,)``."""
+    """Symmetric InfoNCE: cross-entropy of each image against all reports of the (global) batch, its own being the
+    target, and of each report against all images, averaged; ``y_true`` is ignored. Per-sample values ``(B,)`` of
+    this replica's examples: ``0.5 * (CE(image_i -> reports) + CE(report_i -> images))`` at temperature ``T``.
+
+    Reference: Radford et al., "Learning Transferable Visual Models From Natural Language Supervision", ICML 2021.
+    """
 
     def __init__(self, temperature=0.07, name="clip_loss", reduction="sum_over_batch_size", dtype="float32"):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         self.temperature = float(temperature)
 
     def call(self, y_true, y_pred):
-        logits = _similarity(y_pred, self.temperature)
-        n = ops.shape(logits)[0]
-        targets = ops.one_hot(ops.arange(n), n)
-        image_ce = keras.losses.categorical_crossentropy(targets, logits, from_logits=True)
-        text_ce = keras.losses.categorical_crossentropy(targets, ops.transpose(logits), from_logits=True)
+        image, text, all_image, all_text, offset = _global_pairs(y_pred)
+        own = _own_indices(image, offset)
+        image_logits = ops.matmul(image, ops.transpose(all_text)) / self.temperature  # (b, B): own image vs reports
+        text_logits = ops.matmul(text, ops.transpose(all_image)) / self.temperature   # (b, B): own report vs images
+        image_ce = keras.losses.sparse_categorical_crossentropy(own, image_logits, from_logits=True)
+        text_ce = keras.losses.sparse_categorical_crossentropy(own, text_logits, from_logits=True)
         return 0.5 * (image_ce + text_ce)
 
     def get_config(self):
@@ -48,17 +81,19 @@ class ClipLoss(keras.losses.Loss):
 
 @keras.saving.register_keras_serializable(package="medtf")
 class RetrievalRecallAt1(keras.metrics.Mean):
-    """Image->report and report->image top-1 retrieval within each batch, averaged over examples and directions."""
+    """Image->report and report->image top-1 retrieval within each (global) batch, averaged over examples and
+    directions."""
 
     def __init__(self, name="recall_at_1", dtype="float32"):
         super().__init__(name=name, dtype=dtype)
 
     def update_state(self, y_true, y_pred, sample_weight=None):
-        logits = _similarity(y_pred, 1.0)
-        n = ops.shape(logits)[0]
-        own = ops.arange(n)
-        image_hit = ops.cast(ops.argmax(logits, axis=1) == own, "float32")
-        text_hit = ops.cast(ops.argmax(logits, axis=0) == own, "float32")
+        image, text, all_image, all_text, offset = _global_pairs(y_pred)
+        own = _own_indices(image, offset)
+        image_hit = ops.cast(ops.cast(ops.argmax(ops.matmul(image, ops.transpose(all_text)), axis=1), "int32") == own,
+                             "float32")
+        text_hit = ops.cast(ops.cast(ops.argmax(ops.matmul(text, ops.transpose(all_image)), axis=1), "int32") == own,
+                            "float32")
         return super().update_state(ops.concatenate([image_hit, text_hit]))
 
 

@@ -1,8 +1,9 @@
 """Distribution strategies for `medtf train` by name, and which worker writes what into the run directory.
 
 =============  ===================================================================================================
-``auto``       `tf.distribute.MirroredStrategy` over all GPUs when there is more than one, else the default
-               (one-device) strategy: nothing changes for a laptop or a single-GPU job.
+``auto``       `MirroredStrategy` (`tf.distribute.MirroredStrategy` that Keras 3 ``fit`` can use with text inputs)
+               over all GPUs when there is more than one, else the default (one-device) strategy: nothing changes
+               for a laptop or a single-GPU job.
 ``mirrored``   `MirroredStrategy` over all GPUs; without GPUs, over all logical CPUs (tests split one CPU in two).
 ``one_device`` `tf.distribute.OneDeviceStrategy` on the first GPU (CPU when there is none).
 ``multiworker`` `MultiWorkerStrategy` (a `tf.distribute.MultiWorkerMirroredStrategy` that Keras 3 ``fit`` can
@@ -61,6 +62,33 @@ def _cluster_resolver():
     return slurm_cluster_resolver()  # medtf's job scripts: port base per job, CPU-only nodes (medtf.hpc.workers)
 
 
+def _first_local_if_text(strategy, value):
+    """This process's first replica value of a distributed string tensor, else None.
+
+    Keras 3 ``fit``/``evaluate`` start with ``strategy.reduce("MEAN", first batch, axis=None)`` only to build the
+    model symbolically from one batch; text inputs (the contrastive task's reports) cannot be averaged (AddN has no
+    string kernel: every multi-replica fit of a model with string inputs failed). A batch of the right dtype and
+    rank is all the build needs, so a string leaf gives its first local replica's value, on every worker alike (no
+    collective is skipped on one worker only).
+    """
+    if isinstance(value, tf.distribute.DistributedValues):
+        first = strategy.experimental_local_results(value)[0]
+        if getattr(first, "dtype", None) == tf.string:
+            return first
+    return None
+
+
+class MirroredStrategy(tf.distribute.MirroredStrategy):
+    """`tf.distribute.MirroredStrategy` whose `reduce` lets Keras 3 ``fit`` build models with string inputs
+    (see `_first_local_if_text`); everything else is MirroredStrategy's own reduce."""
+
+    def reduce(self, reduce_op, value, axis):
+        if not isinstance(value, tf.distribute.DistributedValues) and tf.nest.is_nested(value):
+            return tf.nest.map_structure(lambda leaf: self.reduce(reduce_op, leaf, axis), value)
+        text = _first_local_if_text(self, value)
+        return text if text is not None else super().reduce(reduce_op, value, axis)
+
+
 class MultiWorkerStrategy(tf.distribute.MultiWorkerMirroredStrategy):
     """`tf.distribute.MultiWorkerMirroredStrategy` with a `reduce` that Keras 3 ``fit`` can use across workers.
 
@@ -77,11 +105,15 @@ class MultiWorkerStrategy(tf.distribute.MultiWorkerMirroredStrategy):
 
     So a nest is reduced leaf by leaf, and a scalar ignores ``axis``. Every worker runs the same reduces in the
     same order, as collectives need. See keras-team/keras#20585 (Keras 3 and MultiWorkerMirroredStrategy).
+    String leaves (text inputs) are not reduced at all (`_first_local_if_text`).
     """
 
     def reduce(self, reduce_op, value, axis):
         if not isinstance(value, tf.distribute.DistributedValues) and tf.nest.is_nested(value):
             return tf.nest.map_structure(lambda leaf: self.reduce(reduce_op, leaf, axis), value)
+        text = _first_local_if_text(self, value)
+        if text is not None:
+            return text
         if axis is not None and _rank(value) == 0:
             axis = None
         return super().reduce(reduce_op, value, axis)
@@ -112,14 +144,13 @@ def make_strategy(name: str = "auto") -> tf.distribute.Strategy:
         return MultiWorkerStrategy(cluster_resolver=_cluster_resolver())
     gpus = tf.config.list_logical_devices("GPU")
     if name == "auto":
-        return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
+        return MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
     if name == "mirrored":
         if gpus:
-            return tf.distribute.MirroredStrategy()
+            return MirroredStrategy()
         cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
         # Without GPUs MirroredStrategy() would take one CPU; several logical CPUs are what tests split off.
-        return tf.distribute.MirroredStrategy(devices=cpus,
-                                              cross_device_ops=tf.distribute.ReductionToOneDevice())
+        return MirroredStrategy(devices=cpus, cross_device_ops=tf.distribute.ReductionToOneDevice())
     return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
 
 
