@@ -1,4 +1,7 @@
-"""``medtf cv-report RUN_DIR``: mean ± sd per metric over the ``fold_*`` runs of a cross-validation.
+"""``medtf cv-report RUN_DIR``: mean ± sd and 95% CI per metric over the ``fold_*`` runs of a cross-validation.
+
+Any task: each fold is evaluated by its run's task (segmentation Dice/HD95, classification AUC ..., contrastive
+retrieval) and every number of its summary.json is aggregated.
 
 For folds trained elsewhere, typically a SLURM array (one task per fold); as a dependent job::
 
@@ -15,16 +18,16 @@ import sys
 def register(commands) -> None:
     p = commands.add_parser("cv-report", help="aggregate the fold_* runs of a cross-validation (mean ± sd)",
                             description=__doc__ + "\nWrites RUN_DIR/cv_report.json and cv_report.csv (per metric: "
-                                                  "every fold's value, mean, sample sd, n). Exits 1 when a fold is\n"
-                                                  "missing, unfinished or not evaluated: it is listed, never "
-                                                  "silently left out of the count.",
+                                                  "every fold's value, mean, sample sd, 95% CI of the mean, n).\n"
+                                                  "Exits 1 when a fold is missing, unfinished or not evaluated: it "
+                                                  "is listed, never silently left out of the count.",
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", metavar="RUN_DIR", help="folder holding fold_0 .. fold_{K-1}")
     p.add_argument("--folds", type=int, default=None, metavar="K",
                    help="expected number of folds (default: the manifest of the runs' data.dir)")
     p.add_argument("--evaluate", action="store_true",
                    help="first evaluate finished folds without an up-to-date evaluation (their fold-k split)")
-    p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap of --evaluate")
+    p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap of --evaluate (segmentation)")
     p.add_argument("--data-dir", default=None,
                    help="shard folder, when it moved since training (default: the runs' data.dir)")
     p.add_argument("--all", dest="all_metrics", action="store_true", help="print every metric (counts, volumes)")

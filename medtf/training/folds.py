@@ -4,8 +4,11 @@ Run directory layout::
 
     run_dir/cv_config.yaml                  the resolved base config (data.fold is set per fold)
     run_dir/fold_<k>/                       an ordinary `medtf train` run with ``data.fold=k`` (resumable on its own)
-    run_dir/fold_<k>/eval-fold-<k>/         `evaluate_run` of the best checkpoint on split ``fold-k`` (whole volumes)
-    run_dir/cv_report.json, cv_report.csv   per metric: the value of every fold, mean, sample sd (ddof=1), n
+    run_dir/fold_<k>/eval-fold-<k>/         the run's task evaluates the best checkpoint on split ``fold-k``
+                                            (``get_task(config.task).evaluate``: segmentation whole volumes,
+                                            classification AUC ..., contrastive retrieval)
+    run_dir/cv_report.json, cv_report.csv   per metric: the value of every fold, mean, sample sd (ddof=1), 95% CI
+                                            of the mean (t interval), n (`medtf.training.cv_report`)
 
 A SLURM array (`medtf slurm CONFIG --array 0-4`, task id -> ``data.fold``) writes the same ``fold_<k>`` folders;
 `aggregate_folds` only reads files, so ``medtf cv-report RUN_DIR`` combines folds however they were trained. A fold
@@ -16,8 +19,10 @@ Two kinds of numbers per fold:
 
 * ``history/<metric>``: the validation metrics Keras logged (history.csv) at the best epoch by ``train.monitor`` /
   ``train.mode`` (the epoch of ``checkpoints/best.keras``), plus ``history/best_epoch``;
-* ``eval/<metric>``: `evaluate_run` on the fold's validation split, the mean over its cases (``summary.json``);
-  ``eval_extra/<name>``: the summary's pooled extras (e.g. lgg-mri ``dice_tumour_slices`` over all tumour slices).
+* ``eval/<metric>``: the task's evaluation of the fold's validation split, every number its ``summary.json``
+  reports (`medtf.training.cv_report.summary_values`): segmentation the mean over cases, classification the
+  point estimates (AUC, sensitivity ...), contrastive recall@k and median ranks; ``eval_extra/<name>``: the
+  summary's pooled extras (e.g. lgg-mri ``dice_tumour_slices`` over all tumour slices).
 
 Example:
     >>> report = run_cross_validation(load_config("experiments/lgg_unet2d.yaml"), "runs/lgg-cv", folds=5)
@@ -29,7 +34,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 import re
 from pathlib import Path
@@ -39,15 +43,13 @@ import numpy as np
 import yaml
 
 from medtf.data.manifest import ManifestError
-from medtf.evaluation.report import json_safe
 from medtf.training.config import ConfigError, save_resolved
+from medtf.training.cv_report import SHOWN_EVAL, fold_stats, format_report, summary_values  # noqa: F401
+from medtf.training.cv_report import write_report as _write_report
 from medtf.training.experiment import parse_config
 
 FOLD_DIR_RE = re.compile(r"^fold_(\d+)$")
 REPORT_JSON, REPORT_CSV, BASE_CONFIG = "cv_report.json", "cv_report.csv", "cv_config.yaml"
-# Shown by `format_report` (the JSON/CSV hold every metric): per-case columns that are not counts or volumes.
-SHOWN_EVAL = ("dice", "hd95", "msd", "dice_tumour_slices", "catheters_found", "catheters_missed",
-              "catheters_spurious", "catheter_mean_mm", "tip_error_mm")
 
 
 def fold_dir(run_dir: str | os.PathLike, k: int) -> Path:
@@ -56,7 +58,7 @@ def fold_dir(run_dir: str | os.PathLike, k: int) -> Path:
 
 
 def eval_summary_path(run_dir: str | os.PathLike, k: int) -> Path:
-    """The `evaluate_run` summary of fold ``k`` on its validation split (evaluate_run's default output)."""
+    """The task's evaluation summary of fold ``k`` on its validation split (every task's default output)."""
     return fold_dir(run_dir, k) / f"eval-fold-{int(k)}" / "summary.json"
 
 
@@ -196,14 +198,6 @@ def _expected_folds(run_dir: Path, found: list[int], notes: list[str], data_dir=
     return max(found) + 1
 
 
-def _stats(values: list[float | None]) -> dict:
-    finite = [v for v in values if v is not None and math.isfinite(v)]
-    n = len(finite)
-    return {"mean": float(np.mean(finite)) if n else None,
-            "sd": float(np.std(finite, ddof=1)) if n > 1 else None,  # sample sd: folds are a sample of splits
-            "n": n, "n_nan": sum(1 for v in values if v is not None and not math.isfinite(v))}
-
-
 def aggregate_folds(run_dir: str | os.PathLike, folds: int | None = None, *, write: bool = True,
                     data_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """Combine ``run_dir/fold_*`` into ``cv_report.json`` / ``cv_report.csv`` (reads files only).
@@ -217,8 +211,9 @@ def aggregate_folds(run_dir: str | os.PathLike, folds: int | None = None, *, wri
 
     Returns:
         ``{"run_dir", "folds", "complete", "fold_status": [{fold, status, detail, best_epoch, ...}],
-        "missing": [folds that are not "ok"], "metrics": {"history/val_dice": {"values": [per fold or None],
-        "mean", "sd" (ddof=1; None for n < 2), "n", "n_nan", "missing": [folds]}, ...}, "notes"}``.
+        "missing": [folds that are not "ok"], "task", "metrics": {"history/val_dice": {"values": [per fold or
+        None], "mean", "sd" (ddof=1), "ci_low", "ci_high" (95% t interval of the mean; None for n < 2), "n",
+        "n_nan", "missing": [folds]}, ...}, "notes"}``.
         ``status`` is ``ok``, ``missing``, ``unfinished`` or ``not_evaluated`` (history values are used,
         ``eval/*`` ones are not).
 
@@ -234,7 +229,7 @@ def aggregate_folds(run_dir: str | os.PathLike, folds: int | None = None, *, wri
     if extra_dirs:
         notes.append(f"ignored fold directories beyond {k_total} folds: {extra_dirs}")
 
-    status, history_values, eval_values = [], {}, {}
+    status, history_values, eval_values, tasks = [], {}, {}, set()
     for k in range(k_total):
         path = fold_dir(run_dir, k)
         record = {"fold": k, "dir": str(path), "status": "ok", "detail": "", "best_epoch": None,
@@ -244,7 +239,9 @@ def aggregate_folds(run_dir: str | os.PathLike, folds: int | None = None, *, wri
             record.update(status="missing" if not path.is_dir() else "unfinished", detail=why)
             status.append(record)
             continue
-        train_cfg = read_run_config(path / "config.yaml").train  # training_state parsed it already
+        config = read_run_config(path / "config.yaml")  # training_state parsed it already
+        train_cfg = config.train
+        tasks.add(config.task)
         monitor, mode = train_cfg.monitor, train_cfg.mode
         rows = read_history(path / "history.csv")
         best = best_row(rows, monitor, mode)
@@ -260,93 +257,51 @@ def aggregate_folds(run_dir: str | os.PathLike, folds: int | None = None, *, wri
             record.update(status="not_evaluated", detail=why)
         else:
             record["eval_summary"] = str(eval_summary_path(run_dir, k))
-            for name, stats in (summary.get("metrics") or {}).items():
-                mean = stats.get("mean")
-                eval_values.setdefault(f"eval/{name}", {})[k] = float("nan") if mean is None else float(mean)
-            for name, value in (summary.get("extra") or {}).items():
-                if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)):
-                    eval_values.setdefault(f"eval_extra/{name}", {})[k] = (float("nan") if value is None
-                                                                           else float(value))
+            for name, value in summary_values(summary).items():  # whatever the task's summary reports
+                eval_values.setdefault(name, {})[k] = value
         status.append(record)
 
     metrics = {}
     for name, per_fold in [*((f"history/{n}", v) for n, v in history_values.items()), *eval_values.items()]:
         values = [per_fold.get(k) for k in range(k_total)]
-        metrics[name] = {"values": values, **_stats(values), "missing": [k for k, v in enumerate(values) if v is None]}
+        metrics[name] = {"values": values, **fold_stats(values),
+                         "missing": [k for k, v in enumerate(values) if v is None]}
     missing = [r["fold"] for r in status if r["status"] != "ok"]
-    report = {"run_dir": str(run_dir), "folds": k_total, "complete": not missing, "fold_status": status,
-              "missing": missing, "metrics": metrics, "notes": notes}
+    if len(tasks) > 1:
+        notes.append(f"the folds were trained for different tasks: {sorted(tasks)}")
+    task = sorted(tasks)[0] if tasks else str((_read_yaml(run_dir / BASE_CONFIG) or {}).get("task") or "segmentation")
+    report = {"run_dir": str(run_dir), "folds": k_total, "task": task, "complete": not missing,
+              "fold_status": status, "missing": missing, "metrics": metrics, "notes": notes}
     if write:
         write_report(report, run_dir)
     return report
 
 
-# === Writing and printing ===
+# === Writing (the report's arithmetic and table: medtf.training.cv_report) ===
 
 def write_report(report: Mapping, run_dir: str | os.PathLike) -> tuple[Path, Path]:
-    """``cv_report.json`` (the whole report) and ``cv_report.csv`` (metric, fold_0..fold_{K-1}, mean, sd, n)."""
-    from medtf.data.manifest import write_json_atomic
-
-    run_dir = Path(run_dir)
-    json_path, csv_path = run_dir / REPORT_JSON, run_dir / REPORT_CSV
-    write_json_atomic(json_path, json_safe(dict(report)))
-    folds = [f"fold_{k}" for k in range(report["folds"])]
-
-    def cell(v):
-        return "" if v is None else repr(float(v))
-
-    with open(csv_path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["metric", *folds, "mean", "sd", "n", "missing"])
-        for name, m in report["metrics"].items():
-            writer.writerow([name, *(cell(v) for v in m["values"]), cell(m["mean"]), cell(m["sd"]), m["n"],
-                             " ".join(str(k) for k in m["missing"])])
-    return json_path, csv_path
-
-
-def _shown(name: str) -> bool:
-    source, _, metric = name.partition("/")
-    return source in ("history", "eval_extra") or (source == "eval" and metric in SHOWN_EVAL)
-
-
-def format_report(report: Mapping, all_metrics: bool = False) -> str:
-    """A fixed-width table: one row per metric with every fold's value and mean ± sd (n), then the fold states.
-
-    Example:
-        >>> print(format_report(aggregate_folds("runs/lgg-cv")))
-    """
-    k_total = report["folds"]
-    head = f"{'metric':<30s}" + "".join(f"{f'fold_{k}':>10s}" for k in range(k_total)) + f"{'mean ± sd':>22s}{'n':>4s}"
-    lines = [f"cross-validation {report['run_dir']}: {k_total} folds"
-             + ("" if report["complete"] else f", INCOMPLETE (folds {report['missing']} are not ok)"), head]
-    for name, m in report["metrics"].items():
-        if not (all_metrics or _shown(name)):
-            continue
-        cells = "".join(f"{'-' if v is None else f'{v:.4g}':>10s}" for v in m["values"])
-        mean = "-" if m["mean"] is None else f"{m['mean']:.4g}"
-        sd = "-" if m["sd"] is None else f"{m['sd']:.4g}"
-        lines.append(f"{name:<30s}{cells}{f'{mean} ± {sd}':>22s}{m['n']:>4d}")
-    for r in report["fold_status"]:
-        if r["status"] != "ok":
-            lines.append(f"fold {r['fold']}: {r['status']}: {r['detail']}")
-    lines.extend(f"note: {n}" for n in report.get("notes", []))
-    return "\n".join(lines)
+    """``cv_report.json`` (the whole report) and ``cv_report.csv`` (metric, fold_0..fold_{K-1}, mean, sd, ci_low,
+    ci_high, n, missing)."""
+    return _write_report(report, run_dir, REPORT_JSON, REPORT_CSV)
 
 
 # === Training every fold ===
 
 def evaluate_folds(run_dir: str | os.PathLike, folds: int, overlap: float = 0.5, verbose: bool = True,
                    data_dir: str | os.PathLike | None = None) -> list[int]:
-    """Run `evaluate_run` on each finished fold whose evaluation is missing or stale; returns the folds evaluated.
+    """Evaluate each finished fold whose evaluation is missing or stale with its run's task
+    (``get_task(config.task).evaluate`` on split ``fold-k``, best checkpoint); returns the folds evaluated.
 
-    ``data_dir``: the shard folder when it is no longer where the runs' ``data.dir`` says."""
-    from medtf.evaluation import evaluate_run
+    ``overlap``: sliding-window overlap (segmentation; other tasks ignore it). ``data_dir``: the shard folder when
+    it is no longer where the runs' ``data.dir`` says."""
+    from medtf.tasks import get_task, task_of_run
 
     done = []
     for k in range(int(folds)):
-        if training_state(fold_dir(run_dir, k))[0] and eval_state(run_dir, k)[0] is None:
-            evaluate_run(fold_dir(run_dir, k), split=f"fold-{k}", checkpoint="best", overlap=overlap,
-                         verbose=verbose, data_dir=data_dir)
+        path = fold_dir(run_dir, k)
+        if training_state(path)[0] and eval_state(run_dir, k)[0] is None:
+            get_task(task_of_run(path)).evaluate(path, split=f"fold-{k}", checkpoint="best", overlap=overlap,
+                                                 verbose=verbose, data_dir=data_dir)
             done.append(k)
     return done
 
@@ -363,8 +318,8 @@ def run_cross_validation(config, run_dir: str | os.PathLike, folds: int | None =
         config: the experiment (`ExperimentConfig` or its mapping) on a K-fold shard folder (no ``data.fold``).
         run_dir: cross-validation run directory.
         folds: expected number of folds; must equal the manifest's (None: take the manifest's).
-        evaluate: evaluate each fold's validation split with `evaluate_run` (whole images/volumes).
-        overlap: sliding-window overlap of the evaluation.
+        evaluate: evaluate each fold's validation split with the task's evaluator (`evaluate_folds`).
+        overlap: sliding-window overlap of a segmentation evaluation.
         verbose: print progress and the evaluation tables.
 
     Returns:
