@@ -28,6 +28,7 @@ Usage::
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -74,6 +75,47 @@ def _instance_numbers(series) -> dict[int, str]:
         if getattr(ds, "InstanceNumber", None) is not None:
             out.setdefault(int(ds.InstanceNumber), str(ds.SOPInstanceUID))
     return out
+
+
+@dataclasses.dataclass
+class CT:
+    """One scan read for `nodule_patch`: the `Volume` (HU), its anti-aliased SimpleITK image shifted by +1000 HU
+    (so `sample_patch`'s 0 outside is air), InstanceNumber -> slice index, patch pixel size (mm) and series label."""
+
+    volume: object
+    image: object
+    instance_to_z: dict
+    spacing: float
+    label: str
+
+
+def load_ct(folder: Path, settings: dict) -> CT:
+    """The scan folder's CT series (most slices) prepared for the patch size of ``settings`` (case options)."""
+    from medtf.io.dicom_series import read_dicom_series, scan_dicom_folder
+
+    series = layout.choose_ct_series(scan_dicom_folder(folder))
+    volume = read_dicom_series(series)
+    sop_to_z = {uid: k for k, uid in enumerate(volume.metadata.get("SOPInstanceUIDs", []))}
+    instance_to_z = {n: sop_to_z[uid] for n, uid in _instance_numbers(series).items() if uid in sop_to_z}
+    spacing = settings["patch_mm"] / settings["patch_size"]
+    image = antialiased(volume, volume.array.astype(np.float32) - AIR_HU, spacing)
+    return CT(volume, image, instance_to_z, spacing, series.label())
+
+
+def nodule_patch(ct: CT, nodule, settings: dict):
+    """``(patch (H, W, C) float32, centre mm LPS, (slice, x, y))`` of one CSV row; `ValueError` says why not."""
+    if nodule.problem:
+        raise ValueError(nodule.problem)
+    x, y = (v - settings["xy_base"] for v in nodule.xy)
+    k = ct.instance_to_z.get(nodule.slice_number)
+    if k is None:
+        raise ValueError(f"image number {nodule.slice_number} is no slice's InstanceNumber in the {ct.label}")
+    nz, ny, nx = ct.volume.array.shape
+    if not (0 <= x <= nx - 1 and 0 <= y <= ny - 1):
+        raise ValueError(f"centre ({x:g}, {y:g}) lies outside the {nx}x{ny} image")
+    centre = ct.volume.index_to_physical([x, y, k])
+    patch_hu = sample_patch(ct.image, centre, ct.volume.direction_matrix, ct.spacing, settings["patch_size"]) + AIR_HU
+    return apply_windows(patch_hu, settings["windows"]), centre, (k, x, y)
 
 
 class LungNodulesConverter(Converter):
@@ -127,42 +169,23 @@ class LungNodulesConverter(Converter):
         return cases, []
 
     def convert_case(self, case: Case, options) -> CaseOutput:
-        from medtf.io.dicom_series import read_dicom_series, scan_dicom_folder
-
         folder = case.paths[0] if case.paths and case.paths[0].is_dir() else None
         if folder is None:
             raise InputError(None, "no DICOM folder named after this scan under the input (missing series)")
         settings = self.case_options(options)
-        series = layout.choose_ct_series(scan_dicom_folder(folder))
-        volume = read_dicom_series(series)
-        sop_to_z = {uid: k for k, uid in enumerate(volume.metadata.get("SOPInstanceUIDs", []))}
-        instance_to_z = {n: sop_to_z[uid] for n, uid in _instance_numbers(series).items() if uid in sop_to_z}
-        spacing = settings["patch_mm"] / settings["patch_size"]
-        hu = volume.array.astype(np.float32)
-        image = antialiased(volume, hu - AIR_HU, spacing)  # shifted: sample_patch fills 0 outside = air
+        ct = load_ct(folder, settings)
         examples, failures, controls = [], [], []
-        nz, ny, nx = volume.array.shape
         for nodule in sorted(case.info, key=lambda n: (n.number, n.row)):
-            where = f"CSV row {nodule.row} (nodule {nodule.number})"
-            if nodule.problem:
-                failures.append((None, f"{where}: {nodule.problem}"))
+            try:
+                patch, centre, control = nodule_patch(ct, nodule, settings)
+            except ValueError as exc:
+                failures.append((None, f"CSV row {nodule.row} (nodule {nodule.number}): {exc}"))
                 continue
-            x, y = (v - settings["xy_base"] for v in nodule.xy)
-            k = instance_to_z.get(nodule.slice_number)
-            if k is None:
-                failures.append((None, f"{where}: image number {nodule.slice_number} is no slice's InstanceNumber "
-                                       f"in the {series.label()}"))
-                continue
-            if not (0 <= x <= nx - 1 and 0 <= y <= ny - 1):
-                failures.append((None, f"{where}: centre ({x:g}, {y:g}) lies outside the {nx}x{ny} image"))
-                continue
-            centre = volume.index_to_physical([x, y, k])
-            patch_hu = sample_patch(image, centre, volume.direction_matrix, spacing, settings["patch_size"]) + AIR_HU
-            examples.append({"image": apply_windows(patch_hu, settings["windows"]), "label": nodule.label,
-                             "diagnosis": nodule.diagnosis, "nodule_number": nodule.number,
-                             "lesion_position": np.asarray(centre, np.float32),
-                             "pixel_spacing": np.array([spacing, spacing], np.float32)})
-            controls.append((k, x, y))
+            examples.append({"image": patch, "label": nodule.label, "diagnosis": nodule.diagnosis,
+                             "nodule_number": nodule.number, "lesion_position": np.asarray(centre, np.float32),
+                             "pixel_spacing": np.array([ct.spacing, ct.spacing], np.float32)})
+            controls.append(control)
+        volume = ct.volume
         if not options.no_alignment_pngs and examples:
             self._write_alignment(case, options, volume, examples, controls, settings["windows"])
         return CaseOutput(examples=examples, stratum=case.stratum, failures=failures)

@@ -47,7 +47,7 @@ def _norm(text: str) -> str:
     return re.sub(r"[^a-z0-9]", "", str(text).lower())
 
 
-def _roles(header: list[str], path: Path) -> dict[str, int]:
+def _roles(header: list[str], path: Path, optional: tuple = ()) -> dict[str, int]:
     normalised = [_norm(h) for h in header]
     roles = {}
     for role, names in _COLUMNS.items():
@@ -56,14 +56,15 @@ def _roles(header: list[str], path: Path) -> dict[str, int]:
             if hits:
                 roles[role] = hits[0]
                 break
-    missing = [r for r in _COLUMNS if r not in roles]
+    missing = [r for r in _COLUMNS if r not in roles and r not in optional]
     if missing:
         raise InputError(path, f"nodule CSV lacks the column(s) for {missing}; its header: {header}")
     return roles
 
 
-def read_nodules(path: Path) -> dict[str, list[Nodule]]:
+def read_nodules(path: Path, need_diagnosis: bool = True) -> dict[str, list[Nodule]]:
     """Scan -> its nodules from a nodule CSV; rows with a bad value carry a ``problem`` instead of failing all.
+    ``need_diagnosis=False`` (prediction): the Diagnosis column may be absent or empty (label -1, no problem).
 
     Raises:
         InputError: unreadable file, no header, or a required column missing.
@@ -76,10 +77,10 @@ def read_nodules(path: Path) -> dict[str, list[Nodule]]:
     rows = [r for r in rows if any(c.strip() for c in r)]
     if not rows:
         raise InputError(path, "nodule CSV is empty")
-    roles = _roles(rows[0], path)
+    roles = _roles(rows[0], path, optional=() if need_diagnosis else ("diagnosis",))
     out: dict[str, list[Nodule]] = {}
     for n, row in enumerate(rows[1:], start=1):
-        cell = {role: (row[i].strip() if i < len(row) else "") for role, i in roles.items()}
+        cell = {"diagnosis": "", **{role: (row[i].strip() if i < len(row) else "") for role, i in roles.items()}}
         if not cell["scan"]:
             continue
         problems, xy, slice_number, number = [], None, None, 0
@@ -99,9 +100,9 @@ def read_nodules(path: Path) -> dict[str, list[Nodule]]:
         except ValueError:
             problems.append(f"slice number {cell['slice']!r} is not a number")
         diagnosis = " ".join(cell["diagnosis"].lower().split())
-        if diagnosis not in DIAGNOSES:
+        if diagnosis not in DIAGNOSES and (need_diagnosis or diagnosis):
             problems.append(f"diagnosis {cell['diagnosis']!r} is not one of {sorted(DIAGNOSES)}")
-        label = -1 if problems else DIAGNOSES[diagnosis]
+        label = -1 if problems or diagnosis not in DIAGNOSES else DIAGNOSES[diagnosis]
         out.setdefault(cell["scan"], []).append(Nodule(cell["scan"], number, xy, slice_number, diagnosis, label,
                                                        n, "; ".join(problems)))
     return out

@@ -8,6 +8,10 @@ mask.nii.gz on the input grid (its exact shape, spacing, origin and direction), 
 series; DICOM input only), overlay PNGs and prediction.json.
 With --reconstruct (brachy-ct models on a DICOM CT) the catheters are reconstructed from the mask as by
 `medtf reconstruct`: catheters.json, RP.reconstructed.dcm and reconstruction.json (matched against --plan if given).
+Lesion classifiers (models trained on prostate-mpmri or lung-nodules crops) take a study folder (a PROSTATEx
+patient folder, or a lung CT DICOM folder) plus --lesions FILE (prostate: CSV with x,y,z in mm LPS or i,j,k T2
+voxel indices, optional lesion id; lung: the LUNGx nodule CSV) and write lesions.csv, prediction.json and an
+overlay PNG per lesion crop with its score; the crops are the converter's (`medtf.tasks.lesions` lists the columns).
 An input unlike the training data (modality, voxel spacing, size, intensities; the fingerprint `medtf export` stores
 in medtf.json) is predicted all the same, with a warning on stderr and in prediction.json's "warnings".
 """
@@ -34,6 +38,12 @@ def register(commands) -> None:
                         "and reconstruction.json (as `medtf reconstruct`)")
     p.add_argument("--tta", action="store_true",
                    help="classification models: average over flips and quarter turns (the predict_tta signature)")
+    p.add_argument("--lesions", default=None, metavar="FILE",
+                   help="lesion classifiers (prostate-mpmri / lung-nodules models): CSV of lesion coordinates in "
+                        "the study given as --input. prostate: columns x,y,z (mm, patient LPS; or pos 'x y z') or "
+                        "i,j,k (0-based transverse-T2 voxel; or ijk 'i j k'), optional lesion (id) and ProxID; "
+                        "lung: the LUNGx nodule CSV (Scan Number, Nodule Number, Nodule Center x,y Position, "
+                        "Nodule Center Image; Diagnosis not needed)")
     p.add_argument("--plan", default=None, help="with --reconstruct: the original RT Plan to match against")
     p.set_defaults(handler=run)
 
@@ -72,13 +82,23 @@ def run(args) -> int:
     task = task_of_model(args.model)
     if task != "segmentation":  # the model's task writes its own outputs (medtf.tasks)
         try:
+            extra = {"lesions": args.lesions} if args.lesions else {}
             summary = get_task(task).predict(args.model, args.input, args.output, threshold=args.threshold,
-                                             tta=args.tta)
+                                             tta=args.tta, **extra)
         except (ExportError, InputError, ValueError) as exc:
             print(f"medtf predict: {exc}", file=sys.stderr)
             return 2
-        print(f"predicted {len(summary['predictions'])} input(s) ({task}) -> {args.output}")
-        return 0
+        failed = [r for r in summary["predictions"] if r.get("status") == "failed"]
+        for r in failed:  # a bad lesion row fails alone; the others are predicted
+            print(f"medtf predict: lesion {r['lesion']}: {r['error']}", file=sys.stderr)
+        done = len(summary["predictions"]) - len(failed)
+        print(f"predicted {done} {'lesion(s)' if args.lesions else 'input(s)'} ({task})"
+              f"{f', {len(failed)} failed' if failed else ''} -> {args.output}")
+        return 0 if done else 2
+    if args.lesions:
+        print("medtf predict: --lesions is for lesion classifiers (prostate-mpmri / lung-nodules models); this "
+              "is a segmentation model", file=sys.stderr)
+        return 2
     if args.tta:
         print("medtf predict: --tta is for classification models; segmentation models average flips with "
               "`medtf evaluate --tta` (or medtf.inferers.flip_tta)", file=sys.stderr)

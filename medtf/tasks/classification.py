@@ -267,18 +267,37 @@ class ClassificationTask(Task):
                                  {"probabilities": lambda y: main_output(y)}, tta_shift=tta_shift)
 
     def predict(self, model_dir, input_path, output, threshold: float | None = None, tta: bool = False,
-                **_) -> dict:
+                lesions=None, **_) -> dict:
         """probabilities.csv and prediction.json (class, probabilities) for an image file or a folder of them;
-        ``tta``: through the model's ``predict_tta`` signature (mean over flips and rotations)."""
+        ``tta``: through the model's ``predict_tta`` signature (mean over flips and rotations).
+
+        Models of lesion-crop kinds (``prostate-mpmri``, ``lung-nodules``) take a study folder plus ``lesions``
+        (a lesion CSV) instead: `medtf.tasks.lesions` makes the converter's crops and writes lesions.csv, the
+        JSON and overlay PNGs."""
         import tensorflow as tf
 
-        model_dir, meta, paths, images = read_for_predict(model_dir, input_path)
+        from medtf.export.layout import METADATA_FILE, resolve_model_dir
+        from medtf.tasks.lesions import LESION_KINDS, predict_lesions
+
+        model_dir = resolve_model_dir(model_dir)
+        meta = json.loads((model_dir / METADATA_FILE).read_text(encoding="utf-8"))
+        if lesions is None and meta.get("kind") in LESION_KINDS:
+            raise ValueError(f"this model classifies {meta['kind']} lesion crops: give the study folder as --input "
+                             f"and the lesion coordinates with --lesions FILE (see medtf predict --help)")
         signatures = tf.saved_model.load(str(model_dir)).signatures
         if tta and "predict_tta" not in signatures:
             raise ValueError(f"{model_dir} has no predict_tta signature (exported before medtf had one): export "
                              f"the run again, or predict without --tta")
         served = signatures["predict_tta" if tta else "serving_default"]
         threshold = meta.get("threshold", 0.5) if threshold is None else threshold
+        base = {"task": self.name, "model": str(model_dir), "threshold": threshold,
+                "tta": meta.get("tta_views") if tta else None}
+        if lesions is not None:
+            summary = {**base, **predict_lesions(model_dir, meta, served, input_path, lesions, output, threshold)}
+            summary["predictions"] = summary.pop("lesions")
+            (Path(output) / "prediction.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+            return summary
+        model_dir, meta, paths, images = read_for_predict(model_dir, input_path)
         rows = []
         for path, image in zip(paths, images):
             p = served(images=tf.constant(image[None], tf.float32))["probabilities"].numpy()[0]
@@ -291,8 +310,7 @@ class ClassificationTask(Task):
             writer.writerow(["input", *[f"p{c}" for c in range(len(rows[0]["probabilities"]))], "class"])
             for r in rows:
                 writer.writerow([r["input"], *[f"{v:.6f}" for v in r["probabilities"]], r["class"]])
-        summary = {"task": self.name, "model": str(model_dir), "threshold": threshold,
-                   "tta": meta.get("tta_views") if tta else None, "predictions": rows}
+        summary = {**base, "predictions": rows}
         (out / "prediction.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         return summary
 
@@ -364,8 +382,26 @@ def export_classifier(task: str, run_dir, checkpoint, output, version, name, thr
                 "threshold": float(threshold), **preprocessor.describe(), "signatures": signatures,
                 "tta_views": [n for n, _ in views] if views else None,
                 "input_name": "images", "output_names": list(outputs), "medtf_version": __version__,
-                "checkpoint": {"file": ckpt.name, "sha256": sha256_file(ckpt)}}
+                "checkpoint": {"file": ckpt.name, "sha256": sha256_file(ckpt)},
+                "conversion": conversion_record(data)}
     return write_archive(archive, metadata, base, target)
+
+
+def conversion_record(data: dict) -> dict | None:
+    """The converter's options of the training shards (manifest ``options``: crop size / mm, channels,
+    normalisation, windows ...), so `medtf predict` crops a user's study exactly as the shards were cut; None
+    (with a warning) when the shards are not readable at ``data.dir``."""
+    import logging
+
+    manifest = Path(str(data.get("dir", ""))) / "manifest.json"
+    try:
+        found = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        logging.getLogger("medtf.export").warning("no conversion record in medtf.json: %s is not readable; "
+                                                  "medtf predict --lesions will refuse this model", manifest)
+        return None
+    options = {k: v for k, v in (found.get("options") or {}).items() if k != "shard_size_mb"}
+    return {"kind": found.get("kind"), **options}
 
 
 def read_for_predict(model_dir, input_path) -> tuple[Path, dict, list[Path], list[np.ndarray]]:
