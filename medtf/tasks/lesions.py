@@ -97,7 +97,7 @@ def read_prostate_lesions(path: Path, patient: str | None) -> list[tuple[str, li
 def prostate_crops(study: Path, lesions: Path, settings: dict) -> list[Crop]:
     from tfrecords_builder.prostate_patches import check_centre, inside, lesion_patch, load_sequences
 
-    patient = study.name if "ProxID" in _header(lesions) else None
+    patient = _patient(study, lesions) if "ProxID" in _header(lesions) else None
     rows = read_prostate_lesions(lesions, patient)
     if not rows:
         raise InputError(lesions, f"no lesion rows{' for this patient (ProxID column)' if patient else ''}")
@@ -151,6 +151,18 @@ def _header(path: Path) -> list[str]:
             return [c.strip() for c in next(csv.reader(fh), [])]
     except (OSError, UnicodeDecodeError):
         return []
+
+
+def _patient(study: Path, lesions: Path) -> str | None:
+    """The CSV's ProxID of the study: the folder's or a parent's name (the patient or the dated study folder);
+    None (all rows) when the CSV names one patient only."""
+    with open(lesions, newline="", encoding="utf-8-sig") as fh:
+        listed = {(row.get("ProxID") or "").strip() for row in csv.DictReader(fh)} - {""}
+    found = next((p.name for p in (study, *study.parents) if p.name in listed), None)
+    if found is None and len(listed) > 1:
+        raise InputError(lesions, f"its ProxID column lists {len(listed)} patients and none is the input folder's "
+                                  "(or a parent's) name; give a CSV with this patient's rows only")
+    return found
 
 
 def _safe(name: str) -> str:

@@ -200,3 +200,20 @@ def test_lung_nodules_equal_serving_default_on_the_converters_crops(tmp_path):
     crops = np.stack([_match(examples, r["centre_mm"])["image"] for r in ok])
     np.testing.assert_allclose([r["probabilities"][0] for r in ok], _served(model_dir, "serving_default", crops)[:, 0],
                                rtol=1e-5)
+
+
+def test_findings_csv_as_is_selects_the_studys_patient(prostate_shards):
+    """The PROSTATEx Findings CSV works as a lesion file: pos is mm LPS, fid the id, and only the rows whose
+    ProxID is the input folder's (here the dated study folder's parent) are cropped."""
+    from medtf.tasks.lesions import prostate_crops
+
+    _, src, shards = prostate_shards
+    settings = {"kind": "prostate-mpmri", **read_manifest(shards)["options"]}
+    findings = src / "ProstateX-TrainingLesionInformationv2" / "ProstateX-Findings-Train.csv"
+    rows = [r for r in csv.DictReader(open(findings)) if r["ProxID"] == "ProstateX-0001"]
+    study = next(p for p in (src / "PROSTATEx" / "ProstateX-0001").iterdir() if p.is_dir())
+    crops = prostate_crops(study, findings, settings)
+    assert [c.lesion for c in crops] == [r["fid"] for r in rows]
+    for crop, row in zip(crops, rows):
+        assert crop.error is None and crop.image.shape == (33, 33, 3)
+        np.testing.assert_allclose(crop.centre, [float(v) for v in row["pos"].split()])
