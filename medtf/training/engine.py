@@ -64,6 +64,7 @@ from medtf.progress import keras_verbose
 from medtf.runtime import resolve_precision
 from medtf.training.callbacks import (HParamsLogger, LearningRateLogger, NanGuard, backup_epoch, best_so_far,
                                       nan_message, trim_history)
+from medtf.training.class_shares import report_class_shares
 from medtf.training.config import save_resolved
 from medtf.training.experiment import (ExperimentConfig, ModelConfig, OptimizerConfig, TrainConfig,
                                        optimizer_class, parse_config, section)
@@ -176,7 +177,9 @@ def train(config: ExperimentConfig | Mapping, run_dir: str | os.PathLike) -> dic
     gets the resolved config: every default filled in, ``data.dir`` absolute, ``data.kind`` from the manifest.
 
     Returns ``{"history": {metric: [per-epoch values, resumed epochs included]}, "model", "strategy", "precision",
-    "initial_epoch", "preempted", "run_dir", "config", "best", "last", "logs", "csv"}`` (paths as strings).
+    "initial_epoch", "preempted", "run_dir", "config", "best", "last", "logs", "csv", "class_shares"}`` (paths as
+    strings; class_shares: classification runs' `medtf.training.class_shares` report, also printed at the start and
+    written to ``run_dir/class_shares.json``).
     Raises `NonFiniteLossError` when the loss went NaN/inf (see `NanGuard`). The global mixed-precision policy is
     restored on exit, also on error.
 
@@ -227,6 +230,9 @@ def train(config: ExperimentConfig | Mapping, run_dir: str | os.PathLike) -> dic
         # The task maps the kind's parsed examples to (inputs, targets) shaped for this model's heads.
         to_model = task.model_inputs(model)
         train_ds, val_ds = build_datasets(data, strategy, seed=experiment.data_seed, model_inputs=to_model)
+        shares = None
+        if paths.is_chief and experiment.task == "classification":  # the classes the model will see
+            shares = report_class_shares(data, run_dir)
         val_ds = shard_by_example(val_ds, strategy)
         wants_probes = train_cfg.image_panels or train_cfg.log_every_n_steps > 0
         probes = probe_batches(data, model_inputs=to_model, panel_inputs=task.model_inputs()) \
@@ -250,4 +256,5 @@ def train(config: ExperimentConfig | Mapping, run_dir: str | os.PathLike) -> dic
     return {"history": history, "model": model, "strategy": strategy, "initial_epoch": initial_epoch, "precision": policy,
             "preempted": bool(getattr(callbacks[-1], "preempted", False)), "run_dir": str(run_dir),
             "config": str(run_dir / "config.yaml"), "best": str(ckpt / "best.keras"),
-            "last": str(ckpt / "last.keras"), "logs": str(run_dir / "logs"), "csv": str(run_dir / "history.csv")}
+            "last": str(ckpt / "last.keras"), "logs": str(run_dir / "logs"), "csv": str(run_dir / "history.csv"),
+            "class_shares": shares}

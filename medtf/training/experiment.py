@@ -71,6 +71,22 @@ def _transform_list(raw: Any, key: str) -> list[dict]:
     return entries
 
 
+def _class_balance(raw: Any, key: str) -> dict | None:
+    """null, or ``{method: oversample, weights: {0: 1, 1: 1} | inverse_frequency}`` / ``{method:
+    augmentation_factor, factor: 4, minority: 1}`` (`medtf.data.balance`), checked here."""
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{key}: expected a mapping such as {{method: oversample, weights: {{0: 1, 1: 1}}}}, "
+                          f"got {raw!r}")
+    from medtf.data.balance import validate_class_balance
+
+    try:
+        return validate_class_balance(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+
+
 def _patch_size(raw: Any, key: str) -> Any:
     """null, an int, one int per spatial axis, or a sampler ``{name: random_patch, size: ..., ...}``."""
     if raw is None or isinstance(raw, Mapping) and isinstance(raw.get("name"), str):
@@ -96,6 +112,7 @@ class DataConfig(Config):
     val_batch_size: int | None = None
     transforms: list[dict] = field(default_factory=list, metadata={"parse": _transform_list})
     preprocess: list[dict] = field(default_factory=list, metadata={"parse": _transform_list})
+    class_balance: dict | None = field(default=None, metadata={"parse": _class_balance})  # training split only
     seed: int | None = None
 
     def __post_init__(self):

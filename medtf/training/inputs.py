@@ -111,7 +111,8 @@ def build_datasets(data: DataConfig | Mapping, strategy=None, *, seed: int | Non
 
     Training batches ``data.patch_size`` patches; validation takes ``data.val_patch_size`` (None: whole images,
     the models are fully convolutional) in batches of ``data.val_batch_size`` (default ``data.batch_size``).
-    The splits come from `split_names` (``data.fold`` selects a cross-validation round).
+    The splits come from `split_names` (``data.fold`` selects a cross-validation round). ``data.class_balance``
+    (oversample / augmentation_factor, `medtf.data.balance`) applies to the training set only.
     With a multi-replica ``strategy`` the training set is built per input pipeline
     (`medtf.data.make_distributed_dataset`, ``batch_size`` global); Keras distributes the validation set.
     ``seed``: used when ``data.seed`` is null (`ExperimentConfig.data_seed` passes the experiment's seed).
@@ -126,7 +127,7 @@ def build_datasets(data: DataConfig | Mapping, strategy=None, *, seed: int | Non
     train_ds = make_dataset(data.dir, train_split, training=True,
                             batch_size=data.batch_size, patch_size=data.patch_size, seed=seed,
                             transforms=training_transforms(data), strategy=strategy if distribute else None,
-                            model_inputs=model_inputs)
+                            model_inputs=model_inputs, class_balance=data.class_balance)
     val_ds = None
     if val_split:
         val_batch = data.val_batch_size or data.batch_size
