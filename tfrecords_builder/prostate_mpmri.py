@@ -19,9 +19,10 @@ than the patch are Gaussian-smoothed first (no aliasing). ``--native-crop PX`` i
 T2's own in-plane pixel size (every channel on that grid, no smoothing) and resizes them to --patch-size with
 bicubic interpolation (PIL's kernel): ``--native-crop 130 --patch-size 65`` is the thesis's crop exactly.
 ``--channels dwi`` stores the DWI (highest b) alone, one channel, still sampled on the T2's plane through the T2's
-geometry (the thesis's transfer-learning chain used prostate DWI only); ADC is then not needed. The lesion centre is, with ``--locate ijk`` (default), the T2
-row's ``ijk`` (0-based voxel index) through the T2's DICOM geometry, or with ``--locate pos`` the CSV's ``pos``;
-the ``ijk`` of T2, DWI and ADC must lie within --ijk-tolerance voxels of ``pos`` (catches 1-based slice numbers).
+geometry (the thesis's transfer-learning chain used prostate DWI only); ADC is then not needed. The lesion centre
+is, with ``--locate ijk`` (default), the T2 row's ``ijk`` (0-based voxel index) through the T2's DICOM geometry,
+or with ``--locate pos`` the CSV's ``pos``; the ``ijk`` of T2, DWI and ADC must lie within --ijk-tolerance voxels
+of ``pos`` (catches 1-based slice numbers).
 Each sequence is z-scored per patient: mean and std over ALL native voxels of that patient's series (the chosen
 b-value stack for DWI), before resampling; patch pixels outside a series' field of view are 0 (its mean).
 
@@ -34,8 +35,7 @@ with the lesion dot from each series' ``ijk``, bottom row the three patch channe
 Usage::
 
     medtf convert prostate-mpmri --input data/prostatex --output shards/prostatex --patch-mm 65 --patch-size 65
-    medtf convert prostate-mpmri --input data/prostatex --output shards/prostate-dwi --channels dwi \
-        --native-crop 130 --patch-size 65
+    medtf convert prostate-mpmri --input data/prostatex --output shards/px-dwi --channels dwi --native-crop 130
 """
 
 from __future__ import annotations

@@ -79,9 +79,10 @@ def test_class_balance_config_errors_name_the_key(lgg_tiny):
     # The experiments name the option (commented alternatives) and parse with it set.
     for name in ("prostate_vgg_elu.yaml", "lgg_classifier2d.yaml"):
         text = (REPO / "experiments" / name).read_text()
-        assert "# class_balance: {method: augmentation_factor" in text and "# class_balance: {method: oversample" in text
-        config = load_config(REPO / "experiments" / name, [f"data.dir={lgg_tiny}",
-                                                          "data.class_balance={method: oversample, weights: {0: 1, 1: 1}}"])
+        assert "# class_balance: {method: augmentation_factor" in text
+        assert "# class_balance: {method: oversample" in text
+        config = load_config(REPO / "experiments" / name,
+                             [f"data.dir={lgg_tiny}", "data.class_balance={method: oversample, weights: {0: 1, 1: 1}}"])
         assert DataConfig.from_dict(config["data"], "data").class_balance["method"] == "oversample"
 
 
