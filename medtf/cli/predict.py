@@ -80,6 +80,10 @@ def run(args) -> int:
     from medtf.tasks import get_task, task_of_model
 
     task = task_of_model(args.model)
+    if args.lesions and task != "classification":
+        print(f"medtf predict: --lesions is for lesion classifiers (prostate-mpmri / lung-nodules models); this "
+              f"is a {task} model", file=sys.stderr)
+        return 2
     if task != "segmentation":  # the model's task writes its own outputs (medtf.tasks)
         try:
             extra = {"lesions": args.lesions} if args.lesions else {}
@@ -95,10 +99,6 @@ def run(args) -> int:
         print(f"predicted {done} {'lesion(s)' if args.lesions else 'input(s)'} ({task})"
               f"{f', {len(failed)} failed' if failed else ''} -> {args.output}")
         return 0 if done else 2
-    if args.lesions:
-        print("medtf predict: --lesions is for lesion classifiers (prostate-mpmri / lung-nodules models); this "
-              "is a segmentation model", file=sys.stderr)
-        return 2
     if args.tta:
         print("medtf predict: --tta is for classification models; segmentation models average flips with "
               "`medtf evaluate --tta` (or medtf.inferers.flip_tta)", file=sys.stderr)
