@@ -277,3 +277,15 @@ print(json.dumps({{"sigs": sorted(m.signatures), "cls": out["cls_features"].nump
     np.testing.assert_allclose(served["cls"], expected[:, 0], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(served["tokens"], expected[:, 1:], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(served["default_cls"], served["cls"], rtol=1e-6)
+    # medtf predict on PNG tiles: features.npy = the [CLS] features of the served model
+    from PIL import Image
+
+    tile_dir = tmp_path / "tiles"
+    tile_dir.mkdir()
+    for i, tile in enumerate(tiles.astype(np.uint8)):
+        Image.fromarray(tile).save(tile_dir / f"tile{i}.png")
+    assert run_medtf("predict", model_dir, "--input", tile_dir, "--output", tmp_path / "pred", "--quiet") == 0
+    features = np.load(tmp_path / "pred" / "features.npy")
+    np.testing.assert_allclose(features, expected[:, 0], rtol=1e-4, atol=1e-5)
+    rows = json.loads((tmp_path / "pred" / "prediction.json").read_text())["predictions"]
+    assert [Path(r["input"]).name for r in rows] == ["tile0.png", "tile1.png"]
