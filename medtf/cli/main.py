@@ -216,7 +216,12 @@ def _train_folds(args) -> int:
     from medtf.training.folds import format_report, run_cross_validation
 
     config = load_experiment(args.config, args.overrides)
-    report = run_cross_validation(config, args.run_dir, folds=args.folds)
+    if config.transfer is not None:  # the whole chain per fold, the last phase's data folded
+        from medtf.training.cv_transfer import run_transfer_cross_validation
+
+        report = run_transfer_cross_validation(config, args.run_dir, folds=args.folds)
+    else:
+        report = run_cross_validation(config, args.run_dir, folds=args.folds)
     print(format_report(report))
     if report.get("preempted") is not None:
         print(f"fold {report['preempted']} was preempted: re-run the same command to resume", file=sys.stderr)

@@ -14,6 +14,11 @@ with some blocks frozen or none. In an experiment::
         - name: brain-full
           model: {freeze_up_to: null}
 
+What a phase inherits: every section it does not override, except that ``model.init_from`` of the experiment
+(``medtf train --init-from``, e.g. a roulette winner) starts the first phase only (later phases start from the
+previous phase), and ``data.fold`` / ``data.folds`` stay with the experiment's own shard folder (a phase on another
+folder uses its train / val splits unless it sets them).
+
 `medtf train` runs the chain in ``RUN_DIR/phases/NN-NAME/`` (each a normal run directory with its TensorBoard
 logs), resumably: a finished phase (``phase.json`` written) is not run again and a preempted one resumes from its
 backup. At the end the last phase's ``config.yaml`` and checkpoints are copied to ``RUN_DIR`` (so ``medtf
@@ -142,8 +147,16 @@ def transfer_phases(experiment) -> list[tuple[str, dict]]:
         raw = _merge(base, {k: v for k, v in phase.items() if k != "name"})
         if "task" in phase and "monitor" not in (phase.get("train") or {}):
             raw["train"].pop("monitor", None), raw["train"].pop("mode", None)  # the phase's task's defaults
-        if (phase.get("data") or {}).get("dir") and "kind" not in (phase.get("data") or {}):
+        given = phase.get("data") or {}
+        if given.get("dir") and "kind" not in given:
             raw["data"]["kind"] = None  # another data set: its manifest says its kind
+        if given.get("dir") and os.path.abspath(os.path.expanduser(str(given["dir"]))) != base["data"]["dir"]:
+            for key in ("fold", "folds"):  # the experiment's fold belongs to its own folder, not to this one
+                raw["data"].setdefault(key, None)
+                if key not in given:
+                    raw["data"][key] = None
+        if i > 0 and "init_from" not in (phase.get("model") or {}):
+            raw["model"]["init_from"] = None  # the experiment's init_from starts the chain; later phases chain
         try:
             parse_config(raw)
         except ConfigError as exc:

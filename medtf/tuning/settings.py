@@ -105,6 +105,7 @@ def tune_settings(config) -> TuneSettings:
     base = base_config(experiment.as_dict())
     check_keys(specs, base)
     check_values(specs, base, parse_config)
+    _check_no_test_selection(experiment, specs)
     if tuner == "hyperband" and "train.epochs" in specs:
         raise TuneConfigError("tune.space: hyperband sets train.epochs itself (tune.max_epochs); remove it")
     seed = tune.get("seed", experiment.seed or 0)
@@ -130,6 +131,20 @@ def tune_settings(config) -> TuneSettings:
                     raise TuneConfigError(f"tune.{key} must be a positive number (got {tune[key]!r})")
                 args[key] = float(tune[key])
     return TuneSettings(tuner=tuner, objective=objective, direction=direction, specs=specs, oracle_args=args)
+
+
+def _check_no_test_selection(experiment, specs: Mapping) -> None:
+    """Trials are compared on the validation split only (`medtf.training.selection`), whatever the space sets."""
+    from medtf.training.selection import check_selection_split, is_test_split
+
+    check_selection_split(experiment, "medtf tune")
+    for key in ("data.val_split", "data.train_split"):
+        spec = specs.get(key) or {}
+        values = [*spec.get("values", ()), spec.get("value"), spec.get("default")]
+        flat = [v for value in values for v in (value if isinstance(value, list) else [value])]
+        if any(is_test_split(v) for v in flat):
+            raise TuneConfigError(f"tune.space.{key}: a trial on the test split would select on it (leak); "
+                                  f"tune on validation splits and evaluate the test split once at the end")
 
 
 def _require_sklearn() -> None:

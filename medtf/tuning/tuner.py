@@ -20,6 +20,12 @@ unfinished (still ongoing in the oracle), the chief saves the oracle, and `medtf
 Hyperband trials that continue an earlier trial (``tuner/trial_id``) train from scratch for ``tuner/epochs`` epochs
 in their own run directory (no warm start from the earlier trial's weights).
 
+Trials are compared on the validation split only: an experiment whose ``data.val_split`` (or a training split,
+or a ``tune.space`` value for either) is a test split is refused before the search starts
+(`medtf.training.selection`, as `medtf roulette` does). The test split is evaluated once, at the end, on the model
+trained from ``best.yaml`` (``medtf evaluate RUN_DIR --split test``); with ``data.fold`` the search selects on that
+validation fold.
+
 A trial that raises is recorded as FAILED (its error in results.csv) and the search goes on;
 ``tune.max_consecutive_failed_trials`` failures in a row stop it (results.csv is still written; `medtf tune` exits 1).
 

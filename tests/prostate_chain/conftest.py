@@ -20,7 +20,7 @@ TINY = {"epochs": 1, "steps_per_epoch": 2, "validation_steps": 1, "log_every_n_s
 def chain_config(prostate, brain, lung, tiny: bool = True) -> dict:
     """The shipped chain with its three data folders replaced (and a CPU-seconds scale when ``tiny``)."""
     config = yaml.safe_load(EXPERIMENT.read_text())
-    where = {"data/prostate": str(prostate), "data/brain": str(brain), "data/lung": str(lung)}
+    where = {"data/prostate-dwi": str(prostate), "data/brain": str(brain), "data/lung": str(lung)}
     config["data"]["dir"] = where[config["data"]["dir"]]
     for phase in config["transfer"]["phases"]:
         phase["data"]["dir"] = where[phase["data"]["dir"]]
@@ -51,16 +51,16 @@ def chain_sources(tmp_path_factory) -> dict[str, Path]:
 
 
 def convert_all(sources: dict[str, Path], out: Path, prostate_split: list[str]) -> dict[str, Path]:
-    """The three conversions, every one to 32x32 crops with 3 channels (the chain's one input)."""
+    """The three conversions as the experiment's comments give them, at 32x32: one channel everywhere."""
     size = str(SIZE)
     dirs = {k: out / k for k in ("prostate", "brain", "lung")}
     assert run_medtf("convert", "prostate-mpmri", "--input", sources["prostate"], "--output", dirs["prostate"],
                      "--id-salt", TEST_SALT, "--patch-mm", size, "--patch-size", size, "--no-alignment-pngs",
-                     *prostate_split) == 0
+                     "--channels", "dwi", *prostate_split) == 0
     assert run_medtf("convert", "image-folders", "--input", sources["brain"], "--output", dirs["brain"],
-                     "--id-salt", TEST_SALT, "--resize", size, "--split", "0.5,0.5") == 0
+                     "--id-salt", TEST_SALT, "--grayscale", "--crop-black-margin", "--resize", size,
+                     "--split", "0.5,0.5") == 0
     assert run_medtf("convert", "lung-nodules", "--input", sources["lung"], "--output", dirs["lung"],
-                     "--id-salt", TEST_SALT, "--patch-mm", size, "--patch-size", size, "--window", "lung",
-                     "--window", "mediastinal", "--window", "bone", "--split", "0.5,0.5",
+                     "--id-salt", TEST_SALT, "--patch-mm", size, "--patch-size", size, "--window", "lung", "--split", "0.5,0.5",
                      "--no-alignment-pngs") == 0
     return dirs

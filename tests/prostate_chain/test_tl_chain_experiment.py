@@ -26,7 +26,7 @@ def test_chain_parses_builds_every_phase_and_scales_by_set():
     phases = transfer_phases(experiment)
     assert [name for name, _ in phases] == PHASES
     dirs = [Path(raw["data"]["dir"]).name for _, raw in phases]
-    assert dirs == ["prostate", "brain", "brain", "lung", "lung", "prostate", "prostate"]
+    assert dirs == ["prostate-dwi", "brain", "brain", "lung", "lung", "prostate-dwi", "prostate-dwi"]
     assert [raw["optimizer"]["learning_rate"] for _, raw in phases] == [1e-3, 1e-3, 1e-4, 1e-3, 1e-4, 1e-3, 1e-4]
     # the top-level --set reaches every phase (no phase overrides train or batch size)
     assert {(raw["train"]["epochs"], raw["train"]["steps_per_epoch"], raw["data"]["batch_size"])
@@ -55,7 +55,7 @@ def test_chain_parses_builds_every_phase_and_scales_by_set():
             assert counts["fc1"] > 0 and counts["head"] > 0, name
         else:
             assert config.model.carry == "all" and not frozen and counts["block1"] > 0, name
-    assert shapes == {(None, 65, 65, 3)}  # one input for every phase: the weights carry over
+    assert shapes == {(None, 65, 65, 1)}  # one input for every phase: the weights carry over
 
 
 def test_a_phase_with_another_input_size_is_caught_before_training(tmp_path):
@@ -75,3 +75,18 @@ def test_a_phase_with_another_input_size_is_caught_before_training(tmp_path):
     assert "fc1_dense" in done["skipped"]     # 33 vs 65 px: the flattened features differ in size
     with pytest.raises(Exception):
         load_initial_weights(keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]), tmp_path / "a.keras")
+
+
+def test_init_from_starts_only_the_first_phase_and_fold_stays_with_its_folder(tmp_path):
+    """`medtf train CHAIN --init-from ROULETTE/best.keras --set data.fold=0`: the winner starts DS1 (later phases
+    chain from their predecessor), and fold 0 applies to the prostate phases, not to brain / lung."""
+    from medtf.training.experiment import load_experiment
+    from medtf.training.transfer import transfer_phases
+
+    experiment = load_experiment(EXPERIMENT, [f"+model.init_from={tmp_path / 'best.keras'}", "+data.fold=0"])
+    phases = transfer_phases(experiment)
+    starts = [raw["model"]["init_from"] for _, raw in phases]
+    assert starts[0] == str(tmp_path / "best.keras") and starts[1:] == [None] * 6
+    folds = {name: raw["data"]["fold"] for name, raw in phases}
+    assert folds == {"ds1-prostate": 0, "ds2-brain-frozen": None, "ds2-brain-full": None, "ds3-lung-frozen": None,
+                     "ds3-lung-full": None, "ds4-prostate-frozen": 0, "ds4-prostate-full": 0}

@@ -1,0 +1,173 @@
+"""Cross-validation of a whole transfer-learning chain: every fold runs every phase, then its scratch baseline.
+
+`medtf train --folds K` on an experiment with ``transfer:`` phases (`medtf.training.transfer`) comes here. The
+**target** data set, the last phase's ``data.dir``, is the one folded: fold ``k`` trains the chain with fold ``k``
+of the target held out and evaluates the final model on it. Earlier phases on other data sets (brain, lung) use
+their data whole. Two leak guards, checked before anything trains:
+
+* a phase on the target's own shard folder (the thesis's DS1 prostate phase) is folded the same way: otherwise the
+  held-out patients would be trained on in an earlier phase and reach the final model through its weights;
+* a phase on another folder that shares (hashed) patients with the held-out fold or with the target's ``test``
+  split is refused (a ConfigError naming the phase and the count). Hashed IDs are comparable only between
+  conversions made with the same ``--id-salt`` / ``--id-key-file``; convert every data set that may hold the same
+  patients with one key, or the guard cannot see them.
+
+Run directory layout (what `medtf.training.folds.aggregate_folds` and ``medtf cv-report`` read)::
+
+    run_dir/cv_config.yaml            the resolved experiment, transfer section included
+    run_dir/fold_<k>/phases/NN-NAME/  the chain's phase runs for fold k; fold_<k>/scratch/ its scratch baseline
+    run_dir/fold_<k>/                 the final phase's config.yaml, checkpoints/ and history.csv (a normal run)
+    run_dir/fold_<k>/eval-fold-<k>/   the final model on the held-out fold; fold_<k>/scratch/eval-fold-<k>/ too
+    run_dir/cv_report.json / .csv     per metric mean, sd, 95% CI over folds, plus ``scratch/eval/<metric>`` and
+                                      ``gain/eval/<metric>`` (chain minus scratch, per fold) when compare_scratch
+
+The test split is not touched: evaluate it once, at the end, on the model trained for reporting.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from medtf.training.config import ConfigError, save_resolved
+
+__all__ = ["fold_transfer_experiment", "run_transfer_cross_validation"]
+
+
+def _abs(path) -> str:
+    return os.path.abspath(os.path.expanduser(str(path)))
+
+
+def _patients(manifest: dict, splits) -> set[str]:
+    return {p for s in splits if s in manifest["splits"] for p in manifest["splits"][s].get("patients", ())}
+
+
+def _train_splits(raw_data: dict, manifest: dict) -> list[str]:
+    from medtf.data.manifest import fold_splits
+
+    if raw_data.get("fold") is not None:
+        return fold_splits(manifest, int(raw_data["fold"]))[0]
+    split = raw_data.get("train_split", "train")
+    return list(split) if isinstance(split, (list, tuple)) else [split]
+
+
+def fold_transfer_experiment(experiment, k: int, folds: int):
+    """The experiment whose chain trains fold ``k`` of ``folds``: phases on the target's folder get
+    ``data.fold=k``; raises `ConfigError` when another phase's training data holds held-out or test patients."""
+    from medtf.data.manifest import read_manifest
+    from medtf.training.transfer import transfer_phases
+
+    phases = transfer_phases(experiment)
+    target = _abs(phases[-1][1]["data"]["dir"])
+    target_manifest = read_manifest(target)
+    held_out = _patients(target_manifest, [f"fold-{k}", "test"])
+    settings = copy.deepcopy(experiment.transfer)
+    for (name, raw), phase in zip(phases, settings["phases"]):
+        if raw["data"].get("fold") is not None:
+            raise ConfigError(f"transfer phase {name}: data.fold={raw['data']['fold']} is set; under --folds the "
+                              f"folds are chosen per fold run (drop it)")
+        if _abs(raw["data"]["dir"]) == target:
+            phase["data"] = {**(phase.get("data") or {}), "fold": int(k), "folds": int(folds)}
+            continue
+        # explicitly whole: the experiment's own data.fold (set below when it is the target) merges into phases
+        phase["data"] = {**(phase.get("data") or {}), "fold": None, "folds": None}
+        manifest = read_manifest(raw["data"]["dir"])
+        shared = held_out & _patients(manifest, _train_splits(raw["data"], manifest))
+        if shared:
+            raise ConfigError(f"transfer phase {name}: its training data {raw['data']['dir']} holds {len(shared)} "
+                              f"patient(s) of the target's held-out fold-{k} or test split ({target}); the chain "
+                              f"would learn them before they are evaluated. Train that phase on the target's own "
+                              f"folder (it is then folded too) or drop those patients")
+    data = experiment.data
+    if _abs(data.dir) == target:
+        data = data.replace(fold=int(k), folds=int(folds))
+    return experiment.replace(data=data, transfer=settings)
+
+
+def _scratch_values(run_dir: Path, k: int) -> dict[str, float] | None:
+    from medtf.training.cv_report import summary_values
+
+    path = run_dir / f"fold_{k}" / "scratch" / f"eval-fold-{k}" / "summary.json"
+    try:
+        return summary_values(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        return None
+
+
+def add_scratch_metrics(report: dict, run_dir: str | os.PathLike) -> dict:
+    """Add ``scratch/eval/<m>`` and ``gain/eval/<m>`` (chain minus scratch, fold by fold) to an `aggregate_folds`
+    report, from each fold's ``scratch/eval-fold-<k>/summary.json``; a fold without one is a missing value."""
+    from medtf.training.cv_report import fold_stats
+
+    run_dir, k_total = Path(run_dir), report["folds"]
+    scratch = [_scratch_values(run_dir, k) for k in range(k_total)]
+    names = sorted({n for values in scratch if values for n in values})
+    for name in names:
+        values = [None if s is None else s.get(name) for s in scratch]
+        report["metrics"][f"scratch/{name}"] = {"values": values, **fold_stats(values),
+                                                "missing": [k for k, v in enumerate(values) if v is None]}
+        chain = (report["metrics"].get(name) or {}).get("values") or [None] * k_total
+        gain = [None if a is None or b is None else a - b for a, b in zip(chain, values)]
+        report["metrics"][f"gain/{name}"] = {"values": gain, **fold_stats(gain),
+                                             "missing": [k for k, v in enumerate(gain) if v is None]}
+    return report
+
+
+def run_transfer_cross_validation(config, run_dir: str | os.PathLike, folds: int | None = None, *,
+                                  evaluate: bool = True, verbose: bool = True) -> dict[str, Any]:
+    """Run the chain (and its scratch baseline) on every fold of the target data, evaluate, aggregate.
+
+    Resumable as `medtf.training.folds.run_cross_validation`: finished phases and folds are not run again.
+    Returns the `aggregate_folds` report (+ scratch/gain metrics), or with ``"preempted": k``.
+
+    Example:
+        >>> report = run_transfer_cross_validation(load_experiment("experiments/prostate_tl_chain.yaml"), "runs/cv")
+        >>> report["metrics"]["gain/eval/auc"]["mean"]
+    """
+    from medtf.tasks import get_task
+    from medtf.training.experiment import parse_config
+    from medtf.training.folds import BASE_CONFIG, aggregate_folds, fold_dir, manifest_folds, write_report
+    from medtf.training.transfer import run_transfer, transfer_phases
+
+    experiment = parse_config(config)
+    if not experiment.transfer:
+        raise ConfigError("run_transfer_cross_validation needs an experiment with transfer.phases")
+    target = _abs(transfer_phases(experiment)[-1][1]["data"]["dir"])
+    k_total = manifest_folds(target)
+    if folds is not None and int(folds) != k_total:
+        raise ConfigError(f"--folds={folds}, but {target} (the last phase's data) has {k_total} folds")
+    plans = [fold_transfer_experiment(experiment, k, k_total) for k in range(k_total)]  # every guard first
+    run_dir = Path(run_dir)
+    save_resolved(experiment.as_dict(), run_dir, BASE_CONFIG)
+    scratch = bool(experiment.transfer.get("compare_scratch"))
+    for k, plan in enumerate(plans):
+        path = fold_dir(run_dir, k)
+        if verbose:
+            print(f"fold {k}/{k_total}: transfer chain in {path}", flush=True)
+        summary = run_transfer(plan, path)
+        if "preempted" in summary:
+            return {**aggregate_folds(run_dir, k_total), "preempted": k}
+        if evaluate:
+            task = get_task(experiment.task)
+            for where in [path, *([path / "scratch"] if scratch else [])]:
+                out = where / f"eval-fold-{k}"
+                best = where / "checkpoints" / "best.keras"
+                stale = not (out / "summary.json").is_file() or (out / "summary.json").stat().st_mtime < \
+                    best.stat().st_mtime
+                if stale:
+                    task.evaluate(where, split=f"fold-{k}", checkpoint="best", output=out, verbose=verbose)
+        _clear()
+    report = aggregate_folds(run_dir, k_total)
+    if scratch:
+        report = add_scratch_metrics(report, run_dir)
+        write_report(report, run_dir)
+    return report
+
+
+def _clear() -> None:
+    import keras
+
+    keras.backend.clear_session()  # each fold builds fresh models; free the previous fold's graphs
