@@ -22,6 +22,10 @@ Targets: brachy model Dice >= 0.80 and tip error <= 3 mm with threshold Dice <= 
 Usage::
 
     .venv/bin/python benchmarks/quality.py [--out DIR] [--only brachy,brachy-shuffled,lgg,lgg-shuffled] [--json FILE]
+    .venv/bin/python benchmarks/quality.py --only prostate,prostate-shuffled,prostate-roulette --prostate-cases 60
+
+The prostate workloads (issue #14: VGG-ELU vs the mean-ADC baseline vs shuffled labels, model roulette) live in
+``benchmarks/quality_prostate.py``.
 
 About 25 minutes on 2 idle CPU cores (four trainings); everything is written under ``--out`` (default: a temporary
 folder).
@@ -50,6 +54,11 @@ LGG_OVERRIDES = (
 )
 TARGETS = {"brachy": {"dice": 0.80, "tip_error_mm": 3.0, "threshold_dice_max": 0.5}, "lgg": {"margin": 0.15}}
 WORKLOADS = ("brachy", "brachy-shuffled", "lgg", "lgg-shuffled")
+DEFAULT_WORKLOADS = WORKLOADS
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import quality_prostate  # noqa: E402  (issue #14's prostate workloads, beside this script)
+
+WORKLOADS = WORKLOADS + quality_prostate.WORKLOADS
 LGG_SPLIT = "0.6,0.2,0.2"
 
 
@@ -279,7 +288,9 @@ def run_lgg_shuffled(out: Path, cases: int, seed: int) -> dict:
 
 
 RUNNERS = {"brachy": run_brachy, "brachy-shuffled": run_brachy_shuffled, "lgg": run_lgg,
-           "lgg-shuffled": run_lgg_shuffled}
+           "lgg-shuffled": run_lgg_shuffled,
+           **{name: (lambda run: lambda out, cases, seed: run(out, cases, seed, ID_SALT))(run)
+              for name, run in quality_prostate.RUNNERS.items()}}
 
 
 def _mean(rows: list[dict], key: str) -> float:
@@ -304,7 +315,7 @@ def report(results: dict) -> str:
     """One table: per workload, the model, the threshold baseline and the shuffled-label control on the same
     test patients; then the targets."""
     lines = ["", "| workload | method | test Dice | catheters found / missed / spurious | tip error mm | train min |",
-             "|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|"] if set(results) & set(DEFAULT_WORKLOADS) else []
     verdicts = []
     if "brachy" in results:
         res = results["brachy"]
@@ -351,6 +362,10 @@ def report(results: dict) -> str:
         res = results["lgg-shuffled"]
         cells = _cells(_pooled(res["summary"]), minutes=res["train_minutes"])
         lines.append(f"| lgg | shuffled-label control | {cells} |")
+    if any(name.startswith("prostate") for name in results):
+        rows, more = quality_prostate.report(results)
+        lines += rows
+        verdicts += more
     lines.append("\nLGG Dice: mean over the test patients' tumour slices (pooled); brachy: mean over test patients.")
     lines += ["", "| target | value | wanted | met? |", "|---|---|---|---|"]
     lines += [f"| {name} | {value:.3f} | {want} | {'yes' if ok else '**no**'} |" for name, value, want, ok in verdicts]
@@ -360,9 +375,10 @@ def report(results: dict) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None, help="work folder (default: a temporary one)")
-    parser.add_argument("--only", default=",".join(WORKLOADS), help=f"comma-separated subset of {WORKLOADS}")
+    parser.add_argument("--only", default=",".join(DEFAULT_WORKLOADS), help=f"comma-separated subset of {WORKLOADS}")
     parser.add_argument("--cases", type=int, default=10, help="synthetic brachy patients (the demo's 10)")
     parser.add_argument("--lgg-cases", type=int, default=10, help="synthetic LGG patients")
+    parser.add_argument("--prostate-cases", type=int, default=60, help="synthetic PROSTATEx patients")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
     args = parser.parse_args(argv)
@@ -375,14 +391,15 @@ def main(argv=None) -> int:
     results = {}
     for name in wanted:
         print(f"\n=== {name} ===", flush=True)
-        cases = args.lgg_cases if name.startswith("lgg") else args.cases
+        cases = (args.lgg_cases if name.startswith("lgg") else
+                 args.prostate_cases if name.startswith("prostate") else args.cases)
         results[name] = RUNNERS[name](out, cases, args.seed)
         text = report(results)  # after every workload: a long run that is stopped still leaves its figures
         print(text, flush=True)
         print(f"\nelapsed {(time.monotonic() - start) / 60:.1f} min; outputs under {out}", flush=True)
         if args.json:
             slim = {k: {**v, "summary": {"metrics": v["summary"]["metrics"], "extra": v["summary"].get("extra", {})}}
-                    for k, v in results.items()}
+                    if "summary" in v else v for k, v in results.items()}
             args.json.write_text(json.dumps(slim, indent=2, default=str))
     return 0
 

@@ -5,6 +5,9 @@
 - **lgg-mri**: FLAIR (channel 1) above a per-slice level, either ``fraction * max`` or a percentile of the slice;
   the rule and its value are chosen on the training patients' tumour slices by mean per-slice Dice, the metric
   `evaluate_run` reports as ``dice_tumour_slices``.
+- **prostate-mpmri** (classification): one feature, the mean ADC inside the lesion ROI (a disc of ``radius_mm``
+  around the crop centre, where the converter puts the finding), and a logistic regression on it fitted on the
+  training findings; the VGG-ELU must beat it.
 
 Example:
     >>> rule = fit_hu_threshold(train_cases)                      # [(hu (z, y, x), mask (z, y, x) bool), ...]
@@ -92,5 +95,45 @@ def fit_flair_threshold(cases: Sequence[tuple[np.ndarray, np.ndarray]], channel:
     return best
 
 
-__all__ = ["fit_flair_threshold", "fit_hu_threshold", "flair_threshold_mask", "hu_threshold_mask",
-           "tumour_slice_dice"]
+def lesion_roi_mean(image: np.ndarray, spacing_mm, channel: int = 2, radius_mm: float = 3.0) -> float:
+    """Mean of ``image (H, W, C)[..., channel]`` (prostate-mpmri: 2 = ADC) over the pixels whose centres lie within
+    ``radius_mm`` of the crop centre; ``spacing_mm`` is the pixel size ``(x, y)`` (the shards' pixel_spacing)."""
+    x = np.asarray(image, np.float64)[..., channel]
+    h, w = x.shape
+    sx, sy = (float(v) for v in np.asarray(spacing_mm, np.float64).ravel()[:2])
+    yy, xx = np.mgrid[:h, :w]
+    inside = (((yy - (h - 1) / 2) * sy) ** 2 + ((xx - (w - 1) / 2) * sx) ** 2) <= radius_mm ** 2
+    if not inside.any():
+        raise ValueError(f"radius_mm={radius_mm} holds no pixel centre at spacing {sx, sy} mm")
+    return float(x[inside].mean())
+
+
+def fit_logistic_1d(x, y, l2: float = 1e-4, iterations: int = 100) -> dict:
+    """Logistic regression ``p = sigmoid(a * z + b)`` on one standardised feature ``z = (x - mean) / sd`` by Newton's
+    method, with a small L2 penalty on ``a`` (a finite answer on separable data). Returns
+    ``{"a", "b", "mean", "sd"}`` for `predict_logistic_1d`."""
+    x, y = np.asarray(x, np.float64).ravel(), np.asarray(y, np.float64).ravel()
+    if len(x) != len(y) or len(np.unique(y)) != 2:
+        raise ValueError("fit_logistic_1d needs as many labels as values, and both classes")
+    mean, sd = float(x.mean()), float(x.std()) or 1.0
+    design = np.stack([(x - mean) / sd, np.ones_like(x)], axis=1)
+    theta, penalty = np.zeros(2), np.diag([l2 * len(x), 0.0])
+    for _ in range(iterations):
+        p = 1.0 / (1.0 + np.exp(-design @ theta))
+        grad = design.T @ (p - y) + penalty @ theta
+        hess = design.T @ (design * (p * (1 - p))[:, None]) + penalty + 1e-12 * np.eye(2)
+        step = np.linalg.solve(hess, grad)
+        theta -= step
+        if np.abs(step).max() < 1e-10:
+            break
+    return {"a": float(theta[0]), "b": float(theta[1]), "mean": mean, "sd": sd}
+
+
+def predict_logistic_1d(x, a: float, b: float, mean: float, sd: float) -> np.ndarray:
+    """Probabilities of the model `fit_logistic_1d` returned."""
+    z = (np.asarray(x, np.float64) - mean) / sd
+    return 1.0 / (1.0 + np.exp(-(a * z + b)))
+
+
+__all__ = ["fit_flair_threshold", "fit_hu_threshold", "fit_logistic_1d", "flair_threshold_mask",
+           "hu_threshold_mask", "lesion_roi_mean", "predict_logistic_1d", "tumour_slice_dice"]
