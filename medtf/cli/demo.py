@@ -133,10 +133,19 @@ def run_demo(out: str | Path, cases: int = 10, seed: int = 0) -> int:
 def reconstruct_prediction(case_dir: Path, prediction: Path) -> dict:
     """Centrelines from the predicted mask, written beside it and compared with the patient's own plan: what
     ``medtf reconstruct PREDICTION --ct CASE/CT --plan CASE/RP*.dcm --output PREDICTION`` does."""
+    from medtf.rt.brachy_plan import read_brachy_plan
+    from medtf.rt.reconstruct import ImplausibleMaskError
     from medtf.rt.reconstruct_case import CATHETERS_FILE, PLAN_FILE, reconstruct_case
 
-    report = reconstruct_case(prediction, case_dir / "CT", prediction, plan=next(case_dir.glob("RP*.dcm")))
+    plan = next(case_dir.glob("RP*.dcm"))
     nan = float("nan")
+    try:
+        report = reconstruct_case(prediction, case_dir / "CT", prediction, plan=plan)
+    except ImplausibleMaskError as exc:  # e.g. a model trained far too briefly: say so, write no plan
+        planned = len(read_brachy_plan(plan).catheters)
+        summary = {"found": 0, "missed": planned, "spurious": 0, "mean_distance_mm": nan, "max_distance_mm": nan,
+                   "tip_error_mm": nan}
+        return {"summary": summary, "json": None, "plan": None, "planned": planned, "error": str(exc)}
     summary = {k: nan if v is None else v for k, v in report["match"].items()}
     return {"summary": summary, "json": prediction / CATHETERS_FILE, "plan": prediction / PLAN_FILE,
             "planned": report["match"]["planned"]}
@@ -168,7 +177,7 @@ def report(result, evaluation, catheters, run_dir, model_dir, prediction, overri
         f"run directory   {run_dir}  (config.yaml, history.csv, checkpoints/, eval-test/)",
         f"SavedModel      {model_dir}",
         f"prediction      {prediction}  (mask.nii.gz, seg.dcm, overlays, catheters.json)",
-        f"RT Plan         {catheters['plan']}",
+        f"RT Plan         {catheters['plan'] or 'not written: ' + catheters.get('error', '')}",
         f"TensorBoard     tensorboard --logdir {run_dir / 'logs'}",
         f"repeat training medtf train experiments/{DEMO_EXPERIMENT} " + " ".join(f"--set {o}" for o in overrides)
         + f" --run-dir {run_dir}",

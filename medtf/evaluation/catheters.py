@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from medtf.rt.catheter_match import match_catheters
-from medtf.rt.reconstruct import reconstruct_catheters
+from medtf.rt.reconstruct import ImplausibleMaskError, reconstruct_catheters
 
 COLUMNS = {  # evaluation column -> key of CatheterMatch.summary()
     "catheters_found": "found",
@@ -54,12 +54,18 @@ def catheter_metrics(pred_mask: np.ndarray, example: dict, *, step_mm: float = 1
         example: decoded brachy-ct example (``catheter_points``, ``catheter_offsets``, spacing/origin/direction).
         step_mm, min_length_mm: centreline resampling step and shortest kept catheter.
         max_mean_distance_mm: a predicted catheter matches a planned one below this mean distance.
+
+    A mask that cannot be a catheter segmentation (`medtf.rt.reconstruct.ImplausibleMaskError`: it floods the
+    image) counts as no catheter found; its Dice already says how wrong it is.
     """
     from medtf.evaluation.cases import reference_volume
 
     mask = np.asarray(pred_mask).astype(np.uint8)
-    predicted = reconstruct_catheters(mask, reference_volume(example, mask), step_mm=step_mm,
-                                      min_length_mm=min_length_mm)
+    try:
+        predicted = reconstruct_catheters(mask, reference_volume(example, mask), step_mm=step_mm,
+                                          min_length_mm=min_length_mm)
+    except ImplausibleMaskError:  # a mask flooding the image: no catheter found (every planned one missed)
+        predicted = []
     summary = match_catheters(predicted, planned_catheters(example),
                               max_mean_distance_mm=max_mean_distance_mm).summary()
     out = {}

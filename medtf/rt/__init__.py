@@ -5,7 +5,7 @@ from medtf.rt.catheter_io import read_catheters_json, write_catheters_json, writ
 from medtf.rt.catheter_match import CatheterMatch, match_catheters
 from medtf.rt.polyline import dedup_consecutive, polyline_length, resample_polyline
 from medtf.rt.rasterize import catheter_bounding_box, polyline_distance_map, rasterize_polylines
-from medtf.rt.reconstruct import orient_catheter, orient_catheters, reconstruct_catheters
+from medtf.rt.reconstruct import ImplausibleMaskError, orient_catheter, orient_catheters, reconstruct_catheters
 from medtf.rt.rtplan_writer import write_brachy_plan
 from medtf.rt.rtstruct import RoiContours, read_rtstruct, rtstruct_to_masks
 
@@ -13,6 +13,7 @@ __all__ = [
     "BrachyPlan",
     "Catheter",
     "CatheterMatch",
+    "ImplausibleMaskError",
     "RoiContours",
     "catheter_bounding_box",
     "check_frame_of_reference",

@@ -43,6 +43,10 @@ from medtf.rt.rasterize import polyline_distance_map
 from medtf.rt.skeleton import join_tracks, slice_blobs, smooth_track, track_component
 from medtf.rt.track_merge import merge_overlapping_tracks
 
+# A catheter mask covers well under 1% of a planning CT (30 catheters of 2 mm x 20 cm: ~20 mL of several
+# litres); a mask above this fraction is no catheter segmentation (an untrained or wrong model), and tracking its
+# hundreds of blobs would take minutes to write a plan of hundreds of channels.
+MAX_FOREGROUND_FRACTION = 0.05
 STUB_MM = 4.0  # pieces shorter than this only extend the end of a longer piece (see join_tracks)
 # A track end this close (mm) to the image border is a connector end (orient_catheters). Connectors run to the
 # edge of the field of view (a mask may stop a voxel or two short of it); tips stop a few mm inside the skin,
@@ -170,6 +174,10 @@ def orient_catheters(tracks: Sequence[np.ndarray], reference: Volume, connector_
             for t, d in zip(oriented, depths)]
 
 
+class ImplausibleMaskError(ValueError):
+    """The mask cannot be a catheter segmentation (see ``max_foreground_fraction``)."""
+
+
 def reconstruct_catheters(
     mask: np.ndarray,
     reference: Volume,
@@ -183,6 +191,7 @@ def reconstruct_catheters(
     overlap_lateral_mm: float | None = None,
     max_step_overlap_mm: float = 12.0,
     border_mm: float = BORDER_MM,
+    max_foreground_fraction: float = MAX_FOREGROUND_FRACTION,
 ) -> list[np.ndarray]:
     """One ordered centreline per catheter found in a binary mask.
 
@@ -206,6 +215,8 @@ def reconstruct_catheters(
             slice to the next); longer side-by-side runs are neighbouring catheters.
         border_mm: a track end this close to the image border is a connector end; tracks with both ends deeper
             follow the other catheters' insertion direction (`orient_catheters`).
+        max_foreground_fraction: a mask covering more of the image is refused with `ImplausibleMaskError`
+            (catheters fill well under 1% of a CT; 1.0 turns the check off).
 
     Returns:
         ``(N, 3)`` float64 LPS mm arrays, tip (distal end) first, ``step_mm`` apart; sorted by tip position
@@ -220,6 +231,12 @@ def reconstruct_catheters(
         mask = mask[..., 0]
     if mask.shape != tuple(reference.array.shape[:3]):
         raise ValueError(f"mask shape {mask.shape} does not match the reference grid {reference.array.shape[:3]}")
+    fraction = float(np.count_nonzero(mask)) / max(1, mask.size)
+    if fraction > max_foreground_fraction:
+        raise ImplausibleMaskError(
+            f"the mask covers {100 * fraction:.1f}% of the image; catheters cover well under 1% of a CT, so this "
+            f"is not a catheter segmentation (an untrained model, or a model for other data?): nothing "
+            f"reconstructed (max_foreground_fraction={max_foreground_fraction})")
     affine = reference.affine_lps
     m, origin = affine[:3, :3], affine[:3, 3]
     half_diag = 0.5 * float(np.linalg.norm(reference.spacing))

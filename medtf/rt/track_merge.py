@@ -27,6 +27,8 @@ one lying alongside a longer one, stay apart.
 
 from __future__ import annotations
 
+import heapq
+
 import numpy as np
 
 from medtf.rt.polyline import polyline_length, resample_polyline
@@ -140,33 +142,59 @@ def merge_overlapping_tracks(tracks: list[np.ndarray], lateral_mm: float, *, ste
     """
     slack = 2.0 * lateral_mm if end_slack_mm is None else float(end_slack_mm)
     cos_min = float(np.cos(np.radians(max_angle_deg)))
+    margin = max(lateral_mm, step_lateral_mm or 0.0)
     tracks = [np.asarray(t, np.float64).reshape(-1, 3) for t in tracks]
     # Pieces shorter than an overlap can never qualify (stubs, speckle of a poor prediction): left as they are,
     # which keeps the pairwise search small.
-    out = [(k, t) for k, t in enumerate(tracks) if polyline_length(t) >= min_overlap_mm]
+    live = {k: t for k, t in enumerate(tracks) if polyline_length(t) >= min_overlap_mm}
     short = [t for t in tracks if polyline_length(t) < min_overlap_mm]
-    next_id = len(tracks)  # a merged track gets a new identity, so pairs rejected before are tested again
-    rejected: set = set()
-    merged = True
-    while merged:
-        merged = False
-        out.sort(key=lambda item: -polyline_length(item[1]))
-        for i, j in ((i, j) for i in range(len(out)) for j in range(i + 1, len(out))):
-            (ka, a), (kb, b) = out[i], out[j]
-            if (ka, kb) in rejected or _far_apart(a, b, max(lateral_mm, step_lateral_mm or 0.0)):
-                continue
-            joined = _overlap_merge(a, b, lateral_mm, cos_min, min_overlap_mm, slack)
-            if joined is None and step_lateral_mm is not None and step_lateral_mm > lateral_mm:
-                joined = _overlap_merge(a, b, step_lateral_mm, cos_min, min_overlap_mm,
-                                        max(slack, 2.0 * step_lateral_mm), max_step_overlap_mm)
-            if joined is None:
-                rejected.add((ka, kb))
-                continue
-            out = [item for k, item in enumerate(out) if k not in (i, j)] + [(next_id, joined)]
-            next_id += 1
-            merged = True
-            break
-    return [t for _, t in out] + short
+    length = {k: polyline_length(t) for k, t in live.items()}
+    box = {k: (t.min(0), t.max(0)) for k, t in live.items()}
+
+    # Candidate pairs (bounding boxes within `margin`), tried longest pair first; a merged track gets a new
+    # identity and its own candidates. A heap instead of re-scanning every pair after each merge: a poor
+    # prediction can leave a thousand tracks.
+    heap: list = []
+
+    def push(k: int, others: list[int]) -> None:
+        if not others:
+            return
+        lo = np.stack([box[o][0] for o in others])
+        hi = np.stack([box[o][1] for o in others])
+        near = ~(np.any(box[k][0] - margin > hi, axis=1) | np.any(lo - margin > box[k][1], axis=1))
+        for o in (others[i] for i in np.flatnonzero(near)):
+            a, b = (k, o) if (length[k], -k) >= (length[o], -o) else (o, k)
+            heapq.heappush(heap, (-length[a], -length[b], a, b))
+
+    keys = sorted(live)
+    if keys:
+        lo = np.stack([box[k][0] for k in keys])
+        hi = np.stack([box[k][1] for k in keys])
+        near = ~(np.any(lo[:, None] - margin > hi[None], axis=2) | np.any(lo[None] - margin > hi[:, None], axis=2))
+        for i, j in zip(*np.nonzero(np.triu(near, 1))):
+            ka, kb = keys[i], keys[j]
+            a, b = (ka, kb) if (length[ka], -ka) >= (length[kb], -kb) else (kb, ka)
+            heap.append((-length[a], -length[b], a, b))
+        heapq.heapify(heap)
+    next_id = len(tracks)
+    while heap:
+        _, _, ka, kb = heapq.heappop(heap)
+        if ka not in live or kb not in live:
+            continue  # one of them was merged into another track already
+        a, b = live[ka], live[kb]
+        joined = _overlap_merge(a, b, lateral_mm, cos_min, min_overlap_mm, slack)
+        if joined is None and step_lateral_mm is not None and step_lateral_mm > lateral_mm:
+            joined = _overlap_merge(a, b, step_lateral_mm, cos_min, min_overlap_mm,
+                                    max(slack, 2.0 * step_lateral_mm), max_step_overlap_mm)
+        if joined is None:
+            continue
+        for k in (ka, kb):
+            del live[k], length[k], box[k]
+        live[next_id], length[next_id], box[next_id] = joined, polyline_length(joined), (joined.min(0),
+                                                                                           joined.max(0))
+        push(next_id, [k for k in live if k != next_id])
+        next_id += 1
+    return [live[k] for k in sorted(live, key=lambda k: -length[k])] + short
 
 
 def _far_apart(a: np.ndarray, b: np.ndarray, margin_mm: float) -> bool:

@@ -70,12 +70,22 @@ def test_train_evaluate_export_predict(workflow, tmp_path):
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == ct.metadata["SeriesInstanceUID"]
     assert sorted(out.glob("*.png"))
 
+    # Two epochs of two steps leave the tiny U-Net predicting a flood (about half the volume): reconstruction
+    # refuses it with a reason instead of tracking hundreds of blobs into a plan of hundreds of channels (the
+    # demo's trained model and tests/rt cover plans written from real predictions).
+    fraction = float((mask.array > 0).mean())
     catheters = reconstruct_prediction(case_dir, out)
-    assert catheters["json"].is_file() and catheters["plan"].is_file()
-    plan = pydicom.dcmread(catheters["plan"])
-    assert plan.Modality == "RTPLAN" and plan.FrameOfReferenceUID == seg.FrameOfReferenceUID
     s = catheters["summary"]
-    assert s["found"] + s["missed"] == catheters["planned"]
+    assert s["found"] + s["missed"] == catheters["planned"] == len(manifest_catheters(shards, pseudonym))
+    if fraction > 0.05:
+        assert catheters["plan"] is None and "not a catheter segmentation" in catheters["error"]
+        assert not (out / "RP.reconstructed.dcm").exists() and s["found"] == 0
+        assert run_medtf("reconstruct", out / "mask.nii.gz", "--ct", case_dir / "CT", "--output",
+                         tmp_path / "rec") == 2
+    else:
+        assert catheters["json"].is_file() and catheters["plan"].is_file()
+        plan = pydicom.dcmread(catheters["plan"])
+        assert plan.Modality == "RTPLAN" and plan.FrameOfReferenceUID == seg.FrameOfReferenceUID
 
     from medtf.cli.demo import report
 

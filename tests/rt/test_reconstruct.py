@@ -190,3 +190,26 @@ def test_synthetic_ct_thresholded(synthetic_case, threshold_hu):
     assert s["mean_distance_mm"] < 0.5 and s["max_distance_mm"] < 2.0, s
     with_thin_radius = match_catheters(reconstruct_catheters(mask, ct, radius_mm=1.0), plan.polylines).summary()
     assert with_thin_radius["spurious"] > 0  # why the radius matters
+
+
+def test_a_flooded_mask_is_refused_and_evaluates_as_nothing_found():
+    from medtf.evaluation.catheters import catheter_metrics
+    from medtf.rt import ImplausibleMaskError
+
+    ref = _grid((1.0, 1.0, 2.0))
+    truth = CASES["curved"]
+    mask, _ = rasterize_polylines(truth, ref, radius_mm=1.0)
+    assert 0 < mask.mean() < 0.05 and len(reconstruct_catheters(mask, ref)) == 3  # a real catheter mask passes
+    flood = np.random.default_rng(0).random(mask.shape) < 0.3  # what a barely trained model predicts
+    with pytest.raises(ImplausibleMaskError, match=r"covers 30\.\d% of the image"):
+        reconstruct_catheters(flood, ref)
+    assert len(reconstruct_catheters(mask, ref, max_foreground_fraction=0.001 + mask.mean())) == 3
+    with pytest.raises(ImplausibleMaskError):
+        reconstruct_catheters(mask, ref, max_foreground_fraction=0.5 * mask.mean())
+
+    points = np.concatenate(truth)
+    offsets = np.cumsum([0] + [len(c) for c in truth])
+    example = {"catheter_points": points, "catheter_offsets": offsets, "spacing": ref.spacing,
+               "origin": ref.origin, "direction": np.asarray(ref.direction).ravel()}
+    out = catheter_metrics(flood.astype(np.uint8), example)
+    assert (out["catheters_found"], out["catheters_missed"], out["catheters_spurious"]) == (0, 3, 0)
