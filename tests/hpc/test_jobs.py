@@ -81,6 +81,9 @@ def test_failed_dependency_cancels_the_next_job(slurm, tiny_config_file, cpu_clu
     assert "CANCELLED (reason DependencyNeverSatisfied)" in capsys.readouterr().out
 
 
+# Slow tier: tests/hpc/test_multiworker_preemption.py runs the same trap + requeue partial (slurm/partials/requeue.sh)
+# on a 2-task job in `make test`; this single-task variant adds a minute of SLURM time.
+@pytest.mark.slow
 def test_preempted_job_requeues_and_resumes(slurm, lgg_tiny, cpu_cluster_config, hpc_root, capsys):
     epochs = 12
     config = hpc_root / "slow.yaml"

@@ -153,6 +153,9 @@ def test_best_epoch_picks_the_best_finite_value():
     assert best_epoch([float("nan")], "max") is None
 
 
+# Slow tier: the oracle's rounds are checked in test_hyperband_trials_get_the_round_epochs; this search trains
+# every trial of two rounds.
+@pytest.mark.slow
 def test_hyperband_search_continues_the_best_trials_with_more_epochs(lgg_tiny, tmp_path):
     config = tune_config(lgg_tiny, tuner="hyperband", max_epochs=2, factor=2,
                          objective={"name": "val_loss", "direction": "min"})
