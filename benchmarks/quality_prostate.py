@@ -21,6 +21,10 @@ the seeds' mean.
   prostate patients converted with ``--channels dwi``, all of them in folds) against the same network trained on
   the prostate folds alone, with synthetic brain (`TL_BRAIN_PER_CLASS` images per class) and LUNGx
   (`TL_LUNG_SCANS` scans) data, `TL_OVERRIDES` per phase. Target: chain - scratch >= 0.03 AUC, mean over folds.
+- ``prostate-tl-prostate-only``: the same chain without its brain and lung phases (DS1, DS4 frozen, DS4 full: the
+  same prostate epochs and learning rates). The chain's scratch baseline is the last phase's config (learning rate
+  1e-4, `TL_OVERRIDES` epochs once), so "chain - scratch" mixes transfer with three times the prostate training;
+  chain vs this ablation, fold by fold, is what brain and lung add.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ PROSTATE_OVERRIDES = ("data.batch_size=16", "train.epochs=12", "+train.verbose=0
 ROULETTE_CANDIDATES, ROULETTE_WARMUP = 4, 5
 ROI_RADIUS_MM = 3.0
 TARGETS = {"auc": 0.90, "margin": 0.05, "shuffled_max": 0.60}
-WORKLOADS = ("prostate", "prostate-shuffled", "prostate-roulette", "prostate-tl")
+WORKLOADS = ("prostate", "prostate-shuffled", "prostate-roulette", "prostate-tl", "prostate-tl-prostate-only")
 TL_FOLDS, TL_BRAIN_PER_CLASS, TL_LUNG_SCANS = 5, 30, 16
 TL_OVERRIDES = ("train.epochs=4", "data.batch_size=16", "+train.verbose=0", "+train.log_every_n_steps=0")
 
@@ -189,7 +193,7 @@ def tl_sources(out: Path, cases: int, seed: int, id_salt: str) -> dict[str, Path
     return dirs
 
 
-def run_prostate_tl(out: Path, cases: int, seed: int, id_salt: str) -> dict:
+def run_prostate_tl(out: Path, cases: int, seed: int, id_salt: str, prostate_only: bool = False) -> dict:
     import yaml
 
     from medtf.cli.demo import experiments_dir
@@ -203,10 +207,14 @@ def run_prostate_tl(out: Path, cases: int, seed: int, id_salt: str) -> dict:
     config["data"]["dir"] = str(where[config["data"]["dir"]])
     for phase in config["transfer"]["phases"]:
         phase["data"]["dir"] = str(where[phase["data"]["dir"]])
-    resolved = out / "prostate_tl_chain.yaml"
+    name = "prostate-tl-prostate-only" if prostate_only else "prostate-tl"
+    if prostate_only:
+        config["transfer"]["phases"] = [p for p in config["transfer"]["phases"] if p["name"].startswith(("ds1", "ds4"))]
+        config["transfer"]["compare_scratch"] = False
+    resolved = out / f"{name}.yaml"
     resolved.write_text(yaml.safe_dump(config, sort_keys=False))
     start = time.monotonic()
-    report = run_transfer_cross_validation(load_config(resolved, list(TL_OVERRIDES)), out / "runs" / "prostate-tl",
+    report = run_transfer_cross_validation(load_config(resolved, list(TL_OVERRIDES)), out / "runs" / name,
                                            verbose=False)
     keep = ("eval/auc", "scratch/eval/auc", "gain/eval/auc")
     return {"folds": report["folds"], "complete": report["complete"], "overrides": list(TL_OVERRIDES),
@@ -215,7 +223,8 @@ def run_prostate_tl(out: Path, cases: int, seed: int, id_salt: str) -> dict:
 
 
 RUNNERS = {"prostate": run_prostate, "prostate-shuffled": run_prostate_shuffled,
-           "prostate-roulette": run_prostate_roulette, "prostate-tl": run_prostate_tl}
+           "prostate-roulette": run_prostate_roulette, "prostate-tl": run_prostate_tl,
+           "prostate-tl-prostate-only": lambda *a: run_prostate_tl(*a, prostate_only=True)}
 
 
 def _f(v, d=3) -> str:
@@ -267,4 +276,20 @@ def report(results: dict) -> tuple[list[str], list[tuple]]:
         gain = (res["metrics"].get("gain/eval/auc") or {}).get("mean")
         if gain is not None:
             verdicts.append(("TL chain - scratch (mean over folds)", gain, ">= 0.03", gain >= 0.03))
+    if "prostate-tl-prostate-only" in results:
+        res = results["prostate-tl-prostate-only"]
+        m = res["metrics"]["eval/auc"]
+        lines.append(f"| chain without brain / lung (DS1, DS4 frozen, DS4 full), {res['folds']}-fold CV | "
+                     f"{_f(m['mean'])} ± {_f(m['sd'])} (95% CI {_f(m['ci_low'])} .. {_f(m['ci_high'])}; folds "
+                     f"{', '.join(_f(v) for v in m['values'])}) | | {_f(res['train_minutes'], 1)} |")
+        if "prostate-tl" in results:
+            from medtf.training.cv_report import fold_stats
+
+            chain = results["prostate-tl"]["metrics"]["eval/auc"]["values"]
+            diff = [None if a is None or b is None else a - b for a, b in zip(chain, m["values"])]
+            st = fold_stats(diff)
+            lines.append(f"| chain - chain without brain / lung, per fold | {_f(st['mean'])} ± {_f(st['sd'])} "
+                         f"(95% CI {_f(st['ci_low'])} .. {_f(st['ci_high'])}) | | |")
+            verdicts.append(("TL chain - prostate-only chain (mean over folds)", st["mean"], ">= 0.03",
+                             st["mean"] >= 0.03))
     return lines, verdicts

@@ -61,6 +61,6 @@ def convert_all(sources: dict[str, Path], out: Path, prostate_split: list[str]) 
                      "--id-salt", TEST_SALT, "--grayscale", "--crop-black-margin", "--resize", size,
                      "--split", "0.5,0.5") == 0
     assert run_medtf("convert", "lung-nodules", "--input", sources["lung"], "--output", dirs["lung"],
-                     "--id-salt", TEST_SALT, "--patch-mm", size, "--patch-size", size, "--window", "lung", "--split", "0.5,0.5",
-                     "--no-alignment-pngs") == 0
+                     "--id-salt", TEST_SALT, "--patch-mm", size, "--patch-size", size, "--window", "lung",
+                     "--split", "0.5,0.5", "--no-alignment-pngs") == 0
     return dirs
