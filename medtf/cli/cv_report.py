@@ -44,6 +44,9 @@ def run(args) -> int:
             folds = args.folds or aggregate_folds(args.run_dir, write=False, data_dir=args.data_dir)["folds"]
             evaluate_folds(args.run_dir, folds, overlap=args.overlap, data_dir=args.data_dir)
         report = aggregate_folds(args.run_dir, args.folds, data_dir=args.data_dir)
+        from medtf.training.cv_transfer import with_scratch_metrics
+
+        report = with_scratch_metrics(report, args.run_dir)  # a transfer chain's CV: its scratch runs too
     except (FileNotFoundError, ManifestError, ConfigError, ValueError) as exc:
         print(f"medtf cv-report: {exc}", file=sys.stderr)
         return 2

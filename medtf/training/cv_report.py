@@ -101,6 +101,8 @@ def write_report(report: Mapping, run_dir: str | os.PathLike, json_name: str = "
 
 def _shown(name: str, task: str) -> bool:
     source, _, metric = name.partition("/")
+    if source in ("scratch", "gain"):  # a transfer chain's baseline and its per-fold gain (medtf.training.cv_transfer)
+        return _shown(metric, task)
     if source in ("history", "eval_extra"):
         return True
     return source == "eval" and (task != "segmentation" or metric in SHOWN_EVAL)

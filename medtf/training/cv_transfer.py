@@ -34,7 +34,8 @@ from typing import Any
 
 from medtf.training.config import ConfigError, save_resolved
 
-__all__ = ["fold_transfer_experiment", "run_transfer_cross_validation"]
+__all__ = ["add_scratch_metrics", "fold_transfer_experiment", "run_transfer_cross_validation",
+           "with_scratch_metrics"]
 
 
 def _abs(path) -> str:
@@ -116,6 +117,18 @@ def add_scratch_metrics(report: dict, run_dir: str | os.PathLike) -> dict:
     return report
 
 
+def with_scratch_metrics(report: dict, run_dir: str | os.PathLike) -> dict:
+    """`add_scratch_metrics` and the report rewritten when any fold has a ``scratch/`` run (``medtf cv-report`` on
+    a chain's cross-validation); the report unchanged otherwise."""
+    from medtf.training.folds import write_report
+
+    if not any((Path(run_dir) / f"fold_{k}" / "scratch").is_dir() for k in range(report["folds"])):
+        return report
+    report = add_scratch_metrics(report, run_dir)
+    write_report(report, run_dir)
+    return report
+
+
 def run_transfer_cross_validation(config, run_dir: str | os.PathLike, folds: int | None = None, *,
                                   evaluate: bool = True, verbose: bool = True) -> dict[str, Any]:
     """Run the chain (and its scratch baseline) on every fold of the target data, evaluate, aggregate.
@@ -129,7 +142,7 @@ def run_transfer_cross_validation(config, run_dir: str | os.PathLike, folds: int
     """
     from medtf.tasks import get_task
     from medtf.training.experiment import parse_config
-    from medtf.training.folds import BASE_CONFIG, aggregate_folds, fold_dir, manifest_folds, write_report
+    from medtf.training.folds import BASE_CONFIG, aggregate_folds, fold_dir, manifest_folds
     from medtf.training.transfer import run_transfer, transfer_phases
 
     experiment = parse_config(config)
@@ -161,10 +174,7 @@ def run_transfer_cross_validation(config, run_dir: str | os.PathLike, folds: int
                     task.evaluate(where, split=f"fold-{k}", checkpoint="best", output=out, verbose=verbose)
         _clear()
     report = aggregate_folds(run_dir, k_total)
-    if scratch:
-        report = add_scratch_metrics(report, run_dir)
-        write_report(report, run_dir)
-    return report
+    return with_scratch_metrics(report, run_dir) if scratch else report
 
 
 def _clear() -> None:

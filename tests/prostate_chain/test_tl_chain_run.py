@@ -124,6 +124,11 @@ def test_chain_cross_validation_reports_chain_scratch_and_gain(chain_sources, tm
             import yaml
             resolved = yaml.safe_load((run / f"fold_{k}" / "phases" / phase / "config.yaml").read_text())
             assert resolved["data"]["fold"] == k
+    # `medtf cv-report` re-reads the folds and keeps the chain's scratch and gain rows
+    (run / "cv_report.json").unlink()
+    assert run_medtf("cv-report", run) == 0
+    again = json.loads((run / "cv_report.json").read_text())["metrics"]
+    assert again["gain/eval/auc"]["values"] == metrics["gain/eval/auc"]["values"]
     # re-running trains nothing again
     stamp = (run / "fold_1" / "history.csv").stat().st_mtime_ns
     assert run_medtf("train", config, "--run-dir", run, "--folds", "2", "--quiet") == 0
