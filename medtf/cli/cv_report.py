@@ -43,6 +43,9 @@ def run(args) -> int:
         if args.evaluate:
             folds = args.folds or aggregate_folds(args.run_dir, write=False, data_dir=args.data_dir)["folds"]
             evaluate_folds(args.run_dir, folds, overlap=args.overlap, data_dir=args.data_dir)
+            from medtf.training.cv_transfer import evaluate_scratch
+
+            evaluate_scratch(args.run_dir, folds)  # a transfer chain's scratch baselines (nothing otherwise)
         report = aggregate_folds(args.run_dir, args.folds, data_dir=args.data_dir)
         from medtf.training.cv_transfer import with_scratch_metrics
 

@@ -198,6 +198,13 @@ def _train(args) -> int:
 def _train_transfer(config, run_dir) -> int:
     from medtf.training.transfer import run_transfer
 
+    if config.data.fold is not None:  # one fold of a chain's cross-validation (a SLURM array task): as --folds does
+        from medtf.training.cv_transfer import fold_transfer_experiment
+        from medtf.training.folds import manifest_folds
+
+        k, target = config.data.fold, config.data.dir
+        config = fold_transfer_experiment(config.replace(data=config.data.replace(fold=None, folds=None)), k,
+                                          config.data.folds or manifest_folds(target))
     summary = run_transfer(config, run_dir)
     if "preempted" in summary:
         print(f"phase {summary['preempted']} was preempted: re-run the same command to resume", file=sys.stderr)

@@ -21,6 +21,10 @@ Run directory layout (what `medtf.training.folds.aggregate_folds` and ``medtf cv
     run_dir/cv_report.json / .csv     per metric mean, sd, 95% CI over folds, plus ``scratch/eval/<metric>`` and
                                       ``gain/eval/<metric>`` (chain minus scratch, per fold) when compare_scratch
 
+A SLURM array (`medtf slurm CONFIG --array 0-4`: ``medtf train CONFIG --set +data.fold=k`` per task) writes the
+same ``fold_<k>`` folders: `medtf train` on a chain with ``data.fold`` set plans the fold here (same folding and leak
+guards), and ``medtf cv-report RUN_DIR --evaluate`` evaluates the chains and their scratch runs, then reports.
+
 The test split is not touched: evaluate it once, at the end, on the model trained for reporting.
 """
 
@@ -34,7 +38,7 @@ from typing import Any
 
 from medtf.training.config import ConfigError, save_resolved
 
-__all__ = ["add_scratch_metrics", "fold_transfer_experiment", "run_transfer_cross_validation",
+__all__ = ["add_scratch_metrics", "evaluate_scratch", "fold_transfer_experiment", "run_transfer_cross_validation",
            "with_scratch_metrics"]
 
 
@@ -117,6 +121,24 @@ def add_scratch_metrics(report: dict, run_dir: str | os.PathLike) -> dict:
     return report
 
 
+def evaluate_scratch(run_dir: str | os.PathLike, folds: int, verbose: bool = True) -> list[int]:
+    """Evaluate each fold's finished ``scratch/`` run on its held-out fold when its evaluation is missing or older
+    than its best checkpoint (``medtf cv-report --evaluate`` after a SLURM array); returns the folds evaluated."""
+    from medtf.tasks import get_task, task_of_run
+
+    done = []
+    for k in range(int(folds)):
+        where = Path(run_dir) / f"fold_{k}" / "scratch"
+        best, summary = where / "checkpoints" / "best.keras", where / f"eval-fold-{k}" / "summary.json"
+        if not (where / "phase.json").is_file() or not best.is_file():
+            continue
+        if not summary.is_file() or summary.stat().st_mtime < best.stat().st_mtime:
+            get_task(task_of_run(where)).evaluate(where, split=f"fold-{k}", checkpoint="best",
+                                                  output=summary.parent, verbose=verbose)
+            done.append(k)
+    return done
+
+
 def with_scratch_metrics(report: dict, run_dir: str | os.PathLike) -> dict:
     """`add_scratch_metrics` and the report rewritten when any fold has a ``scratch/`` run (``medtf cv-report`` on
     a chain's cross-validation); the report unchanged otherwise."""
@@ -164,15 +186,13 @@ def run_transfer_cross_validation(config, run_dir: str | os.PathLike, folds: int
         if "preempted" in summary:
             return {**aggregate_folds(run_dir, k_total), "preempted": k}
         if evaluate:
-            task = get_task(experiment.task)
-            for where in [path, *([path / "scratch"] if scratch else [])]:
-                out = where / f"eval-fold-{k}"
-                best = where / "checkpoints" / "best.keras"
-                stale = not (out / "summary.json").is_file() or (out / "summary.json").stat().st_mtime < \
-                    best.stat().st_mtime
-                if stale:
-                    task.evaluate(where, split=f"fold-{k}", checkpoint="best", output=out, verbose=verbose)
+            out, best = path / f"eval-fold-{k}", path / "checkpoints" / "best.keras"
+            if not (out / "summary.json").is_file() or (out / "summary.json").stat().st_mtime < best.stat().st_mtime:
+                get_task(experiment.task).evaluate(path, split=f"fold-{k}", checkpoint="best", output=out,
+                                                   verbose=verbose)
         _clear()
+    if evaluate and scratch:
+        evaluate_scratch(run_dir, k_total, verbose)
     report = aggregate_folds(run_dir, k_total)
     return with_scratch_metrics(report, run_dir) if scratch else report
 

@@ -133,3 +133,15 @@ def test_chain_cross_validation_reports_chain_scratch_and_gain(chain_sources, tm
     stamp = (run / "fold_1" / "history.csv").stat().st_mtime_ns
     assert run_medtf("train", config, "--run-dir", run, "--folds", "2", "--quiet") == 0
     assert (run / "fold_1" / "history.csv").stat().st_mtime_ns == stamp
+
+
+def test_a_fold_of_a_chain_as_an_array_task_is_planned_and_guarded(tmp_path, capsys):
+    """`medtf train CHAIN --set +data.fold=k` (what a SLURM array task runs) applies the same leak guard as
+    `--folds` before anything trains (exit 2, the phase named)."""
+    folds = {"fold-0": ["p1", "p2"], "fold-1": ["p3", "p4"]}
+    prostate = _manifest(tmp_path / "prostate", "prostate-mpmri", folds)
+    leaky = _manifest(tmp_path / "brain", "image-folders", {"train": ["b1", "p3"], "val": ["b2"]})
+    lung = _manifest(tmp_path / "lung", "lung-nodules", {"train": ["l1"], "val": ["l2"]})
+    config = write_config(chain_config(prostate, leaky, lung), tmp_path / "chain.yaml")
+    assert run_medtf("train", config, "--run-dir", tmp_path / "run", "--set", "+data.fold=1") == 2
+    assert "ds2-brain-frozen" in capsys.readouterr().err and not (tmp_path / "run" / "phases").exists()
