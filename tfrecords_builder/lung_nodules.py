@@ -34,12 +34,11 @@ from pathlib import Path
 
 import numpy as np
 
-from medtf.data import deid
 from medtf.data.schema import LUNG_NODULES
 from medtf.io.errors import InputError
 from tfrecords_builder import lungx_layout as layout
 from tfrecords_builder.engine import Case, CaseOutput, Converter, converter_main
-from tfrecords_builder.prostate_mpmri import ALIGNMENT_DIR, antialiased, sample_patch
+from tfrecords_builder.prostate_mpmri import alignment_folder, antialiased, sample_patch
 
 AIR_HU = -1000.0
 NAMED_WINDOWS = {"lung": (-600.0, 1500.0), "mediastinal": (40.0, 400.0), "bone": (400.0, 1800.0)}
@@ -194,12 +193,7 @@ class LungNodulesConverter(Converter):
     def _write_alignment(case, options, volume, examples, controls, windows):
         from medtf.data.alignment import render_alignment, write_png_atomic
 
-        key = deid.load_or_create_key(options.output, options.id_salt, options.id_key_file)
-        case_hash = deid.IdHasher(key, prefix="c")(case.key)  # the engine's example_id is <case hash>-<index>
-        out = Path(options.output) / ALIGNMENT_DIR
-        out.mkdir(parents=True, exist_ok=True)
-        for stale in out.glob(f"{case_hash}-*.png"):
-            stale.unlink()
+        out, case_hash = alignment_folder(options, case)
         for i, (example, (k, x, y)) in enumerate(zip(examples, controls)):
             native = apply_windows(volume.array[k].astype(np.float32), windows)
             before = [(native[..., c], (float(x), float(y))) for c in range(native.shape[-1])]

@@ -59,6 +59,18 @@ CHANNELS = CHANNEL_SETS["t2-dwi-adc"]
 DEFAULT_PATCH_MM = 65.0
 
 
+def alignment_folder(options, case) -> tuple[Path, str]:
+    """``OUTPUT/alignment`` (created) and the case's hash, which prefixes its control PNGs (the engine's
+    example_id is ``<case hash>-<index>``); the case's PNGs of an earlier conversion are removed."""
+    key = deid.load_or_create_key(options.output, options.id_salt, options.id_key_file)
+    case_hash = deid.IdHasher(key, prefix="c")(case.key)
+    out = Path(options.output) / ALIGNMENT_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(f"{case_hash}-*.png"):
+        stale.unlink()
+    return out, case_hash
+
+
 class ProstateMpmriConverter(Converter):
     kind = "prostate-mpmri"
     schema = PROSTATE_MPMRI
@@ -213,12 +225,7 @@ class ProstateMpmriConverter(Converter):
     def _write_alignment(self, case, options, seq, examples, controls):
         from medtf.data.alignment import render_alignment, write_png_atomic
 
-        key = deid.load_or_create_key(options.output, options.id_salt, options.id_key_file)
-        case_hash = deid.IdHasher(key, prefix="c")(case.key)  # the engine's example_id is <case hash>-<index>
-        out = Path(options.output) / ALIGNMENT_DIR
-        out.mkdir(parents=True, exist_ok=True)
-        for stale in out.glob(f"{case_hash}-*.png"):
-            stale.unlink()
+        out, case_hash = alignment_folder(options, case)
         for i, (example, dots) in enumerate(zip(examples, controls)):
             before = []
             for kind in seq.kinds:  # one source slice per patch channel

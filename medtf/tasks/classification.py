@@ -404,6 +404,23 @@ def conversion_record(data: dict) -> dict | None:
     return {"kind": found.get("kind"), **options}
 
 
+def predict_features(task: str, model_dir, input_path, output, output_key: str, filename: str) -> dict:
+    """One row of ``serving_default``'s ``output_key`` per input image (`read_for_predict`), saved as
+    ``OUTPUT/filename`` (``.npy``), with ``prediction.json`` mapping rows to inputs; the summary is returned."""
+    import tensorflow as tf
+
+    model_dir, _, paths, images = read_for_predict(model_dir, input_path)
+    served = tf.saved_model.load(str(model_dir)).signatures["serving_default"]
+    rows = np.concatenate([served(images=tf.constant(im[None], tf.float32))[output_key].numpy() for im in images])
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(out / filename, rows)
+    summary = {"task": task, "model": str(model_dir), filename.split(".")[0]: filename,
+               "predictions": [{"input": str(p), "row": i} for i, p in enumerate(paths)]}
+    (out / "prediction.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return summary
+
+
 def read_for_predict(model_dir, input_path) -> tuple[Path, dict, list[Path], list[np.ndarray]]:
     """The model folder, its ``medtf.json`` and the raw images of ``input_path`` (one file or a folder of PNG /
     TIFF / NIfTI files), each ``(*spatial, C)`` float32 with the channel axis the model expects."""

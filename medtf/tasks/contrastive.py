@@ -15,7 +15,6 @@ each replica the slice of its own embeddings (TensorFlow's all_gather custom gra
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import keras
@@ -185,18 +184,6 @@ class ContrastiveTask(Task):
 
     def predict(self, model_dir, input_path, output, **_) -> dict:
         """``embeddings.npy`` (one L2-normalised image embedding per input, in input order) and prediction.json."""
-        import tensorflow as tf
+        from medtf.tasks.classification import predict_features
 
-        from medtf.tasks.classification import read_for_predict
-
-        model_dir, meta, paths, images = read_for_predict(model_dir, input_path)
-        served = tf.saved_model.load(str(model_dir)).signatures["serving_default"]
-        embeddings = np.concatenate([served(images=tf.constant(im[None], tf.float32))["image_embeddings"].numpy()
-                                     for im in images])
-        out = Path(output)
-        out.mkdir(parents=True, exist_ok=True)
-        np.save(out / "embeddings.npy", embeddings)
-        summary = {"task": self.name, "model": str(model_dir), "embeddings": "embeddings.npy",
-                   "predictions": [{"input": str(p), "row": i} for i, p in enumerate(paths)]}
-        (out / "prediction.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-        return summary
+        return predict_features(self.name, model_dir, input_path, output, "image_embeddings", "embeddings.npy")

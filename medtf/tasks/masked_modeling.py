@@ -14,7 +14,6 @@ when the targets are normalised) or ``masked_accuracy`` (tokens). Monitor: ``val
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import keras
@@ -259,18 +258,6 @@ class MaskedModelingTask(Task):
         """``features.npy``: the pretrained backbone's [CLS] feature ``(N, D)`` of each input image (a file or a
         folder of PNG/TIFF tiles at the model's size, in sorted order), e.g. for a linear probe or an embedding
         projector; ``prediction.json`` maps rows to inputs."""
-        import tensorflow as tf
+        from medtf.tasks.classification import predict_features
 
-        from medtf.tasks.classification import read_for_predict
-
-        model_dir, meta, paths, images = read_for_predict(model_dir, input_path)
-        served = tf.saved_model.load(str(model_dir)).signatures["serving_default"]
-        features = np.concatenate([served(images=tf.constant(im[None], tf.float32))["cls_features"].numpy()
-                                   for im in images])
-        out = Path(output)
-        out.mkdir(parents=True, exist_ok=True)
-        np.save(out / "features.npy", features)
-        summary = {"task": self.name, "model": str(model_dir), "features": "features.npy",
-                   "predictions": [{"input": str(p), "row": i} for i, p in enumerate(paths)]}
-        (out / "prediction.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-        return summary
+        return predict_features(self.name, model_dir, input_path, output, "cls_features", "features.npy")
