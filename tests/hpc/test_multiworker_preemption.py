@@ -29,6 +29,9 @@ def rows(path: Path) -> list[dict]:
         return []
 
 
+# Slow tier (`make test-slow`): two SLURM job starts of two TensorFlow workers each, over a minute on 2 cores. The
+# same trap / requeue partial runs in make test through tests/hpc/test_tune_preemption.py (batch-shell).
+@pytest.mark.slow
 def test_two_workers_preempted_requeue_and_resume_together(slurm, lgg_tiny, cpu_cluster_config, hpc_root, capsys):
     import keras
 

@@ -135,6 +135,8 @@ def test_chief_and_two_workers_share_one_budget(tune_job):
     assert best_config["optimizer"]["learning_rate"] == float(best["optimizer.learning_rate"])
 
 
+# Slow tier: a second SLURM submission; resuming a search is in make test through tests/tuning (local).
+@pytest.mark.slow
 def test_resubmitting_continues_the_search(tune_job, slurm, cpu_cluster_config):
     job, path, tune_dir = tune_job
     assert job["JobState"] == "COMPLETED", slurm_log(job)

@@ -199,6 +199,9 @@ def test_bayesian_oracle_is_built_from_the_settings():
     assert (oracle.max_trials, oracle.num_initial_points, oracle.beta) == (6, 2, 3.0)
 
 
+# Slow tier: four more trials; the search loop runs in make test with the random tuner and the Bayesian oracle's
+# settings are checked without training.
+@pytest.mark.slow
 def test_bayesian_search_runs_past_its_random_start(lgg_tiny, tmp_path):
     """2 random initial points, then a trial proposed by the Gaussian process (scikit-learn, pinned)."""
     config = tune_config(lgg_tiny, tuner="bayesian", num_initial_points=2)
