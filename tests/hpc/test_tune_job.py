@@ -90,6 +90,9 @@ def tune_job(slurm, lgg_tiny, cpu_cluster_config, hpc_root):
     return _submit(slurm, path, tune_dir, cpu_cluster_config), path, tune_dir
 
 
+# Slow tier: a chief + 2 workers SLURM job (~45 s); the distributed oracle runs in make test locally
+# (tests/tuning/test_tune.py::test_distributed_chief_stops_every_worker_after_too_many_failures).
+@pytest.mark.slow
 def test_chief_and_two_workers_share_one_budget(tune_job):
     from medtf.training.config import load_config
 

@@ -27,6 +27,7 @@ def test_mixed_precision_fit(lgg_tiny, tmp_path, policy):
         assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
 
 
+@pytest.mark.slow  # XLA compiles the whole train step (~17 s on 2 cores)
 def test_jit_compile_fit(lgg_tiny, tmp_path):
     from medtf.training.engine import train
 

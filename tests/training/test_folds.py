@@ -268,6 +268,7 @@ def _backup_epoch(meta: Path) -> int:
         return -1
 
 
+@pytest.mark.slow  # ~37 s; run resume is in make test (tests/training/test_resume.py), fold skipping in test_train_folds_end_to_end
 def test_killed_cross_validation_resumes_the_interrupted_fold(tmp_path, lgg_folds2):
     """SIGKILL while fold 1 trains: the same command skips fold 0 and resumes fold 1 from its backup."""
     import subprocess

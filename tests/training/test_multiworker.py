@@ -15,6 +15,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tests.training.conftest import history_rows, tiny_config
 
@@ -81,6 +82,7 @@ def event_pids(folder: Path) -> set[int]:
     return {int(p.name.split(".")[-3]) for p in folder.glob("events.out.tfevents.*")}
 
 
+@pytest.mark.slow  # two local TF workers (~24 s); the real 2-task SLURM job in make test checks the same weights
 def test_two_workers_train_one_model(lgg_tiny, tmp_path):
     config = tiny_config(lgg_tiny, epochs=2, steps_per_epoch=2, strategy="multiworker", verbose=0,
                          log_every_n_steps=1)

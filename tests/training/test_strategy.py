@@ -93,6 +93,7 @@ def test_mirrored_strategy_fit_on_two_logical_cpus(lgg_tiny, tmp_path):
     assert [r["epoch"] for r in history_rows(run_dir)] == ["0"]
 
 
+@pytest.mark.slow  # multi-worker training runs in make test on real SLURM (tests/hpc/test_multiworker_job.py)
 def test_multiworker_strategy_single_worker_fit(lgg_tiny, tmp_path):
     """Without TF_CONFIG or a SLURM step, MultiWorkerMirroredStrategy is one local worker: the chief."""
     config = tiny_config(lgg_tiny, epochs=1, steps_per_epoch=1, strategy="multiworker", image_panels=False,
