@@ -23,8 +23,13 @@ $(STAMP): requirements/lock.txt setup.cfg pyproject.toml
 demo: $(STAMP)
 	$(BIN)/medtf demo --out $(DEMO_OUT)
 
+# Both cores: pytest-xdist with one worker per usable CPU (at most 4); the SLURM tests stay on one worker
+# (tests/conftest.py). TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= $(shell $(PYTHON) -c "import os; print(min(4, len(os.sched_getaffinity(0))))" 2>/dev/null || echo 2)
+XDIST := $(if $(filter 0 1,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup)
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow" $(XDIST) $(PYTEST_ARGS)
 
 # Exit code 5 = no test collected: the slow tier may be empty.
 test-slow: $(STAMP)

@@ -94,6 +94,15 @@ def lgg_tiny(tmp_path_factory) -> Path:
     return out
 
 
+def pytest_collection_modifyitems(config, items):
+    """``make test`` runs on both cores with pytest-xdist (``--dist loadgroup``). The real-SLURM tests share one
+    small local cluster (2 CPUs, one slurmd): they stay on one worker, in order, so two jobs never wait on each
+    other's CPUs."""
+    for item in items:
+        if item.nodeid.startswith("tests/hpc/"):
+            item.add_marker(pytest.mark.xdist_group("slurm"))
+
+
 def pytest_runtest_makereport(item, call):
     """Under CI (``MEDTF_FAIL_ON_SKIP=1``, set by .ci/run) a skipped test fails: a component a test needs (SLURM,
     TensorBoard, ...) that could not start is a broken environment, not a pass."""
