@@ -1,4 +1,6 @@
-"""Cross-validation of a whole transfer-learning chain: every fold runs every phase, then its scratch baseline.
+"""Cross-validation of a whole transfer-learning chain: every fold runs every phase, then its scratch baseline
+(`medtf.training.transfer.scratch_config`: the same network on the fold's target data, the experiment's own
+optimizer and train settings, as many epochs as the chain's phases on the target data).
 
 `medtf train --folds K` on an experiment with ``transfer:`` phases (`medtf.training.transfer`) comes here. The
 **target** data set, the last phase's ``data.dir``, is the one folded: fold ``k`` trains the chain with fold ``k``

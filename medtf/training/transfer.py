@@ -5,7 +5,7 @@ lung -> prostate): each phase trains on its own data set, starting from the prev
 with some blocks frozen or none. In an experiment::
 
     transfer:
-      compare_scratch: true          # also train the last phase's network on its data alone, from scratch
+      compare_scratch: true          # also train the same network on the target data alone, from scratch
       phases:
         - name: brain-frozen         # any section may be overridden, merged into the experiment's own
           data: {dir: shards/brain}
@@ -25,6 +25,13 @@ backup. At the end the last phase's ``config.yaml`` and checkpoints are copied t
 evaluate`` / ``export RUN_DIR`` use the final model) and ``RUN_DIR/transfer.json`` compares each phase's best
 validation score with the scratch baseline's.
 
+The scratch baseline (`scratch_config`, in ``RUN_DIR/scratch/``) is what the chain must beat to show transfer: the
+last phase's network and data (its folds included) from a fresh initialisation, nothing frozen, trained with the
+**experiment's own** optimizer, schedule and ``train`` section (not a fine-tuning phase's small learning rate) for
+as many epochs as the chain spends on the target data (the summed ``train.epochs`` of every phase on the last
+phase's shard folder: DS1 + DS4 frozen + DS4 full in the prostate chain). Equal exposure to the target data, so a
+gain comes from the other phases, not from more or better-tuned target training.
+
 Weights are carried layer by layer in network order (`medtf.models.freeze.leaf_layers`), where the layer type and
 every weight shape agree: auto-generated layer names differ between two builds of one architecture, the order does
 not. ``carry: backbone`` leaves the output layer (the head) at its initialisation.
@@ -43,7 +50,7 @@ import keras
 
 from medtf.training.config import ConfigError
 
-__all__ = ["apply_freeze", "load_initial_weights", "run_transfer", "transfer_phases"]
+__all__ = ["apply_freeze", "load_initial_weights", "run_transfer", "scratch_config", "transfer_phases"]
 
 _SECTIONS = ("data", "model", "task", "loss", "optimizer", "schedule", "train", "seed")
 
@@ -165,6 +172,27 @@ def transfer_phases(experiment) -> list[tuple[str, dict]]:
     return out
 
 
+def scratch_config(experiment, phases: list[tuple[str, dict]] | None = None) -> dict:
+    """Raw config of the chain's scratch baseline (see the module docstring): the last phase's model, task, loss
+    and data, the experiment's optimizer / schedule / train, ``train.epochs`` = the summed epochs of the phases
+    on the target folder, no ``init_from`` and nothing frozen."""
+    phases = transfer_phases(experiment) if phases is None else phases
+    target = phases[-1][1]
+    base = experiment.as_dict()
+    raw = copy.deepcopy(target)
+    raw["optimizer"], raw["schedule"] = copy.deepcopy(base["optimizer"]), copy.deepcopy(base["schedule"])
+    raw["train"] = copy.deepcopy(base["train"])
+    for key in ("monitor", "mode"):  # the target task's metric, as the chain's last phase
+        raw["train"].pop(key, None)
+        if key in target["train"]:
+            raw["train"][key] = target["train"][key]
+    same = os.path.abspath(os.path.expanduser(str(target["data"]["dir"])))
+    raw["train"]["epochs"] = sum(int(r["train"]["epochs"]) for _, r in phases
+                                 if os.path.abspath(os.path.expanduser(str(r["data"]["dir"]))) == same)
+    raw["model"].update(init_from=None, freeze_blocks=[], freeze_up_to=None, carry="all")
+    return raw
+
+
 def _best_value(run_dir: Path, monitor: str, mode: str) -> float | None:
     import csv
 
@@ -213,9 +241,7 @@ def run_transfer(experiment, run_dir: str | os.PathLike) -> dict:
         previous = Path(record["run_dir"]) / "checkpoints" / "best.keras"
     summary = {"phases": records, "final": records[-1]["run_dir"], "scratch": None}
     if (experiment.transfer or {}).get("compare_scratch"):
-        scratch = copy.deepcopy(phases[-1][1])
-        scratch["model"].update(init_from=None, freeze_blocks=[], freeze_up_to=None)
-        record = _run_phase("scratch", scratch, run_dir / "scratch")
+        record = _run_phase("scratch", scratch_config(experiment, phases), run_dir / "scratch")
         if record is None:
             return {"preempted": "scratch"}
         summary["scratch"] = record

@@ -90,3 +90,30 @@ def test_init_from_starts_only_the_first_phase_and_fold_stays_with_its_folder(tm
     folds = {name: raw["data"]["fold"] for name, raw in phases}
     assert folds == {"ds1-prostate": 0, "ds2-brain-frozen": None, "ds2-brain-full": None, "ds3-lung-frozen": None,
                      "ds3-lung-full": None, "ds4-prostate-frozen": 0, "ds4-prostate-full": 0}
+
+
+def test_scratch_baseline_gets_the_experiments_config_and_the_chains_target_epochs():
+    """compare_scratch trains the same network on the target data with the experiment's own optimizer and train
+    settings for as many epochs as the chain spends on the target folder (DS1 + DS4 frozen + DS4 full), not with
+    the last (fine-tuning) phase's learning rate for one phase's epochs (which made the chain look better)."""
+    import yaml
+
+    from medtf.training.experiment import parse_config
+    from medtf.training.transfer import scratch_config, transfer_phases
+
+    config = yaml.safe_load(EXPERIMENT.read_text())
+    config["optimizer"]["learning_rate"] = 3e-3
+    config["train"]["epochs"] = 5
+    config["transfer"]["phases"][0]["train"] = {"epochs": 2}  # DS1 shorter than the rest
+    experiment = parse_config(config)
+    phases = transfer_phases(experiment)
+    phases[-1][1]["model"]["init_from"] = "runs/x/phase6/best.keras"  # as run_transfer chains it
+    raw = scratch_config(experiment, phases)
+    assert raw["train"]["epochs"] == 2 + 5 + 5  # ds1 + ds4-frozen + ds4-full; brain / lung phases not counted
+    assert raw["optimizer"]["learning_rate"] == 3e-3 != phases[-1][1]["optimizer"]["learning_rate"]
+    assert raw["model"]["init_from"] is None and raw["model"]["freeze_blocks"] == []
+    assert raw["model"]["freeze_up_to"] is None and raw["model"]["carry"] == "all"
+    assert raw["data"] == phases[-1][1]["data"] and raw["model"]["args"] == phases[-1][1]["model"]["args"]
+    assert raw["train"]["monitor"] == phases[-1][1]["train"]["monitor"]
+    assert phases[-1][1]["model"]["init_from"] == "runs/x/phase6/best.keras"  # the chain's config untouched
+    parse_config(raw)  # a valid experiment
