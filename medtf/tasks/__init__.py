@@ -16,6 +16,9 @@ contrastive         image, report                                     symmetric 
 masked_modeling     image (2D); tokens (H/P x W/P ids) for token      masked MSE (pixels) / masked  val_loss (min)
                     targets. In-pipeline BEiT blockwise masks, ~40 %  sparse cross-entropy (tokens)
                     of the patches (medtf.models.MaskedImageModel)
+nucleus_            image (2D), boxes, classes (nuclei-he): one       cross-entropy pooled over     val_f1 (max)
+classification      class per ground-truth nucleus box                the real nuclei
+                    (medtf.models.vit.NucleusClassifier)
 ==================  ================================================  ============================  ================
 
 Example:
@@ -36,6 +39,7 @@ _TASKS = {
     "classification": ("medtf.tasks.classification", "ClassificationTask", "val_auc", "max"),
     "contrastive": ("medtf.tasks.contrastive", "ContrastiveTask", "val_loss", "min"),
     "masked_modeling": ("medtf.tasks.masked_modeling", "MaskedModelingTask", "val_loss", "min"),
+    "nucleus_classification": ("medtf.tasks.nucleus_classification", "NucleusClassificationTask", "val_f1", "max"),
 }
 
 

@@ -10,6 +10,11 @@ Losses are per example, the mean over its masked patches only (unmasked predicti
 averaged over the batch: masked MSE for pixels, masked sparse cross-entropy for tokens. Metrics: ``masked_mse``
 and ``masked_psnr`` (pixels; PSNR = 10 log10(1 / MSE) on the target scale, i.e. per-patch standard deviations
 when the targets are normalised) or ``masked_accuracy`` (tokens). Monitor: ``val_loss``.
+
+A model with nucleus tokens (``max_nuclei > 0``) also gets the example's ``boxes`` / ``num_boxes``; with token
+targets and ``inst_loss`` it predicts ``{"patches", "nuclei"}`` and adds L_inst (`medtf.tasks.instance_tokens`:
+4 tokens per nucleus that intersects a masked patch) to the loss; metrics ``patches_masked_accuracy`` and
+``nuclei_inst_accuracy``.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ import numpy as np
 from keras import ops
 
 from medtf.tasks.base import Task
+from medtf.tasks.instance_tokens import (InstanceTokenAccuracy, InstanceTokenLoss, has_inst_head, instance_inputs,
+                                         instance_scores)
 
 
 def _split(y_true, y_pred):
@@ -174,15 +181,24 @@ class MaskedModelingTask(Task):
                     raise ValueError(f"task 'masked_modeling' with target 'tokens' needs a 'tokens' field "
                                      f"({gh}x{gw} token ids from a tokenizer); the data provides {sorted(example)}")
                 values = tf.cast(tf.reshape(example["tokens"], [gh * gw, 1]), tf.float32)
-            return {"images": image, "mask": mask}, tf.concat([values, mask[:, None]], axis=-1)
+            x, y = {"images": image, "mask": mask}, tf.concat([values, mask[:, None]], axis=-1)
+            if getattr(model, "max_nuclei", 0):  # nucleus tokens: boxes in, L_inst targets out (instance_tokens)
+                extra, nuclei = instance_inputs(model, image, values, mask, example)
+                x.update(extra)
+                y = y if nuclei is None else {"patches": y, "nuclei": nuclei}
+            return x, y
 
         return to_model
 
     # === Compile ===
     def default_loss(self, model):
+        if has_inst_head(model):  # the BEiT loss on masked patches + L_inst, summed by Keras (equal weights)
+            return {"patches": MaskedTokenLoss(), "nuclei": InstanceTokenLoss()}
         return MaskedTokenLoss() if getattr(model, "target", "pixels") == "tokens" else MaskedPixelLoss()
 
     def default_metrics(self, model):
+        if has_inst_head(model):
+            return {"patches": [MaskedTokenAccuracy()], "nuclei": [InstanceTokenAccuracy()]}
         if getattr(model, "target", "pixels") == "tokens":
             return [MaskedTokenAccuracy()]
         return [MaskedMSE(), MaskedPSNR()]
@@ -204,7 +220,14 @@ class MaskedModelingTask(Task):
         ds = make_dataset(data, split, batch_size=8, training=False, repeat=False,
                           patch_size=config.data.val_patch_size, transforms=build_preprocess(config),
                           model_inputs=self.model_inputs(model))
-        rows = [masked_scores(np.asarray(y), np.asarray(model(x, training=False)), model.target) for x, y in ds]
+        rows = []
+        for x, y in ds:
+            pred = model(x, training=False)
+            if isinstance(pred, dict):  # + L_inst: the grid-token scores of "patches", instance_scores of "nuclei"
+                rows.append({**masked_scores(np.asarray(y["patches"]), np.asarray(pred["patches"]), model.target),
+                             **instance_scores(np.asarray(y["nuclei"]), np.asarray(pred["nuclei"]))})
+            else:
+                rows.append(masked_scores(np.asarray(y), np.asarray(pred), model.target))
         if not rows:
             raise ValueError(f"{data}: split {split!r} has no examples to evaluate")
         per = {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
@@ -216,6 +239,9 @@ class MaskedModelingTask(Task):
                             "masked_psnr": float(per["psnr"].mean())})
         else:
             metrics.update({"masked_accuracy": pooled, "masked_accuracy_per_example": float(per["accuracy"].mean())})
+        if "inst_counted" in per:
+            metrics.update({"inst_loss": float(per["inst_loss"].mean()), "inst_nuclei": int(per["inst_counted"].sum()),
+                            "inst_accuracy": float(per["inst_correct"].sum() / max(4 * per["inst_counted"].sum(), 1))})
         summary = {"task": self.name, "split": split, "checkpoint": str(ckpt), "target": model.target,
                    "metrics": metrics}
         write_summary(summary, out / "summary.json")

@@ -114,7 +114,7 @@ def test_named_variants_are_registered_with_the_paper_sizes():
     ({"image_size": 30}, "not a multiple of patch_size"),
     ({"hidden_dim": 18, "num_heads": 4}, "not divisible by num_heads"),
     ({"hidden_dim": 18, "num_heads": 2, "position_embedding": "sincos"}, "divisible by 4"),
-    ({"position_embedding": "rotary"}, "'learned' or 'sincos'"),
+    ({"position_embedding": "rotary"}, "'learned', 'sincos' or 'xywh'"),
 ])
 def test_bad_backbone_arguments_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -1,7 +1,8 @@
 """Vision Transformer backbone: patch tokens -> pre-norm Transformer encoder -> ``(B, 1 + N, D)`` token sequence.
 
 Reference: Dosovitskiy et al., "An Image is Worth 16x16 Words: Transformers for Image Recognition at Scale",
-ICLR 2021; the [MASK] token: Bao et al., "BEiT: BERT Pre-Training of Image Transformers", ICLR 2022.
+ICLR 2021; the [MASK] token: Bao et al., "BEiT: BERT Pre-Training of Image Transformers", ICLR 2022; nucleus
+tokens: "Learning Nuclei Representations with Masked Image Modelling" (issue #15).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import keras
 
 from medtf.models.registry import register_model
 from medtf.models.vit.layers import ClassToken, MaskTokens, PositionEmbedding
+from medtf.models.vit.nucleus_layers import BoxPositionEncoding, PadAttentionMask, PadTokens
+from medtf.models.vit.roi_align import RoIAlign
 
 
 def image_hw(image_size) -> tuple[int, int]:
@@ -38,6 +41,16 @@ class ViTBackbone(keras.Model):
     are ``{"images", "mask" (B, N)}`` and masked patch embeddings (1 / True) are replaced by a learned [MASK]
     embedding before the position codes are added (BEiT).
 
+    Nucleus tokens (``max_nuclei > 0``): the inputs add ``boxes (B, M, 4)`` ``[ymin, xmin, ymax, xmax]`` in image
+    pixels and ``num_boxes (B,)`` int32 (the first ``num_boxes`` rows are real, ``M = max_nuclei``), and the output
+    becomes ``(B, 1 + N + M, hidden_dim)``. Each box is RoIAligned (``roi_size x roi_size`` bilinear samples,
+    `medtf.models.vit.roi_align`) from the patch-embedding map *after* the [MASK] replacement (a masked patch's
+    pixels must not reach the nucleus tokens either, or masked modelling could read them back), reduced to one
+    vector by a ``roi_size x roi_size`` VALID convolution, given the box's (x, y, w, h) sinusoidal code; slots past
+    ``num_boxes`` hold a learned [PAD] embedding that no token attends to (the blocks get an attention mask), so
+    the real tokens' outputs do not depend on the padding. Use ``position_embedding="xywh"`` for the paper's codes
+    on the grid tokens too (fixed (x, y, w, h) of each patch, learned [CLS] position).
+
     Args:
         image_size: int or ``[H, W]``, a multiple of ``patch_size``.
         patch_size: patch side in pixels.
@@ -45,9 +58,12 @@ class ViTBackbone(keras.Model):
         hidden_dim, num_layers, num_heads, mlp_dim: width, depth, attention heads, MLP width.
         dropout: after the embeddings, the attention output and the MLP layers.
         attention_dropout: on the attention weights.
-        position_embedding: ``"learned"`` or ``"sincos"`` (fixed 2D sin-cos codes).
+        position_embedding: ``"learned"``, ``"sincos"`` (fixed 2D sin-cos codes) or ``"xywh"`` (fixed sinusoidal
+            (x, y, w, h) codes, learned [CLS] position; ``hidden_dim`` divisible by 8).
         use_mask_token: add the ``mask`` input and the [MASK] embedding.
         layer_norm_epsilon: of every LayerNorm.
+        max_nuclei: nucleus-token slots ``M`` (0: none, the plain ViT).
+        roi_size: RoIAlign samples per side ``k`` (paper: 3).
 
     Example:
         >>> vit = ViTBackbone(image_size=32, patch_size=8, num_channels=3, hidden_dim=16, num_layers=2,
@@ -58,9 +74,12 @@ class ViTBackbone(keras.Model):
 
     def __init__(self, image_size=224, patch_size=16, num_channels=3, hidden_dim=768, num_layers=12, num_heads=12,
                  mlp_dim=3072, dropout=0.0, attention_dropout=0.0, position_embedding="learned",
-                 use_mask_token=False, layer_norm_epsilon=1e-6, **kwargs):
+                 use_mask_token=False, layer_norm_epsilon=1e-6, max_nuclei=0, roi_size=3, **kwargs):
         if hidden_dim % num_heads:
             raise ValueError(f"hidden_dim {hidden_dim} is not divisible by num_heads {num_heads}")
+        if int(max_nuclei) < 0 or int(roi_size) < 1:
+            raise ValueError(f"max_nuclei must be >= 0 and roi_size >= 1, got {max_nuclei} and {roi_size}")
+        max_nuclei, roi_size = int(max_nuclei), int(roi_size)
         grid = patch_grid(image_size, patch_size)
         num_patches = grid[0] * grid[1]
         # === Layers ===
@@ -74,13 +93,23 @@ class ViTBackbone(keras.Model):
             mask = keras.Input(shape=(num_patches,), name="mask")
             x = MaskTokens(name="mask_tokens")([x, mask])
             inputs = {"images": images, "mask": mask}
+        attention_mask = None
+        if max_nuclei:
+            boxes = keras.Input(shape=(max_nuclei, 4), name="boxes")
+            num_boxes = keras.Input(shape=(), dtype="int32", name="num_boxes")
+            inputs = {**(inputs if isinstance(inputs, dict) else {"images": images}), "boxes": boxes,
+                      "num_boxes": num_boxes}
+            nuclei = _nucleus_tokens(x, boxes, num_boxes, grid, patch_size, hidden_dim, roi_size, max_nuclei)
         x = ClassToken(name="class_token")(x)
         x = PositionEmbedding(grid, position_embedding, name="position_embedding")(x)
+        if max_nuclei:
+            x = keras.layers.Concatenate(axis=1, name="nucleus_concat")([x, nuclei])
+            attention_mask = PadAttentionMask(1 + num_patches, max_nuclei, name="nucleus_attention_mask")(num_boxes)
         x = keras.layers.Dropout(dropout, name="embedding_dropout")(x)
         for i in range(num_layers):
             h = norm(f"block{i}_norm1")(x)
             h = keras.layers.MultiHeadAttention(num_heads, hidden_dim // num_heads, dropout=attention_dropout,
-                                                name=f"block{i}_attention")(h, h)
+                                                name=f"block{i}_attention")(h, h, attention_mask=attention_mask)
             x = keras.layers.Add(name=f"block{i}_add1")([x, keras.layers.Dropout(dropout)(h)])
             h = norm(f"block{i}_norm2")(x)
             h = keras.layers.Dense(mlp_dim, activation="gelu", name=f"block{i}_mlp1")(h)
@@ -95,6 +124,7 @@ class ViTBackbone(keras.Model):
         self.dropout, self.attention_dropout = dropout, attention_dropout
         self.position_embedding, self.use_mask_token = position_embedding, bool(use_mask_token)
         self.layer_norm_epsilon = layer_norm_epsilon
+        self.max_nuclei, self.roi_size = max_nuclei, roi_size
         self.grid, self.num_patches = grid, num_patches
 
     def get_config(self):
@@ -104,11 +134,24 @@ class ViTBackbone(keras.Model):
                 "num_layers": self.num_layers, "num_heads": self.num_heads, "mlp_dim": self.mlp_dim,
                 "dropout": self.dropout, "attention_dropout": self.attention_dropout,
                 "position_embedding": self.position_embedding, "use_mask_token": self.use_mask_token,
-                "layer_norm_epsilon": self.layer_norm_epsilon}
+                "layer_norm_epsilon": self.layer_norm_epsilon, "max_nuclei": self.max_nuclei,
+                "roi_size": self.roi_size}
 
     @classmethod
     def from_config(cls, config):
         return cls(**config)
+
+
+def _nucleus_tokens(patch_tokens, boxes, num_boxes, grid, patch_size, dim, k, max_nuclei):
+    """Patch tokens ``(B, N, D)`` + boxes -> nucleus tokens ``(B, M, D)``: RoIAlign k x k from the patch map, a
+    k x k VALID convolution (a Conv3D with a 1 x k x k kernel runs it on all M boxes at once), the box's
+    (x, y, w, h) code, then [PAD] in the unused slots (last, so padded rows leave no trace)."""
+    fmap = keras.layers.Reshape((*grid, dim), name="nucleus_patch_map")(patch_tokens)
+    rois = RoIAlign(k, patch_size, name="nucleus_roi_align")([fmap, boxes])  # (B, M, k, k, D)
+    tokens = keras.layers.Conv3D(dim, (1, k, k), padding="valid", name="nucleus_embedding")(rois)
+    tokens = keras.layers.Reshape((max_nuclei, dim), name="nucleus_tokens")(tokens)
+    tokens = BoxPositionEncoding(patch_size, name="nucleus_position")([tokens, boxes])
+    return PadTokens(name="nucleus_pad")([tokens, num_boxes])
 
 
 # Named sizes (ViT paper table 1; "tiny" and "small" from DeiT). hidden_dim / num_layers / num_heads / mlp_dim.
