@@ -27,6 +27,11 @@ class Task:
     fields: Sequence[str] = ()
 
     # === Data ===
+    def configure(self, experiment) -> "Task":
+        """Take the task's own settings from the parsed experiment (e.g. masked_modeling's ``targets``); the
+        engine calls it once before `model_inputs`. Returns the task."""
+        return self
+
     def check_fields(self, example: Mapping) -> None:
         missing = [f for f in self.fields if f not in example]
         if missing:

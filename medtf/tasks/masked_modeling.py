@@ -141,6 +141,12 @@ class MaskedModelingTask(Task):
     name = "masked_modeling"
     fields = ("image",)
     image_panels = False
+    targets = data = None  # the experiment's `targets` and `data` sections (`configure`)
+
+    def configure(self, experiment):
+        """Token targets from a frozen tokenizer (`medtf.tasks.token_targets`) when the experiment has ``targets``."""
+        self.targets, self.data = getattr(experiment, "targets", None), experiment.data
+        return self
 
     # === Data ===
     def model_inputs(self, model=None):
@@ -158,6 +164,11 @@ class MaskedModelingTask(Task):
         p, (gh, gw), target = model.patch_size, model.grid, model.target
         shape = [gh * p, gw * p, model.num_channels]
         count = num_masking_patches(gh * gw, model.mask_ratio)
+        provider = None
+        if self.targets is not None:  # (example, image) -> (gh, gw) token ids of the frozen tokenizer
+            from medtf.tasks.token_targets import token_provider
+
+            provider = token_provider(self.targets, model, self.data)
 
         # Plain TF with static Python branches: autograph would only spend seconds rewriting it (and the mask loop).
         @tf.autograph.experimental.do_not_convert
@@ -176,6 +187,8 @@ class MaskedModelingTask(Task):
             if target == "pixels":
                 values = patchify(image, p)
                 values = normalize_patches(values) if model.norm_pixel_target else values
+            elif provider is not None:
+                values = tf.cast(tf.reshape(provider(example, image), [gh * gw, 1]), tf.float32)
             else:
                 if "tokens" not in example:
                     raise ValueError(f"task 'masked_modeling' with target 'tokens' needs a 'tokens' field "
@@ -215,6 +228,8 @@ class MaskedModelingTask(Task):
 
         config, model, config_path, ckpt = load_run(run_dir, checkpoint)
         data = data_dir_of(config, config_path, data_dir)
+        if getattr(config, "targets", None) is not None:  # the same tokens on the fly: no cache pass for one split
+            self.configure(config.replace(targets=config.targets.replace(cache=False)))
         out = Path(output) if output is not None else Path(run_dir) / f"eval-{split}"
         out.mkdir(parents=True, exist_ok=True)
         ds = make_dataset(data, split, batch_size=8, training=False, repeat=False,

@@ -70,6 +70,8 @@ class ValidationPanels(keras.callbacks.Callback):
         best: the best value so far (after a resume), None for a fresh run.
     """
 
+    tag, caption = "validation/panels", "input | ground truth | prediction"  # subclasses draw other panels
+
     def __init__(self, log_dir, examples, monitor: str = "val_loss", mode: str = "min", best: float | None = None):
         super().__init__()
         self.log_dir, self.examples, self.monitor, self.mode = str(log_dir), list(examples), monitor, mode
@@ -104,8 +106,8 @@ class ValidationPanels(keras.callbacks.Callback):
             self._writer = tf.summary.create_file_writer(self.log_dir)
         panels = self.panels()
         with self._writer.as_default():
-            tf.summary.image("validation/panels", panels, step=epoch, max_outputs=len(panels),
-                             description=f"input | ground truth | prediction when {self.monitor} improved "
+            tf.summary.image(self.tag, panels, step=epoch, max_outputs=len(panels),
+                             description=f"{self.caption} when {self.monitor} improved "
                                          f"({float(value):.4f})")
         self._writer.flush()
         self.logged_epochs.append(epoch)

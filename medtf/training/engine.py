@@ -213,7 +213,7 @@ def train(config: ExperimentConfig | Mapping, run_dir: str | os.PathLike) -> dic
         keras.mixed_precision.set_global_policy(policy)
         initial_epoch = backup_epoch(paths.backup)
         resumed_rows = trim_history(paths.history, initial_epoch) if paths.is_chief else []
-        task = get_task(experiment.task)
+        task = get_task(experiment.task).configure(experiment)  # its own settings, e.g. MIM token targets
         # null: the whole training split (the training set repeats forever, so Keras needs the count)
         steps = steps_per_epoch(data, train_cfg)
         learning_rate = build_learning_rate(schedule, experiment.optimizer.learning_rate, steps, epochs)

@@ -33,6 +33,8 @@ Sections and defaults (``medtf/training/engine.py`` describes what each key does
     tune:      null (checked by `medtf.tuning.settings.tune_settings`)
     transfer:  null, or {phases: [{name, <section overrides>}, ...], compare_scratch: false}: a transfer-learning
                chain run by `medtf train` (`medtf.training.transfer`)
+    targets:   null, or {tokenizer: RUN_DIR | exported model, cache: false}: token targets of task masked_modeling
+               from a trained tokenizer (`medtf.tasks.token_targets`)
 """
 
 from __future__ import annotations
@@ -85,6 +87,12 @@ def _class_balance(raw: Any, key: str) -> dict | None:
         return validate_class_balance(raw)
     except ValueError as exc:
         raise ConfigError(f"{key}: {exc}") from None
+
+
+def _targets(raw: Any, key: str):
+    from medtf.tasks.token_targets import parse_targets
+
+    return parse_targets(raw, key)
 
 
 def _patch_size(raw: Any, key: str) -> Any:
@@ -280,6 +288,7 @@ class ExperimentConfig(Config):
     seed: int | None = None
     tune: dict | None = None
     transfer: dict | None = None
+    targets: Any = field(default=None, metadata={"parse": _targets})
 
     @classmethod
     def from_dict(cls, raw, path: str = ""):
@@ -290,7 +299,7 @@ class ExperimentConfig(Config):
         """The resolved config; no ``tune`` / ``transfer`` key unless the experiment has a search / phases (a
         trial's or a phase's run has none)."""
         out = super().as_dict()
-        for key in ("tune", "transfer"):
+        for key in ("tune", "transfer", "targets"):
             if out[key] is None:
                 del out[key]
         return out
@@ -301,6 +310,9 @@ class ExperimentConfig(Config):
         return self.data.seed if self.data.seed is not None else self.seed
 
     def check(self, path: str) -> None:
+        if self.targets is not None and self.task != "masked_modeling":
+            raise ConfigError(f"targets: token targets are for task masked_modeling, this experiment's task is "
+                              f"{self.task}")
         lr = self.optimizer.learning_rate
         if isinstance(self.schedule, CosineSchedule) and self.schedule.min_lr > lr:
             raise ConfigError(f"schedule.min_lr ({self.schedule.min_lr}) is above optimizer.learning_rate ({lr}): "

@@ -30,7 +30,9 @@ def test_experiment_loads_and_builds(path):
     experiment = parse_config(config)  # every key, type, name and argument checked
     model = build_model(config["model"])
     task = get_task(experiment.task)
-    assert isinstance(task.build_loss(config["loss"], model), keras.losses.Loss)
+    loss = task.build_loss(config["loss"], model)  # one per output for multi-output models (None: no loss)
+    losses = [v for v in loss.values() if v is not None] if isinstance(loss, dict) else [loss]
+    assert losses and all(isinstance(v, keras.losses.Loss) for v in losses), loss
     if experiment.task != "segmentation":  # the task tests (tests/tasks) run these end to end
         return
     args = config["model"]["args"]
