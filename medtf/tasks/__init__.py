@@ -16,6 +16,9 @@ contrastive         image, report                                     symmetric 
 masked_modeling     image (2D); tokens (H/P x W/P ids) for token      masked MSE (pixels) / masked  val_loss (min)
                     targets. In-pipeline BEiT blockwise masks, ~40 %  sparse cross-entropy (tokens)
                     of the patches (medtf.models.MaskedImageModel)
+masked_lm           report (text). WordPiece vocabulary from the      masked sparse cross-entropy   val_loss (min)
+                    training split; ~15 % of the tokens masked in     (masked tokens only)
+                    tf.data (medtf.models.ReportMaskedLM)
 tokenizer           image (labels ignored): a VQ-VAE learns one       reconstruction MSE (+ the     val_loss (min)
                     discrete token per ViT patch (the MIM targets)    quantiser's commitment loss)
 nucleus_            image (2D), boxes, classes (nuclei-he): one       cross-entropy pooled over     val_f1 (max)
@@ -41,6 +44,7 @@ _TASKS = {
     "classification": ("medtf.tasks.classification", "ClassificationTask", "val_auc", "max"),
     "contrastive": ("medtf.tasks.contrastive", "ContrastiveTask", "val_loss", "min"),
     "masked_modeling": ("medtf.tasks.masked_modeling", "MaskedModelingTask", "val_loss", "min"),
+    "masked_lm": ("medtf.tasks.masked_lm", "MaskedLMTask", "val_loss", "min"),
     "tokenizer": ("medtf.tasks.tokenizer", "TokenizerTask", "val_loss", "min"),
     "nucleus_classification": ("medtf.tasks.nucleus_classification", "NucleusClassificationTask", "val_f1", "max"),
 }

@@ -32,6 +32,11 @@ class Task:
         engine calls it once before `model_inputs`. Returns the task."""
         return self
 
+    def prepare(self, experiment, run_dir):
+        """Called by ``medtf train`` before the model is built: the experiment completed with what must be computed
+        from the training data first (the text tasks' vocabulary, `medtf.tasks.text_prep`); unchanged here."""
+        return experiment
+
     def check_fields(self, example: Mapping) -> None:
         missing = [f for f in self.fields if f not in example]
         if missing:

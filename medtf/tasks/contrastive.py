@@ -10,7 +10,13 @@ the targets being the global indices of its own rows, so N replicas of B/N examp
 on B (more negatives per step, as CLIP trains). The gather's gradient all-reduces the upstream gradients and hands
 each replica the slice of its own embeddings (TensorFlow's all_gather custom gradient); with Keras' per-replica
 ``1/N`` loss scaling and the optimizer's gradient sum, loss and gradients equal the single-device ones
-(tests/tasks/test_contrastive_replicas.py). The temperature is fixed (``ClipLoss(temperature=0.07)``), not learned.
+(tests/tasks/test_contrastive_replicas.py).
+
+The temperature is fixed (``ClipLoss(temperature=0.07)``) unless the model learns it (``learn_temperature``: a
+clamped log-scale weight whose value rides along as the output's last column). ``label_aware`` models get a loss
+whose targets spread over same-class pairs (``y`` carries the example's ``label``). With a keras-hub text tower
+(``model.args.text``), ``medtf train`` first learns the WordPiece vocabulary from the training reports
+(``RUN_DIR/vocab.txt``) and the reports are tokenised in tf.data.
 """
 
 from __future__ import annotations
@@ -21,30 +27,36 @@ import keras
 import numpy as np
 from keras import ops
 
+from medtf.models.clip import split_outputs
 from medtf.tasks.base import Task
 
 
-def _global_pairs(y_pred):
-    """``(image, text, all_image, all_text, offset)``: this replica's rows split into image and report
-    embeddings, every replica's rows (all-gathered in replica order) and the global index of its first row."""
+def _gather(values):
+    """``(this replica's rows, every replica's rows (all-gathered in replica order), index of its first row)``."""
     import tensorflow as tf
 
-    y_pred = ops.cast(y_pred, "float32")
     context = tf.distribute.get_replica_context()
     # None: cross-replica context (Keras builds the loss symbolically under strategy.scope()); nothing to gather.
     if context is None or context.num_replicas_in_sync == 1:
-        everyone, offset = y_pred, 0
-    else:
-        # A copy made here carries this replica's device: all_gather sends to the input's device, and a tensor that
-        # entered the replica function from outside (a function argument) has none ("destinations can not be empty"
-        # under MultiWorkerMirroredStrategy).
-        y_pred = tf.identity(y_pred)
-        everyone = context.all_gather(y_pred, axis=0)
-        # The last (validation) batch may be split unevenly, or leave a replica empty: offsets from the real sizes.
-        sizes = context.all_gather(tf.shape(y_pred)[:1], axis=0)
-        offset = tf.reduce_sum(sizes[:context.replica_id_in_sync_group])
-    half = y_pred.shape[-1] // 2
-    return y_pred[:, :half], y_pred[:, half:], everyone[:, :half], everyone[:, half:], offset
+        return values, values, 0
+    # A copy made here carries this replica's device: all_gather sends to the input's device, and a tensor that
+    # entered the replica function from outside (a function argument) has none ("destinations can not be empty"
+    # under MultiWorkerMirroredStrategy).
+    values = tf.identity(values)
+    everyone = context.all_gather(values, axis=0)
+    # The last (validation) batch may be split unevenly, or leave a replica empty: offsets from the real sizes.
+    sizes = context.all_gather(tf.shape(values)[:1], axis=0)
+    return values, everyone, tf.reduce_sum(sizes[:context.replica_id_in_sync_group])
+
+
+def _global_pairs(y_pred):
+    """``(image, text, all_image, all_text, offset, scale)``: this replica's rows split into image and report
+    embeddings, every replica's rows (all-gathered in replica order), the global index of its first row and the
+    model's logit scale ``(b,)`` (None: fixed temperature)."""
+    y_pred, everyone, offset = _gather(ops.cast(y_pred, "float32"))
+    image, text, scale = split_outputs(y_pred)
+    all_image, all_text, _ = split_outputs(everyone, y_pred.shape[-1])
+    return image, text, all_image, all_text, offset, scale
 
 
 def _own_indices(rows, offset):
@@ -52,30 +64,56 @@ def _own_indices(rows, offset):
     return ops.cast(offset, "int32") + ops.cast(ops.arange(ops.shape(rows)[0]), "int32")
 
 
+def label_targets(own_labels, all_labels, own):
+    """Soft targets ``(b, B)``: uniform over the own pair and every pair of the same class (labels < 0, unknown,
+    match nothing but themselves)."""
+    own_labels = ops.reshape(ops.cast(own_labels, "int32"), (-1, 1))
+    all_labels = ops.reshape(ops.cast(all_labels, "int32"), (1, -1))
+    columns = ops.cast(ops.arange(ops.shape(all_labels)[1]), "int32")[None, :]
+    positive = ops.logical_or(ops.logical_and(own_labels == all_labels, own_labels >= 0), columns == own[:, None])
+    positive = ops.cast(positive, "float32")
+    return positive / ops.sum(positive, axis=1, keepdims=True)
+
+
+def _soft_ce(targets, logits):
+    return -ops.sum(targets * ops.log_softmax(logits, axis=1), axis=1)
+
+
 @keras.saving.register_keras_serializable(package="medtf")
 class ClipLoss(keras.losses.Loss):
     """Symmetric InfoNCE: cross-entropy of each image against all reports of the (global) batch, its own being the
-    target, and of each report against all images, averaged; ``y_true`` is ignored. Per-sample values ``(B,)`` of
-    this replica's examples: ``0.5 * (CE(image_i -> reports) + CE(report_i -> images))`` at temperature ``T``.
+    target, and of each report against all images, averaged. Per-sample values ``(B,)`` of this replica's
+    examples: ``0.5 * (CE(image_i -> reports) + CE(report_i -> images))`` of the logits ``s * cos``, with
+    ``s = 1 / temperature``, or the model's learnable scale when its output carries one (`split_outputs`).
+
+    ``label_aware``: ``y_true`` holds each example's class; the target of image ``i`` is spread uniformly over its
+    own report and every report of the same class (same-class pairs are not pushed apart as negatives);
+    unknown classes (< 0) fall back to the own pair. Without it ``y_true`` is ignored.
 
     Reference: Radford et al., "Learning Transferable Visual Models From Natural Language Supervision", ICML 2021.
     """
 
-    def __init__(self, temperature=0.07, name="clip_loss", reduction="sum_over_batch_size", dtype="float32"):
+    def __init__(self, temperature=0.07, label_aware=False, name="clip_loss", reduction="sum_over_batch_size",
+                 dtype="float32"):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
-        self.temperature = float(temperature)
+        self.temperature, self.label_aware = float(temperature), bool(label_aware)
 
     def call(self, y_true, y_pred):
-        image, text, all_image, all_text, offset = _global_pairs(y_pred)
+        image, text, all_image, all_text, offset, scale = _global_pairs(y_pred)
         own = _own_indices(image, offset)
-        image_logits = ops.matmul(image, ops.transpose(all_text)) / self.temperature  # (b, B): own image vs reports
-        text_logits = ops.matmul(text, ops.transpose(all_image)) / self.temperature   # (b, B): own report vs images
+        scale = 1.0 / self.temperature if scale is None else scale[:, None]
+        image_logits = ops.matmul(image, ops.transpose(all_text)) * scale  # (b, B): own image vs reports
+        text_logits = ops.matmul(text, ops.transpose(all_image)) * scale   # (b, B): own report vs images
+        if self.label_aware:
+            own_labels, all_labels, _ = _gather(ops.reshape(ops.cast(y_true, "float32"), (-1,)))
+            targets = label_targets(own_labels, all_labels, own)
+            return 0.5 * (_soft_ce(targets, image_logits) + _soft_ce(targets, text_logits))
         image_ce = keras.losses.sparse_categorical_crossentropy(own, image_logits, from_logits=True)
         text_ce = keras.losses.sparse_categorical_crossentropy(own, text_logits, from_logits=True)
         return 0.5 * (image_ce + text_ce)
 
     def get_config(self):
-        return {**super().get_config(), "temperature": self.temperature}
+        return {**super().get_config(), "temperature": self.temperature, "label_aware": self.label_aware}
 
 
 @keras.saving.register_keras_serializable(package="medtf")
@@ -87,7 +125,7 @@ class RetrievalRecallAt1(keras.metrics.Mean):
         super().__init__(name=name, dtype=dtype)
 
     def update_state(self, y_true, y_pred, sample_weight=None):
-        image, text, all_image, all_text, offset = _global_pairs(y_pred)
+        image, text, all_image, all_text, offset, _ = _global_pairs(y_pred)
         own = _own_indices(image, offset)
         image_hit = ops.cast(ops.cast(ops.argmax(ops.matmul(image, ops.transpose(all_text)), axis=1), "int32") == own,
                              "float32")
@@ -101,17 +139,34 @@ class ContrastiveTask(Task):
     fields = ("image", "report")
     image_panels = False
 
+    def prepare(self, experiment, run_dir):
+        from medtf.tasks.text_prep import prepare_text
+
+        return prepare_text(experiment, run_dir)  # keras-hub text towers only (model.args.text)
+
     def model_inputs(self, model=None):
+        """``({"image", "report"}`` or, with a keras-hub text tower, ``{"image", "token_ids", "padding_mask"}``
+        tokenised here by ``model.tokenizer``), ``label (1,)`` float32 (-1 when the kind has no class)."""
         import tensorflow as tf
+
+        tokenizer = getattr(model, "tokenizer", None)
 
         def to_model(example):
             self.check_fields(example)
-            return {"image": example["image"], "report": example["report"]}, tf.zeros([1], tf.float32)
+            label = tf.reshape(tf.cast(example["label"], tf.float32), [1]) if "label" in example \
+                else tf.constant([-1.0])
+            if tokenizer is None:
+                return {"image": example["image"], "report": example["report"]}, label
+            tokens = tokenizer(tf.reshape(example["report"], []))
+            length = tokenizer.sequence_length
+            return {"image": example["image"], "token_ids": tf.ensure_shape(tokens["token_ids"], [length]),
+                    "padding_mask": tf.ensure_shape(tf.cast(tokens["padding_mask"], tf.int32), [length])}, label
 
         return to_model
 
     def default_loss(self, model):
-        return ClipLoss()
+        return ClipLoss(temperature=getattr(model, "temperature", 0.07),
+                        label_aware=getattr(model, "label_aware", False))
 
     def default_metrics(self, model):
         return [RetrievalRecallAt1()]
@@ -132,17 +187,19 @@ class ContrastiveTask(Task):
         out.mkdir(parents=True, exist_ok=True)
         ds = make_dataset(data, split, batch_size=4, training=False, repeat=False, output="dict",
                           transforms=build_preprocess(config))
-        ids, embeddings = [], []
+        ids, images, texts = [], [], []
         for batch in ds:
-            embeddings.append(np.asarray(model({"image": batch["image"], "report": batch["report"]}, training=False)))
+            images.append(np.asarray(model.image_tower(batch["image"])))
+            texts.append(np.asarray(model.text_tower(batch["report"])))
             ids.extend(v.decode() for v in batch["example_id"].numpy())
-        both = np.concatenate(embeddings)
-        half = both.shape[1] // 2
-        similarity = both[:, :half] @ both[:, half:].T
+        similarity = np.concatenate(images) @ np.concatenate(texts).T
         own = np.diag(similarity)
         image_rank = 1 + (similarity > own[:, None]).sum(axis=1)   # image i among all reports
         text_rank = 1 + (similarity > own[None, :]).sum(axis=0)    # report j among all images
         metrics = {"n": int(len(own))}
+        if getattr(model, "learn_temperature", False):  # the learned 1 / temperature
+            metrics["logit_scale"] = float(np.exp(np.clip(float(model.get_layer("logit_scale").log_scale.numpy()),
+                                                          0.0, np.log(model.max_logit_scale))))
         for name, ranks in (("image_to_report", image_rank), ("report_to_image", text_rank)):
             metrics.update({f"{name}_recall_at_1": float((ranks <= 1).mean()),
                             f"{name}_recall_at_5": float((ranks <= 5).mean()),
@@ -170,12 +227,11 @@ class ContrastiveTask(Task):
         ckpt = Path(checkpoint) if checkpoint not in ("best", "last") else \
             run_dir / "checkpoints" / f"{checkpoint}.keras"
         model = load_checkpoint(ckpt)
-        image_tower = keras.Model(model.get_layer("image").output, model.get_layer("image_embedding").output)
-        text_tower = keras.Model(model.get_layer("report").output, model.get_layer("text_embedding").output)
+        image_tower = model._tower("image")
 
         def encode_text(reports):
-            """reports (strings) -> text_embeddings"""
-            return {"text_embeddings": tf.cast(text_tower(reports, training=False), tf.float32)}
+            """reports (strings) -> text_embeddings (tokenised inside for keras-hub text towers)"""
+            return {"text_embeddings": tf.cast(model.text_tower(reports, training=False), tf.float32)}
 
         return export_classifier(
             self.name, run_dir, checkpoint, output, version, name, threshold, {"image_embeddings": None},

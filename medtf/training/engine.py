@@ -206,6 +206,8 @@ def train(config: ExperimentConfig | Mapping, run_dir: str | os.PathLike) -> dic
         # MultiWorkerMirroredStrategy must exist before other TF work starts.
         strategy = make_strategy(train_cfg.strategy)
         paths = run_paths(run_dir, strategy, train_cfg.keep_worker_outputs)
+        # What the model needs from the training data before it exists (text tasks: the WordPiece vocabulary).
+        experiment = get_task(experiment.task).prepare(experiment, run_dir)
         if paths.is_chief:
             save_resolved(experiment.as_dict(), run_dir)
         if seed is not None:
