@@ -54,9 +54,9 @@ def one_step(scope, jit):
     return float(logs["loss"][0]), model.get_weights()
 
 
-loss1, w1 = one_step(tf.distribute.get_strategy(), False)
+loss1, w1 = one_step(tf.distribute.get_strategy().scope(), False)
 loss2, w2 = one_step(strategy.scope(), False)
-loss3, w3 = one_step(tf.distribute.get_strategy(), True)
+loss3, w3 = one_step(tf.distribute.get_strategy().scope(), True)
 result.update({"loss_one": loss1, "loss_mirrored": loss2, "loss_xla": loss3,
                "weights_mirrored": max(float(np.abs(a - b).max()) for a, b in zip(w1, w2)),
                "weights_xla": max(float(np.abs(a - b).max()) for a, b in zip(w1, w3)),
