@@ -13,6 +13,7 @@
     medtf reconstruct MASK --ct DIR [--plan RP] --output D  catheters -> JSON + RT Plan (+ match report in mm)
     medtf slurm CONFIG [--nodes N ...] [--submit]           render / submit a SLURM job
     medtf tune CONFIG --tune-dir DIR [--set key=value ...]  keras-tuner search over the config's tune section
+    medtf data-service dispatcher|worker [...]              tf.data service: augmentation on CPU-only workers
     medtf roulette CONFIG --candidates N --out DIR          best of N seeded initialisations on the val split
     medtf demo [--out DIR]                                  the built-in end-to-end job
     medtf info [--json]                                     CPU features, oneDNN, usable cores, GPUs, versions
@@ -39,7 +40,8 @@ from medtf.cli.output import add_global_flags, clean_help_texts, with_global_fla
 # ``handler=<function(args) -> exit code>`` as a default, so main.py does not grow with every command.
 COMMAND_MODULES: tuple[str, ...] = ("medtf.cli.evaluate", "medtf.cli.export", "medtf.cli.predict",
                                      "medtf.cli.slurm", "medtf.cli.tune", "medtf.cli.cv_report", "medtf.cli.info",
-                                     "medtf.cli.check", "medtf.cli.reconstruct", "medtf.cli.roulette")
+                                     "medtf.cli.check", "medtf.cli.reconstruct", "medtf.cli.roulette",
+                                     "medtf.cli.data_service")
 
 SYNTH_KINDS = {
     "brachy-ct": ("medtf.synth.brachy_ct", "generate_brachy_ct",
@@ -255,7 +257,8 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from tfrecords_builder.engine import ConversionError
 
     errors = [ConfigError, ManifestError, InputError, ConversionError, FileNotFoundError, NotADirectoryError]
-    for module, name in (("medtf.export.layout", "ExportError"), ("medtf.training.engine", "NonFiniteLossError")):
+    for module, name in (("medtf.export.layout", "ExportError"), ("medtf.training.engine", "NonFiniteLossError"),
+                         ("medtf.data.service", "DataServiceError")):
         if module in sys.modules:  # imported by the command that may raise it; else it cannot have been raised
             errors.append(getattr(sys.modules[module], name))
     return tuple(errors)

@@ -147,6 +147,9 @@ def make_dataset(
     cycle_length: int | None = None,
     input_context: tf.distribute.InputContext | None = None,
     model_inputs: Callable[[dict], Any] | None = None,
+    service: str | None = None,
+    service_mode: str = "distributed_epoch",
+    service_timeout: float | None = None,
 ):
     """A batched, prefetched ``tf.data.Dataset`` over one or more splits of a medtf shard folder.
 
@@ -180,6 +183,12 @@ def make_dataset(
         input_context: from ``distribute_datasets_from_function``: shard files per input pipeline.
         model_inputs: ``parsed example -> (x, y)`` replacing the kind's mapping for ``output="model"``: a task's
             (`medtf.tasks.Task.model_inputs`), so any kind that provides the task's fields works with it.
+        service: a tf.data service dispatcher (``grpc://host:port``, or ``"auto"``: the address file named by
+            ``$MEDTF_DATA_SERVICE_FILE``): reading, parsing and augmentation run on its workers, batching and
+            prefetching here (`medtf.data.service`: modes, seeds, shared-filesystem paths). Waits up to
+            ``service_timeout`` s (default 300) for a registered worker.
+        service_mode: ``"distributed_epoch"`` (each example once per epoch over all workers and trainers) or
+            ``"parallel_epochs"`` (every worker reads everything; see `medtf.data.service`).
 
     Returns:
         ``tf.data.Dataset`` of batches, e.g. lgg-mri: ``((B, H, W, 3) float32, (B, H, W, 1) float32)``;
@@ -220,6 +229,29 @@ def make_dataset(
     if seed is None and not training:
         seed = 0  # evaluation is reproducible by default (only matters when transforms are given)
 
+    parse = parsers.parse_fn(kind, training, manifest)
+    keep = parsers.keep_fn(kind, training)
+    augment = _augment_fn(_build_transform(transforms),
+                          patch_transform(patch_size, training) if patch_size is not None else None,
+                          (model_inputs or parsers.model_inputs_fn(kind, max_boxes=max_boxes))
+                          if output == "model" else None)
+    if service is not None:
+        if cache is not None or balance is not None:
+            raise ValueError(f"service: {'cache' if cache is not None else 'class_balance'} is not supported "
+                             f"through the tf.data service (the workers stream from the shard files)")
+        from medtf.data import service as service_lib
+
+        address = service_lib.resolve_service(service, service_timeout or service_lib.DEFAULT_TIMEOUT)
+        service_lib.wait_for_workers(address, service_timeout or service_lib.DEFAULT_TIMEOUT)
+        shared = input_context is not None and input_context.num_input_pipelines > 1
+        dataset = service_lib.service_examples(
+            files, compression=compression, decode_parse=lambda record: parse(decode_example(record, schema)),
+            keep=keep, augment=augment, training=training, repeat=repeat, seed=seed,
+            shuffle_buffer=shuffle_buffer, cycle_length=cycle_length, service=address, mode=service_mode,
+            # trainers share one job (each takes a distinct share); a single consumer owns an anonymous one
+            job_name=service_lib.default_job_name(files, seed, service_mode) if shared else None)
+        return _batch_prefetch(dataset, batch_size, drop_remainder, deterministic, input_context)
+
     pipelines, pipeline_id = 1, 0
     if input_context is not None:
         pipelines, pipeline_id = input_context.num_input_pipelines, input_context.input_pipeline_id
@@ -243,10 +275,8 @@ def make_dataset(
                                  cycle_length=cycle, block_length=1, **parallel)
     if shard_records:
         dataset = dataset.shard(pipelines, pipeline_id)
-    parse = parsers.parse_fn(kind, training, manifest)
     dataset = dataset.map(lambda record: parse(decode_example(record, schema)), num_parallel_calls=AUTOTUNE,
                           deterministic=deterministic)
-    keep = parsers.keep_fn(kind, training)
     if keep is not None:
         dataset = dataset.filter(keep)
     if cache is not None:
@@ -268,27 +298,38 @@ def make_dataset(
             dataset = dataset.repeat()
 
     # === Per-example seed -> augmentation -> model inputs ===
-    transform = _build_transform(transforms)
-    patch = patch_transform(patch_size, training) if patch_size is not None else None
-    to_model = None
-    if output == "model":
-        to_model = model_inputs or parsers.model_inputs_fn(kind, max_boxes=max_boxes)
-    if transform is not None or patch is not None:
+    if augment is not None and augment.seeded:
         seeds = tf.data.Dataset.random(seed=_seed(seed, 4)).batch(2)
-
-        def augment(example, example_seed):
-            if transform is not None:
-                example = transform(example, example_seed)
-            if patch is not None:
-                example = patch(example, tf.random.fold_in(example_seed, _PATCH_SEED_SALT))
-            return to_model(example) if to_model is not None else example
-
         dataset = tf.data.Dataset.zip((dataset, seeds)).map(augment, num_parallel_calls=AUTOTUNE,
                                                               deterministic=deterministic)
-    elif to_model is not None:
-        dataset = dataset.map(to_model, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    elif augment is not None:
+        dataset = dataset.map(lambda example: augment(example, None), num_parallel_calls=AUTOTUNE,
+                              deterministic=deterministic)
+    return _batch_prefetch(dataset, batch_size, drop_remainder, deterministic, input_context)
 
-    # === Batch, prefetch, options ===
+
+def _augment_fn(transform, patch, to_model) -> Callable | None:
+    """``(example, seed) -> element``: transforms, then the patch sampler, then model inputs (None: nothing to do).
+
+    ``.seeded`` says whether it draws random numbers (the seed stream is only zipped in then, which keeps the
+    draws of earlier runs).
+    """
+    if transform is None and patch is None and to_model is None:
+        return None
+
+    def augment(example, example_seed):
+        if transform is not None:
+            example = transform(example, example_seed)
+        if patch is not None:
+            example = patch(example, tf.random.fold_in(example_seed, _PATCH_SEED_SALT))
+        return to_model(example) if to_model is not None else example
+
+    augment.seeded = transform is not None or patch is not None
+    return augment
+
+
+def _batch_prefetch(dataset, batch_size, drop_remainder, deterministic, input_context):
+    """Batch (padded where shapes vary), prefetch, and the options (auto-sharding off per input pipeline)."""
     if _has_unknown_dims(dataset.element_spec):
         dataset = dataset.padded_batch(batch_size, padding_values=_padding_values(dataset.element_spec),
                                        drop_remainder=drop_remainder)

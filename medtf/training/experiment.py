@@ -16,7 +16,9 @@ Sections and defaults (``medtf/training/engine.py`` describes what each key does
 
     data:      dir (required), batch_size (required), kind (null: the manifest's), train_split (train),
                val_split (val; null: no validation), fold, folds (null), patch_size, val_patch_size (null),
-               val_batch_size (null: batch_size), transforms ([]), preprocess ([]), seed (null: the top-level seed)
+               val_batch_size (null: batch_size), transforms ([]), preprocess ([]), seed (null: the top-level seed),
+               service (null | grpc://host:port | auto: tf.data service for the training set, medtf.data.service),
+               service_mode (distributed_epoch | parallel_epochs), service_timeout (300 s)
     model:     name (required), args ({}: the model's constructor arguments), init_from (null), carry (all |
                backbone), freeze_blocks ([]), freeze_up_to (null)
     task:      segmentation (default) | classification | contrastive | masked_modeling (`medtf.tasks`)
@@ -122,6 +124,9 @@ class DataConfig(Config):
     preprocess: list[dict] = field(default_factory=list, metadata={"parse": _transform_list})
     class_balance: dict | None = field(default=None, metadata={"parse": _class_balance})  # training split only
     seed: int | None = None
+    service: str | None = None  # training set only; validation stays in-process (no augmentation to move)
+    service_mode: str = "distributed_epoch"
+    service_timeout: float = 300.0
 
     def __post_init__(self):
         # Stored absolute: a run directory's config.yaml must work from any working directory.
@@ -130,6 +135,14 @@ class DataConfig(Config):
     def check(self, path: str) -> None:
         at_least(self.batch_size, 1, f"{path}.batch_size")
         at_least(self.val_batch_size, 1, f"{path}.val_batch_size")
+        from medtf.data.service import SERVICE_MODES, normalize_address
+
+        choice(self.service_mode, SERVICE_MODES, f"{path}.service_mode", "service mode")
+        if self.service not in (None, "auto"):
+            try:
+                normalize_address(self.service)
+            except ValueError as exc:
+                raise ConfigError(f"{path}.service: {exc} (or auto, or null)") from None
 
 
 @dataclass

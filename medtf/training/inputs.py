@@ -127,7 +127,9 @@ def build_datasets(data: DataConfig | Mapping, strategy=None, *, seed: int | Non
     train_ds = make_dataset(data.dir, train_split, training=True,
                             batch_size=data.batch_size, patch_size=data.patch_size, seed=seed,
                             transforms=training_transforms(data), strategy=strategy if distribute else None,
-                            model_inputs=model_inputs, class_balance=data.class_balance)
+                            model_inputs=model_inputs, class_balance=data.class_balance,
+                            service=data.service, service_mode=data.service_mode,
+                            service_timeout=data.service_timeout)
     val_ds = None
     if val_split:
         val_batch = data.val_batch_size or data.batch_size
