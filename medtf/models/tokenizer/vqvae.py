@@ -142,8 +142,10 @@ def _vqvae(defaults: dict, kwargs: dict) -> VQVAE:
 
 @register_model(model_class=VQVAE)
 def vqvae_tiny(**kwargs):
-    """CPU-sized tokenizer: 128 codes of 16 dimensions, 32-channel stages, one residual block."""
-    return _vqvae(dict(num_codes=128, embedding_dim=16, width=32, num_res_blocks=1, restart_after=20), kwargs)
+    """CPU-sized tokenizer: 128 codes of 16 dimensions, 32-channel stages, one residual block; EMA decay 0.9 so the
+    codebook follows the encoder within a few hundred steps."""
+    return _vqvae(dict(num_codes=128, embedding_dim=16, width=32, num_res_blocks=1, decay=0.9, restart_after=20),
+                  kwargs)
 
 
 @register_model(model_class=VQVAE)
