@@ -7,6 +7,8 @@
     medtf slurm run [options] -- COMMAND ...     any other medtf command as a job (convert, evaluate, ...)
     medtf slurm convert KIND --input IN --output OUT --num-tasks N [convert options] [job options]
                                                  conversion as a job array of N tasks + a dependent merge job
+    medtf slurm roulette CONFIG --candidates N --num-tasks K --out DIR [roulette options] [job options]
+                                                 model roulette as a job array of K tasks + a dependent merge job
     medtf slurm status JOBID [JOBID ...]         state, reason, elapsed time, nodes, array tasks
 
 The template follows from the resources: 1 GPU (or 0: a CPU job), several GPUs on one node (MirroredStrategy),
@@ -68,9 +70,9 @@ def _add_options(p, default=None) -> None:
 def register(commands) -> None:
     p = commands.add_parser("slurm", help="render / submit SLURM job scripts, and show job status",
                             description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("target", metavar="CONFIG|run|convert|status",
+    p.add_argument("target", metavar="CONFIG|run|convert|roulette|status",
                    help="experiment YAML to train, `run` (any medtf command after --), `convert` (a conversion as "
-                        "a job array + merge) or `status`")
+                        "a job array + merge), `roulette` (candidates as a job array + merge) or `status`")
     # REMAINDER: options after the target and a medtf command after `--` (re-parsed in `_split_rest`).
     p.add_argument("rest", nargs=argparse.REMAINDER, metavar="...",
                    help="options; job ids for `status`; `-- COMMAND ...` for `run`")
@@ -85,6 +87,9 @@ _TARGETS = {
     "convert": ("KIND --input IN --output OUT --num-tasks N [convert options] [job options]",
                 "A conversion as a requeueing job array of N tasks and a merge job that runs after every task "
                 "succeeded. KIND's options: medtf slurm convert KIND --help."),
+    "roulette": ("CONFIG --candidates N --num-tasks K --out DIR [roulette options] [job options]",
+                 "Model roulette as a requeueing job array of K tasks sharing N candidates and a merge job that "
+                 "ranks them after every task succeeded (medtf.cli.slurm_roulette)."),
     "CONFIG": ("[job options]", "A training job for an experiment config (a keras-tuner search with --tune): "
                                 "the script is printed (--dry-run, the default) or written and submitted (--submit)."),
 }
@@ -111,6 +116,11 @@ def _target_parser(target: str) -> argparse.ArgumentParser:
         p.add_argument("config", metavar="CONFIG", help="experiment YAML file")
     elif name == "convert":
         p.add_argument("kind", metavar="KIND", help="data kind, as in `medtf convert KIND`")
+    elif name == "roulette":
+        from medtf.cli.slurm_roulette import roulette_parser
+
+        p = roulette_parser(p.prog, conflict_handler="resolve")  # --set: one option, the same meaning
+        p.usage, p.description = f"{p.prog} {usage}", description
     _add_options(p)
     if name == "run":
         p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="the medtf command to run")
@@ -124,6 +134,10 @@ def _split_rest(args) -> list[str] | None:
         return rest
     if args.target == "convert":
         return _split_convert_rest(args, rest)
+    if args.target == "roulette":
+        from medtf.cli.slurm_roulette import split_roulette_rest
+
+        return split_roulette_rest(args, rest)
     command: list[str] = []
     if "--" in rest:
         rest, command = rest[: rest.index("--")], rest[rest.index("--") + 1:]
@@ -261,6 +275,10 @@ def run(args) -> int:
         cluster = load_cluster_config(args.cluster_config)
         if args.target == "convert":
             return _convert_jobs(args, rest, cluster)
+        if args.target == "roulette":
+            from medtf.cli.slurm_roulette import roulette_jobs
+
+            return roulette_jobs(args, rest, cluster)
         if args.target == "run":
             if not rest:
                 print("medtf slurm run: give the medtf command after --, e.g. -- convert lgg-mri ...",

@@ -27,7 +27,9 @@ from medtf.hpc.cluster_config import ClusterConfig
 
 TEMPLATES = {"gpu": "train_gpu.sbatch", "multigpu": "train_multigpu.sbatch", "multinode": "train_multinode.sbatch",
              "array": "train_array.sbatch", "command": "command.sbatch", "tune": "tune.sbatch",
-             "convert": "convert.sbatch"}
+             "convert": "convert.sbatch", "roulette": "roulette.sbatch"}
+# Kinds whose processes build and run a model: they get the GPUs asked for (other commands run on CPUs).
+_GPU_KINDS = {"gpu", "multigpu", "multinode", "array", "tune", "roulette"}
 _PLACEHOLDER = re.compile(r"\{\{\s*([a-z_]+)\s*\}\}")
 _INCLUDE = re.compile(r"\{\{\s*include\s+([\w./-]+)\s*\}\}")
 _TIME = re.compile(r"^(?:(\d+)-)?(\d+):(\d{2}):(\d{2})$")
@@ -80,7 +82,8 @@ class JobSpec:
         run_dir: the run directory; the script and SLURM logs go to ``run_dir/slurm/``.
         command: for a non-training job, the medtf arguments (e.g. ``["convert", "lgg-mri", ...]``).
         resumable: the command resumes when run again (``medtf convert``, its tasks and merge): the job requeues
-            itself when preempted, and with ``array`` runs one command per task (convert.sbatch).
+            itself when preempted, and with ``array`` runs one command per task (convert.sbatch; a resumable
+            ``medtf roulette`` command: roulette.sbatch, with ``gpus_per_node`` GPUs per task).
         cpus_per_task: CPUs per task (default: the cluster config's), e.g. a conversion's ``--workers``.
         nodes, gpus_per_node, tasks_per_node: 1 / 1 / 1 -> single-GPU template; G > 1 -> MirroredStrategy;
             N > 1 or T > 1 -> N x T workers (srun tasks) with MultiWorkerMirroredStrategy, T per node (1: each
@@ -115,7 +118,9 @@ class JobSpec:
 
     def kind(self) -> str:
         if self.command:
-            return "convert" if self.resumable else "command"
+            if self.resumable:
+                return "roulette" if self.command[0] == "roulette" else "convert"
+            return "command"
         if self.tune:
             return "tune"
         if self.array:
@@ -132,7 +137,7 @@ def sbatch_options(spec: JobSpec, cluster: ClusterConfig) -> list[str]:
         options.append(f"--partition={spec.partition or cluster.partition}")
     if spec.account or cluster.account:
         options.append(f"--account={spec.account or cluster.account}")
-    gpus = 0 if spec.command else spec.gpus_per_node
+    gpus = spec.gpus_per_node if spec.kind() in _GPU_KINDS else 0
     if cluster.gpu_option(gpus):
         options.append(cluster.gpu_option(gpus))
     cpus = spec.cpus_per_task or cluster.cpus(gpus)
@@ -176,7 +181,7 @@ def render_job(spec: JobSpec, cluster: ClusterConfig | None = None) -> str:
         "array": spec.array or "",
         "array_option": f"#SBATCH --array={spec.array}" if spec.array else "",
         "log_dir": shlex.quote(str(run_dir / "slurm")),
-        "output_pattern": "%x-%A_%a.out" if spec.array and kind in ("array", "convert") else "%x-%j.out",
+        "output_pattern": "%x-%A_%a.out" if spec.array and kind in ("array", "convert", "roulette") else "%x-%j.out",
         "sbatch_options": "\n".join(sbatch_options(spec, cluster)),
         "env_setup": cluster.env_setup(), "workdir": shlex.quote(str(Path(spec.workdir).absolute())),
         "run_dir": shlex.quote(str(run_dir)), "medtf": cluster.medtf,

@@ -11,8 +11,15 @@ leaks it into the reported result, the thesis's mistake). Results go to ``OUT``:
     OUT/roulette.json, roulette.csv   every score, the best seed, the metric and split
     OUT/best.keras                 the winner: `medtf train CONFIG --init-from OUT/best.keras`
 
-Candidates split across processes by ``num_tasks`` / ``task_index`` (local ``--workers W`` or a SLURM array);
-`select_best` then ranks whatever is scored.
+Candidates split across processes by ``num_tasks`` / ``task_index`` (local ``--workers W`` or a SLURM array:
+``medtf slurm roulette``); `select_best` then ranks whatever is scored.
+
+Per cross-validation fold (``data.fold: k``, ``medtf roulette --fold k``) the candidates are scored on ``fold-k``
+and warmed up on the other folds, as ``medtf train --set +data.fold=k`` splits them (`medtf.training.inputs.
+split_names`); on a transfer chain the fold is planned as for training (`medtf.training.cv_transfer.
+fold_transfer_experiment`: a phase whose data holds held-out-fold or test patients is refused). Every record
+names its split, metric and warm-up, and one output folder holds one setting: a fold's roulette never ranks
+another fold's scores.
 """
 
 from __future__ import annotations
@@ -23,7 +30,6 @@ import os
 import shutil
 from pathlib import Path
 
-import keras
 import numpy as np
 
 from medtf.training.config import ConfigError
@@ -31,15 +37,52 @@ from medtf.training.config import ConfigError
 __all__ = ["run_candidates", "select_best", "run_roulette", "check_split"]
 
 
-def check_split(experiment) -> str:
-    """The split candidates are scored on: ``data.val_split``; a test split or none is refused."""
-    split = experiment.data.val_split
-    if not split:
-        raise ConfigError("medtf roulette scores candidates on data.val_split, which is null: set a validation split")
-    if "test" in str(split).lower():
-        raise ConfigError(f"medtf roulette refuses to score on {split!r}: choosing an initialisation on the test "
-                          f"split leaks it into the reported result; score on a validation split")
+def check_split(experiment, warmup_steps: int = 0) -> str:
+    """The split candidates are scored on: ``data.val_split``, or ``fold-k`` with ``data.fold: k``.
+
+    Refused (`ConfigError`): no validation split, a test split as the validation split or hidden among the training
+    splits (`medtf.training.selection.check_selection_split`), a validation split holding test patients, warm-up
+    training data holding validation or test patients, and on a transfer chain with ``data.fold`` a phase whose
+    data holds held-out-fold or test patients (the chain's own fold planning).
+    """
+    from medtf.training.inputs import split_names
+    from medtf.training.selection import check_selection_split
+
+    data = experiment.data
+    if data.fold is not None and experiment.transfer:
+        from medtf.training.cv_transfer import fold_transfer_experiment
+        from medtf.training.folds import manifest_folds
+
+        # The chain this roulette initialises is trained with the same fold planning (`medtf train --set
+        # +data.fold=k`): refuse here what it would refuse there, before any candidate is scored.
+        fold_transfer_experiment(experiment.replace(data=data.replace(fold=None, folds=None)), data.fold,
+                                 data.folds or manifest_folds(data.dir))
+    train, val = split_names(data)  # with data.fold: the other folds and fold-k, as `medtf train` splits them
+    split = check_selection_split(experiment, "medtf roulette") if data.fold is None else val
+    _check_patients(data.dir, [train] if isinstance(train, str) else list(train), split, warmup_steps)
     return split
+
+
+def _check_patients(data_dir, train: list[str], val: str, warmup_steps: int) -> None:
+    """Patient-level guard on the manifest: split names can hide the same (hashed) patients."""
+    from medtf.data.manifest import read_manifest
+    from medtf.training.selection import is_test_split
+
+    splits = read_manifest(data_dir)["splits"]
+
+    def patients(names) -> set[str]:
+        return {p for name in names if name in splits for p in splits[name].get("patients", ())}
+
+    test = patients([name for name in splits if is_test_split(name)])
+    shared = patients([val]) & test
+    if shared:
+        raise ConfigError(f"medtf roulette: {data_dir}: validation split {val!r} holds {len(shared)} patient(s) of "
+                          f"the test split; choosing on them leaks the test split into the reported result")
+    if warmup_steps:
+        shared = patients(train) & (test | patients([val]))
+        if shared:
+            raise ConfigError(f"medtf roulette: {data_dir}: the warm-up training splits {train} hold {len(shared)} "
+                              f"patient(s) of the validation split {val!r} or the test split")
 
 
 def _metric(experiment, metric: str | None, mode: str | None) -> tuple[str, str]:
@@ -48,7 +91,9 @@ def _metric(experiment, metric: str | None, mode: str | None) -> tuple[str, str]
     return monitor.removeprefix("val_"), mode
 
 
-def _score(experiment, seed: int, warmup_steps: int, metric: str) -> tuple[float, keras.Model]:
+def _score(experiment, seed: int, warmup_steps: int, metric: str):
+    import keras
+
     from medtf.tasks import get_task
     from medtf.training.engine import build_model, build_optimizer
     from medtf.training.inputs import build_datasets
@@ -75,8 +120,9 @@ def run_candidates(experiment, out, candidates: int, warmup_steps: int = 0, metr
     from medtf.training.experiment import parse_config
 
     experiment = parse_config(experiment)
-    split = check_split(experiment)
+    split = check_split(experiment, warmup_steps)
     name, mode = _metric(experiment, metric, mode)
+    setting = {"metric": name, "mode": mode, "split": split, "warmup_steps": int(warmup_steps)}
     base = int(experiment.seed or 0)
     folder = Path(out) / "candidates"
     folder.mkdir(parents=True, exist_ok=True)
@@ -85,12 +131,11 @@ def run_candidates(experiment, out, candidates: int, warmup_steps: int = 0, metr
         seed = base + i
         path = folder / f"seed-{seed}.json"
         if path.is_file():
-            records.append(json.loads(path.read_text(encoding="utf-8")))
+            records.append(_same_setting(json.loads(path.read_text(encoding="utf-8")), setting, path))
             continue
         value, model = _score(experiment, seed, warmup_steps, name)
         model.save(folder / f"seed-{seed}.keras")
-        record = {"candidate": i, "seed": seed, "metric": name, "mode": mode, "split": split,
-                  "warmup_steps": int(warmup_steps), "score": value}
+        record = {"candidate": i, "seed": seed, **setting, "score": value}
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(record) + "\n", encoding="utf-8")
         os.replace(tmp, path)  # the record last: it says the weights beside it are complete
@@ -98,17 +143,36 @@ def run_candidates(experiment, out, candidates: int, warmup_steps: int = 0, metr
     return records
 
 
-def select_best(out, candidates: int, keep_all: bool = False) -> dict:
+def _same_setting(record: dict, setting: dict, path) -> dict:
+    """A record scored another way (another fold, metric or warm-up) must not be reused or ranked with these."""
+    other = {k: record.get(k) for k in setting}
+    if other != setting:
+        raise ValueError(f"{path}: scored with {other}, but this roulette scores with {setting}; "
+                         f"use one --out folder per fold / metric / warm-up")
+    return record
+
+
+def select_best(out, candidates: int, keep_all: bool = False, split: str | None = None) -> dict:
     """Rank the scored candidates of ``out``; write roulette.json/.csv and best.keras. Missing candidates (a task
-    that has not finished) are an error naming them. NaN scores rank last."""
+    that has not finished) are an error naming them, and so are records of different settings or, when ``split``
+    is given, of another split. NaN scores rank last."""
     folder = Path(out) / "candidates"
-    records = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(folder.glob("seed-*.json"))]
+    paths = sorted(folder.glob("seed-*.json"))
+    records = [json.loads(p.read_text(encoding="utf-8")) for p in paths]
+    if records:
+        first = {k: records[0].get(k) for k in ("metric", "mode", "split", "warmup_steps")}
+        if split is not None and first["split"] != split:
+            raise ValueError(f"{paths[0]}: scored on {first['split']!r}, but this roulette scores on {split!r}")
+        records = [_same_setting(r, first, p) for r, p in zip(records, paths)]
     done = {r["candidate"] for r in records}
     missing = sorted(set(range(candidates)) - done)
     if missing:
         raise ValueError(f"{len(missing)} of {candidates} candidates are not scored yet (e.g. candidate "
                          f"{missing[0]}): run the remaining tasks, or the same command again")
     records = sorted((r for r in records if r["candidate"] < candidates), key=lambda r: r["candidate"])
+    twice = [a["candidate"] for a, b in zip(records, records[1:]) if a["candidate"] == b["candidate"]]
+    if twice:  # e.g. the experiment's seed changed between runs into one folder
+        raise ValueError(f"{folder}: candidate {twice[0]} is scored twice (different seeds): use a new --out")
     mode = records[0]["mode"]
     scores = np.array([r["score"] for r in records], dtype=float)
     ranked = np.where(np.isnan(scores), -np.inf if mode == "max" else np.inf, scores)
