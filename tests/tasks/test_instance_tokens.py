@@ -96,3 +96,46 @@ def test_masked_modeling_task_with_nucleus_tokens_builds_boxes_and_instance_targ
     assert "boxes" in x and y.shape == (16, 2) and isinstance(task.build_loss("auto", plain), MaskedTokenLoss)
     with pytest.raises(ValueError, match="needs a 'boxes' field"):
         task.model_inputs(model)({k: v for k, v in example.items() if k not in ("boxes", "classes")})
+
+
+@pytest.mark.slow
+def test_tokenizer_to_mim_with_l_inst_to_linear_probe_through_the_cli(tmp_path):
+    """The paper's path on 4 synthetic 32 px tiles: a tiny tokenizer run (experiments/nuclei_tokenizer.yaml) gives
+    the token targets of MIM with nucleus tokens and L_inst; `medtf evaluate` reports both losses and accuracies
+    (their sum is the logged val_loss); a linear probe starts from the MIM run."""
+    import csv
+    import json
+
+    from medtf.synth.nuclei_he import generate_nuclei_he
+    from tests.conftest import TEST_SALT, run_medtf
+    from tests.tasks.test_nucleus_classification import REPO
+
+    generate_nuclei_he(tmp_path / "src", cases=4, seed=3, tile_size=32, consep_images=0)
+    shards = tmp_path / "shards"
+    assert run_medtf("convert", "nuclei-he", "--input", tmp_path / "src" / "pannuke", "--output", shards,
+                     "--id-salt", TEST_SALT, "--split", "0.5,0.5,0", "--quiet") == 0
+    common = ["--set", f"data.dir={shards}", "--set", "train.epochs=1", "--set", "data.batch_size=2", "--set",
+              "data.transforms=[]", "--set", "data.patch_size=null", "--set", "data.val_patch_size=null", "--set",
+              "+train.log_every_n_steps=0", "--set", "+train.hparams=false", "--quiet"]
+    tok = tmp_path / "tok"
+    assert run_medtf("train", REPO / "experiments/nuclei_tokenizer.yaml", "--run-dir", tok, *common, "--set",
+                     "train.steps_per_epoch=null", "--set", "model.args.num_codes=16", "--set", "model.args.width=8",
+                     "--set", "model.args.embedding_dim=4") == 0
+    vit = ["--set", "model.args.image_size=32", "--set", "model.args.num_layers=1", "--set",
+           "model.args.position_embedding=xywh", "--set", "+train.image_panels=false"]
+    mim = tmp_path / "mim"
+    assert run_medtf("train", REPO / "experiments/nuclei_mim_pretrain.yaml", "--run-dir", mim, *common, *vit,
+                     "--set", "model.args.target=tokens", "--set", "+model.args.vocab_size=16", "--set",
+                     "model.args.min_mask_patches=4", "--set", "+model.args.max_nuclei=16", "--set",
+                     f"+targets={{tokenizer: {tok}, cache: true}}") == 0
+    row = list(csv.DictReader(open(mim / "history.csv")))[0]
+    assert {"patches_masked_accuracy", "nuclei_inst_accuracy", "val_nuclei_loss", "val_patches_loss"} <= set(row)
+    assert run_medtf("evaluate", mim, "--split", "val", "--quiet") == 0
+    metrics = json.loads((mim / "eval-val" / "summary.json").read_text())["metrics"]
+    assert metrics["inst_nuclei"] > 0 and 0 <= metrics["inst_accuracy"] <= 1
+    assert metrics["loss"] + metrics["inst_loss"] == pytest.approx(float(row["val_loss"]), rel=1e-4)
+    assert metrics["inst_loss"] == pytest.approx(float(row["val_nuclei_loss"]), rel=1e-4)
+    probe = tmp_path / "probe"
+    assert run_medtf("train", REPO / "experiments/nuclei_linear_probe.yaml", "--run-dir", probe, *common, *vit,
+                     "--set", "model.args.max_nuclei=16", "--set", f"model.init_from={mim}") == 0
+    assert run_medtf("evaluate", probe, "--split", "val", "--quiet") == 0
