@@ -147,6 +147,9 @@ def _cache(tokenizer: Tokenizer, data) -> Callable:
     grids = tf.constant(np.concatenate(grids))
 
     def lookup(example, image):
+        if "example_id" not in example:
+            raise ValueError(f"targets.cache: the examples of {data.dir} have no example_id to look tokens up by; "
+                             f"use cache: false")
         row = table.lookup(_id_key(example))
         tf.debugging.assert_non_negative(row, message="targets.cache: an example outside the cached splits")
         return tf.gather(grids, row)
