@@ -35,7 +35,9 @@ def _valid(y_true):
 class NucleusLoss(keras.losses.Loss):
     """Cross-entropy of probabilities ``y_pred (B, M, K)`` against labels ``y_true (B, M)`` (``-1``: padding),
     pooled over the real nuclei of the batch: per-example values are scaled so their batch mean is the mean over
-    nuclei (a tile with many nuclei weighs more than one with few, as every nucleus is one sample)."""
+    nuclei (a tile with many nuclei weighs more than one with few, as every nucleus is one sample). Under a
+    distribution strategy each replica pools its own nuclei, so replicas with fewer nuclei weigh their nuclei more
+    (equal to the global pool when the replicas hold as many nuclei; tests/models/_vit_nuclei_replicas_check.py)."""
 
     def __init__(self, name="nucleus_loss", reduction="sum_over_batch_size", dtype="float32"):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
