@@ -9,9 +9,19 @@ Layout written (as the Kaggle download: no patient IDs, mixed names, sizes, form
 Each slice: a rotated elliptical head on a black background (a black margin of random width), skull and scalp
 rings, grey matter with smooth texture, a white-matter core, two dark ventricles, a symmetric pair of bright
 spots (choroid-plexus-like distractors in every image), a random global gain (0.6-1.35) and offset, blur and
-noise. A tumour is an irregular blob inside the brain, hyper- or hypo-intense (so it does not move the mean one
-way), often with an oedema halo and sometimes a dark core. The mean intensity of an image says next to nothing
-about its class (see tests/image_folders/test_image_folders_synth.py); the blob does.
+noise.
+
+The class is carried by **morphology and texture**, the same cue family as the prostate and lung generators
+(`medtf.synth.morphology`; irregular margins and heterogeneity are malignancy signs across organs):
+
+* ``yes``: a tumour inside the brain with a spiculated, lobulated margin and a heterogeneous interior, often with an
+  oedema halo and sometimes a dark necrotic core;
+* ``no``: nothing, or (in `BENIGN_LESION_SHARE` of the images) a smooth, homogeneous round/ellipsoid lesion (a
+  cyst-like mimic) of the same size range and contrast, so that "is there a blob" does not decide.
+
+Both are hyper- or hypo-intense at random (so neither moves the mean one way): the mean intensity of an image says
+next to nothing about its class (tests/image_folders/test_image_folders_synth.py); the blob's shape does. A network
+pretrained on these slices learns margin and texture features that the prostate task needs (the TL chain).
 """
 
 from __future__ import annotations
@@ -22,10 +32,38 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from medtf.synth.morphology import lesion_margin, texture_amplitude, unit
+
+#: Share of ``no`` images with a smooth, homogeneous (benign-looking) lesion.
+BENIGN_LESION_SHARE = 0.6
+
 
 def _smooth(rng, shape, sigma):
     field = ndimage.gaussian_filter(rng.normal(size=shape), sigma)
     return field / (np.abs(field).max() + 1e-9)
+
+
+def lesion_distance(trng: np.random.Generator, u: np.ndarray, v: np.ndarray, ax: float, ay: float,
+                    tumour: bool) -> tuple[np.ndarray | None, dict]:
+    """Normalised distance map of the slice's lesion (< 1 inside its margin) on head coordinates ``u, v``
+    (semi-axes ``ax, ay``), or None for a ``no`` slice without a mimic; and its draws (contrast, heterogeneity,
+    halo, necrosis: the last two only for a tumour)."""
+    mimic = trng.random() < BENIGN_LESION_SHARE
+    for _ in range(20):  # a centre well inside the brain
+        tu, tv = trng.uniform(-0.6, 0.6) * ax, trng.uniform(-0.6, 0.6) * ay
+        if (tu / ax) ** 2 + (tv / ay) ** 2 < 0.4:
+            break
+    radius = trng.uniform(0.15, 0.3) * min(ax, ay)
+    lesion = {"contrast": trng.choice([1.0, -1.0]) * trng.uniform(0.18, 0.35)}
+    margin = lesion_margin(trng, malignant=tumour, dims=2)
+    lesion["heterogeneity"] = texture_amplitude(trng, malignant=tumour)
+    lesion["halo"], lesion["necrosis"] = bool(tumour and trng.random() < 0.7), bool(tumour and trng.random() < 0.35)
+    if not (tumour or mimic):
+        return None, lesion
+    if not tumour:  # the mimic: a smooth ellipse
+        return np.hypot((u - tu) / (radius * 1.15), (v - tv) / (radius * 0.87)), lesion
+    rel = np.stack([u - tu, v - tv], axis=-1) / radius
+    return np.linalg.norm(rel, axis=-1) / margin(unit(rel)), lesion
 
 
 def brain_slice(rng: np.random.Generator, shape: tuple[int, int], tumour: bool) -> np.ndarray:
@@ -51,23 +89,18 @@ def brain_slice(rng: np.random.Generator, shape: tuple[int, int], tumour: bool) 
         image[((u - vu) / (0.07 * ax)) ** 2 + ((v - vv) / (0.22 * ay)) ** 2 < 1] = 0.12
         pu, pv = side * 0.2 * ax, 0.25 * ay
         image[((u - pu) ** 2 + (v - pv) ** 2) < (0.05 * ax) ** 2] = 0.8
-    # The tumour draws from its own stream, so a slice with and without it differ only by the tumour.
+    # The lesion draws from its own stream, in the same order for both classes: a slice with and without a tumour
+    # differ only where the lesion is (a smooth mimic at the same place, or nothing).
     trng = np.random.default_rng(rng.integers(0, 2**63))
-    if tumour:
-        for _ in range(20):  # a centre well inside the brain
-            tu, tv = trng.uniform(-0.6, 0.6) * ax, trng.uniform(-0.6, 0.6) * ay
-            if (tu / ax) ** 2 + (tv / ay) ** 2 < 0.4:
-                break
-        radius = trng.uniform(0.15, 0.3) * min(ax, ay)
-        theta = np.arctan2(v - tv, u - tu)
-        wobble = 1 + 0.25 * np.sin(3 * theta + trng.uniform(0, 6.3)) * trng.uniform(0.3, 1.0)
-        d = np.sqrt((u - tu) ** 2 + (v - tv) ** 2) / (radius * wobble)
-        contrast = trng.choice([1.0, -1.0]) * trng.uniform(0.18, 0.35)
-        if trng.random() < 0.7:  # oedema halo
+    d, lesion = lesion_distance(trng, u, v, ax, ay, tumour)
+    if d is not None:
+        contrast = lesion["contrast"]
+        if lesion["halo"]:  # oedema halo
             image[(d >= 1) & (d < 1.6) & brain] += 0.07 * np.sign(contrast)
         blob = np.clip(1.2 - d, 0, 1) ** 0.5
-        image += contrast * blob * brain
-        if trng.random() < 0.35:  # necrotic core
+        texture = 1 + lesion["heterogeneity"] * 2.0 * _smooth(trng, shape, 1.5)  # _smooth is in [-1, 1]
+        image += contrast * blob * texture * brain
+        if lesion["necrosis"]:  # necrotic core
             image[(d < 0.4) & brain] = 0.1
     image = ndimage.gaussian_filter(image, rng.uniform(0.5, 1.2))
     head = r < 1.13
@@ -120,4 +153,4 @@ def generate_image_folders(out_dir: str | os.PathLike, cases: int = 4, seed: int
     return written
 
 
-__all__ = ["brain_slice", "generate_image_folders"]
+__all__ = ["BENIGN_LESION_SHARE", "brain_slice", "generate_image_folders", "lesion_distance"]

@@ -10,8 +10,13 @@ Layout written (as the TCIA download plus the nodule spreadsheet saved as CSV)::
 Phantom (LPS, axial slices): air outside an elliptical body (soft tissue ~40 HU, 1 mm-ish noise texture), two
 lungs (-850 HU parenchyma with texture and thin vessels), a vertebra (400 HU) behind, CT noise (sigma 20 HU).
 One or two nodules per scan, centred exactly on a voxel so the CSV's (x, y, image number) is the true centre, with a
-radial profile brightest at the centre: benign nodules small (radius 2.5-6 mm) and smooth, some with a calcified
-core; malignant ones larger (4-11 mm) with spiculated edges. Sizes overlap, so size alone does not decide.
+radial profile brightest at the centre. The class is carried by **morphology and texture**, the same cue family as
+the prostate and brain generators (`medtf.synth.morphology`; a spiculated margin is a malignancy sign in the lung
+as elsewhere): malignant nodules (radius 4-11 mm) have a spiculated, lobulated margin (spicules within ~15 degrees
+of the axial plane, so an axial crop shows them) and a heterogeneous interior; benign ones (2.5-8 mm) are smooth,
+slightly ellipsoid and homogeneous, some with a calcified core. Sizes and peak densities overlap, so neither alone
+decides. A network pretrained on these crops learns margin and texture features that transfer to the prostate
+task (the TL chain of issue #14).
 The image number is the slice's InstanceNumber, written in reverse z order (as many scanners, head first), so a
 reader that takes it for a 1-based z index is caught. PatientID is the scan number, as in LUNGx.
 """
@@ -28,6 +33,7 @@ from scipy import ndimage
 
 from medtf.io.volume import Volume
 from medtf.synth.dicom_writer import write_dicom_series
+from medtf.synth.morphology import lesion_margin, texture_amplitude, unit
 
 CSV_NAME = "LUNGx-NoduleData.csv"
 CSV_COLUMNS = ("Scan Number", "Nodule Number", "Nodule Center x,y Position*", "Nodule Center Image", "Diagnosis")
@@ -66,7 +72,7 @@ def _chest(rng, shape, spacing):
 def _add_nodule(rng, hu, free, spacing, malignant: bool):
     """Draw one nodule centred on a voxel of ``free`` (lung, away from the pleura and other nodules; updated);
     returns its (x, y, z) voxel index and radius in mm."""
-    radius = rng.uniform(4.0, 11.0) if malignant else rng.uniform(2.5, 6.0)
+    radius = rng.uniform(4.0, 11.0) if malignant else rng.uniform(2.5, 8.0)
     depth = ndimage.distance_transform_edt(free, sampling=(spacing[2], spacing[1], spacing[0]))
     margin = int(np.ceil(radius / spacing[2])) + 1  # whole nodule inside the scan in z
     depth[:margin], depth[-margin:] = 0, 0
@@ -78,12 +84,18 @@ def _add_nodule(rng, hu, free, spacing, malignant: bool):
     dx, dy, dz = (xx - x) * spacing[0], (yy - y) * spacing[1], (zz - z) * spacing[2]
     d = np.sqrt(dx**2 + dy**2 + dz**2)
     free &= d > 3 * radius + 6.0
-    if malignant:  # spicules: the edge radius varies with direction (7-fold, so the centre stays the centroid)
-        angle = np.arctan2(dy, dx)
-        d = d / (1 + 0.35 * np.maximum(0, np.sin(7 * angle + rng.uniform(0, 6.3))) ** 3)
+    rel = np.stack([dx, dy, dz], axis=-1)
+    if malignant:  # spicules and lobes: the edge radius varies with direction
+        d = d / lesion_margin(rng, True, dims=3, symmetric=True)(unit(rel))  # centroid = the CSV's centre
+    else:  # smooth, slightly ellipsoid
+        d = np.sqrt((dx / rng.uniform(0.85, 1.15)) ** 2 + (dy / rng.uniform(0.85, 1.15)) ** 2 + dz ** 2)
     profile = np.clip(1.0 - (d / radius) ** 2, 0.0, 1.0)  # brightest at the centre
     peak = rng.uniform(60.0, 120.0)
-    hu[:] = np.where(profile > 0, np.maximum(hu, -850.0 + (peak + 850.0) * profile ** 0.35), hu)
+    blotches = ndimage.gaussian_filter(rng.normal(size=hu.shape), (0.8, 1.5, 1.5))
+    blotches /= np.abs(blotches).max() + 1e-9
+    # texture fades towards the edge (x profile): it mottles the interior without moving the outline
+    density = (peak + 850.0) * profile ** 0.35 * (1 + 2.5 * texture_amplitude(rng, malignant) * blotches * profile)
+    hu[:] = np.where(profile > 0, np.maximum(hu, -850.0 + density), hu)
     if not malignant and rng.random() < 0.3:  # calcified core
         hu[d < 0.4 * radius] = np.maximum(hu[d < 0.4 * radius], 350.0)
     return (int(x), int(y), int(z)), radius

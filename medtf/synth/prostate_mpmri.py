@@ -17,11 +17,23 @@ Phantom (LPS: +x left, +y posterior, +z superior): a lobulated gland (bright per
 transition zone), a rectum behind it, textured fat/muscle around. Every tissue property (T2, proton density S0,
 ADC) is a function of the *physical* point, so each series samples the same anatomy on its own grid: T2 at
 0.5 mm in-plane / 3 mm slices, DWI/ADC at 2 mm / 3.6 mm with a different FOV and slice offset. DWI follows
-``S_b = S0 * exp(-b * ADC)`` with Rician noise. Lesions are dark on T2 and ADC and bright at high b; clinically
-significant ones (about one finding in four) are larger, darker on ADC (~780 vs ~1230e-6 mm^2/s) and more
-homogeneous than benign ones, with overlapping distributions. Each lesion centre lies on a T2 slice plane (it was
-"clicked" on the T2), ``pos`` is that point and ``ijk`` its rounded 0-based voxel index in every series.
-Per-patient gains on T2/DWI mimic uncalibrated MR intensities (ADC is quantitative).
+``S_b = S0 * exp(-b * ADC)`` with Rician noise. Lesions are dark on T2 and ADC and bright at high b. Each lesion
+centre lies on a T2 slice plane (it was "clicked" on the T2), ``pos`` is that point and ``ijk`` its rounded 0-based
+voxel index in every series. Per-patient gains on T2/DWI mimic uncalibrated MR intensities (ADC is quantitative).
+
+What tells the classes apart (about one finding in four is clinically significant) is **morphology and texture**,
+not intensity, so that a one-feature baseline (mean ADC at the finding) stays weak and a model has to look at the
+crop (issue #14's "learnable but not trivial"):
+
+* intensity overlaps: lesion ADC ~N(1020, 170) significant vs ~N(1100, 170) insignificant (1e-6 mm^2/s, about
+  0.5 sd apart), the same T2 darkening (x0.5-0.85) and proton density (x0.95-1.2) for both classes;
+* significant: a spiculated, lobulated margin (`medtf.synth.morphology.lesion_margin`: 5-9 spicules reaching up to
+  2.4 core radii), a heterogeneous interior (texture amplitude 0.22-0.38 on T2, S0 and ADC) and a
+  restricted-diffusion rim (ADC 15-30 % lower near the margin: a bright ring at high b); core radius 4-7 mm;
+* insignificant: a smooth ellipsoid, homogeneous (texture <= 0.04), no rim; core radius 3.5-6.5 mm.
+
+The same cue family (irregular spiculated heterogeneous = malignant, smooth homogeneous = benign) is drawn by the
+brain and lung generators, so that pretraining on them can help a small prostate set (the TL chain).
 """
 
 from __future__ import annotations
@@ -37,6 +49,7 @@ from pydicom.uid import generate_uid
 
 from medtf.io.volume import Volume
 from medtf.synth.dicom_writer import write_dicom_series
+from medtf.synth.morphology import Margin, lesion_margin, texture_amplitude, unit
 
 # key: (series number, folder description, Name in the Images CSV (= DCMSerDescr + "0"), DCMSerDescr)
 SERIES = {
@@ -104,14 +117,32 @@ def _ramp(inside: np.ndarray, width: float = 0.15) -> np.ndarray:
 @dataclasses.dataclass
 class Lesion:
     centre: np.ndarray  # mm LPS
-    radii: np.ndarray
+    radii: np.ndarray  # core ellipsoid semi-axes, mm
     significant: bool
     zone: str
     t2_factor: float
     adc: float
     s0_factor: float
-    texture: float
-    field: _Field
+    texture: float  # internal heterogeneity (relative amplitude)
+    field: _Field  # margin wobble
+    margin: Margin  # spicules and lobes (none when insignificant)
+    rim: float = 0.0  # restricted-diffusion rim: relative ADC drop near the margin
+    wobble: float = 0.05
+    texture_field: _Field = None  # set by add_lesion
+
+    def radius(self, p: np.ndarray) -> np.ndarray:
+        """Normalised radius of points ``p (..., 3)``: < 1 inside the (spiculated) margin, 1 on it."""
+        rel = (p - self.centre) / self.radii
+        return np.linalg.norm(rel, axis=-1) / self.margin(unit(rel))
+
+    def modulation(self, p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(membership, texture, rim)`` at points ``p (..., 3)``: soft membership in [0, 1] (partial-volume edge,
+        a smooth wobble of the margin), relative texture (blotches of ~7 mm: coarse enough to survive the 2 mm
+        DWI / ADC grid) and the ADC factor of the restricted-diffusion rim (1 without one)."""
+        s = self.radius(p)
+        w = _ramp(s ** 2 + self.wobble * self.field(p), 0.3)
+        tex = np.clip(self.texture * self.texture_field(p), -0.6, 0.6)
+        return w, tex, 1.0 - self.rim * np.exp(-(((s - 0.8) / 0.15) ** 2))
 
 
 class ProstatePhantom:
@@ -137,14 +168,16 @@ class ProstatePhantom:
         return float(np.sum(((p - self.c) / self.a) ** 2)) < margin
 
     def add_lesion(self, rng, centre, significant: bool, zone: str) -> Lesion:
-        r = rng.uniform(4.5, 8.0) if significant else rng.uniform(3.0, 6.5)
+        # Intensities overlap between the classes (see the module docstring); shape, texture and rim do not.
+        r = rng.uniform(4.0, 7.0) if significant else rng.uniform(3.5, 6.5)
         r = min(r, 0.45 * float(self.a.min()))
         lesion = Lesion(
             centre=np.asarray(centre, float), radii=r * rng.uniform(0.8, 1.2, 3), significant=significant,
-            zone=zone, t2_factor=rng.uniform(0.45, 0.65) if significant else rng.uniform(0.72, 0.95),
-            adc=float(max(rng.normal(780, 100) if significant else rng.normal(1230, 150), 450.0)),
-            s0_factor=rng.uniform(1.0, 1.3) if significant else rng.uniform(0.9, 1.1),
-            texture=0.05 if significant else 0.2, field=_Field(rng, 1.5),
+            zone=zone, t2_factor=rng.uniform(0.5, 0.85),
+            adc=float(max(rng.normal(1020, 170) if significant else rng.normal(1100, 170), 450.0)),
+            s0_factor=rng.uniform(0.95, 1.2), texture=texture_amplitude(rng, significant), field=_Field(rng, 1.5),
+            margin=lesion_margin(rng, significant, dims=3), rim=rng.uniform(0.15, 0.3) if significant else 0.0,
+            wobble=0.15 if significant else 0.05, texture_field=_Field(rng, 2.0),
         )
         self.lesions.append(lesion)
         return lesion
@@ -162,11 +195,10 @@ class ProstatePhantom:
         s0 = mix(320 + 60 * bg, 620 + 40 * bg, 520 + 60 * nod, 20.0)
         adc = mix(1450 + 150 * bg, 1750 + 100 * bg, 1250 + 120 * nod, 200.0)
         for les in self.lesions:
-            w = _ramp(np.sum(((p - les.centre) / les.radii) ** 2, axis=-1) + 0.15 * les.field(p), 0.3)
-            tex = les.texture * les.field(p * 1.7)
+            w, tex, rim = les.modulation(p)
             t2 = t2 * (1 - w) + t2 * les.t2_factor * (1 + tex) * w
             s0 = s0 * (1 - w) + s0 * les.s0_factor * (1 + 0.5 * tex) * w
-            adc = adc * (1 - w) + les.adc * (1 + tex) * w
+            adc = adc * (1 - w) + les.adc * (1 + tex) * rim * w
         return t2 * self.gain_t2, s0 * self.gain_s0, adc
 
 
@@ -268,6 +300,7 @@ def _place_lesions(rng, phantom: ProstatePhantom, t2: Volume, labels: list[bool]
             p = phantom.c + phantom.a * u / np.linalg.norm(u) * rng.uniform(0.0, 0.75) ** (1 / 3)
             k = np.clip(np.rint(t2.physical_to_index(p)[2]), 1, t2.array.shape[0] - 2)
             p = p + t2.direction_matrix[:, 2] * (k - t2.physical_to_index(p)[2]) * t2.spacing[2]
+            # cores apart (a neighbour's spicules may reach into a crop, as in real glands)
             far = all(np.linalg.norm(p - q.centre) > 2 * q.radii.max() + 3.0 for q in phantom.lesions)
             if phantom.in_gland(p) and far and (phantom.zone_of(p) == want or attempt > 300):
                 phantom.add_lesion(rng, p, bool(significant), phantom.zone_of(p))
