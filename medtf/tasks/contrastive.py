@@ -151,6 +151,8 @@ class ContrastiveTask(Task):
 
         tokenizer = getattr(model, "tokenizer", None)
 
+        # Plain TF with static Python branches: autograph would spend seconds rewriting keras-hub's tokenizer.
+        @tf.autograph.experimental.do_not_convert
         def to_model(example):
             self.check_fields(example)
             label = tf.reshape(tf.cast(example["label"], tf.float32), [1]) if "label" in example \

@@ -50,6 +50,8 @@ class MaskedLMTask(Task):
                                  f"medtf.models.ReportMaskedLM); {model.name!r} has no {attr!r}")
         tokenizer, length, slots = model.tokenizer, model.tokenizer.sequence_length, model.max_masked
 
+        # Plain TF with static Python branches: autograph would spend seconds rewriting keras-hub's tokenizer.
+        @tf.autograph.experimental.do_not_convert
         def to_model(example):
             self.check_fields(example)
             tokens = tokenizer(tf.reshape(example["report"], []))

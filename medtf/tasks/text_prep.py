@@ -43,10 +43,8 @@ def text_stats(reports, tokens, sequence_length: int, lowercase: bool = True) ->
 
     tokenizer = keras_hub.models.BertTokenizer(vocabulary=list(tokens), lowercase=lowercase,
                                                strip_accents=lowercase)
-    import tensorflow as tf
-
-    # In tf.data, as training tokenises (eagerly keras-hub may answer with Python lists).
-    rows = [r.numpy() for r in tf.data.Dataset.from_tensor_slices(tf.constant(list(reports), tf.string)).map(tokenizer)]
+    # Python strings take keras-hub's TensorFlow-free path (lists of ids): no graph to trace for counting.
+    rows = tokenizer([r.decode("utf-8") if isinstance(r, bytes) else str(r) for r in reports])
     lengths = np.asarray([len(r) for r in rows])
     unk = tokens.index("[UNK]")
     pieces = np.concatenate(rows) if rows else np.zeros(0)

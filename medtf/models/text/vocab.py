@@ -47,19 +47,28 @@ def read_reports(data_dir: str | os.PathLike, splits: str | Sequence[str]) -> li
 
 
 def learn_vocabulary(reports: Sequence[bytes | str], vocabulary_size: int, lowercase: bool = True) -> list[str]:
-    """WordPiece tokens learned from ``reports`` (keras-hub's ``compute_word_piece_vocabulary``, tensorflow-text's
-    trainer); the reserved tokens `RESERVED_TOKENS` come first. At most ``vocabulary_size`` tokens (fewer when
-    the corpus is small: the trainer's count threshold is at least 10, so rarer words are split into pieces,
-    down to single characters, which are always kept)."""
-    import tensorflow as tf
-    from keras_hub.tokenizers import compute_word_piece_vocabulary
+    """WordPiece tokens learned from ``reports``; the reserved tokens `RESERVED_TOKENS` come first. At most
+    ``vocabulary_size`` tokens (fewer when the corpus is small: the trainer's count threshold is at least 10, so
+    rarer words are split into pieces, down to single characters, which are always kept).
+
+    What keras-hub's ``compute_word_piece_vocabulary`` does (keras-hub's word splitting, tensorflow-text's
+    learner), with keras-hub's pure-Python splitting instead of a traced tf.data map: seconds less per run on a
+    corpus of a few hundred reports.
+    """
+    import collections
+
+    from keras_hub.src.tokenizers.word_piece_tokenizer import pretokenize_python
+    from tensorflow_text.tools.wordpiece_vocab import wordpiece_tokenizer_learner_lib as learner
 
     if not reports:
         raise ValueError("no reports to learn a WordPiece vocabulary from")
-    data = tf.data.Dataset.from_tensor_slices(tf.constant(list(reports), tf.string)).batch(64)
-    tokens = compute_word_piece_vocabulary(data, int(vocabulary_size), lowercase=lowercase, strip_accents=lowercase,
-                                           reserved_tokens=list(RESERVED_TOKENS))
-    return [t.decode("utf-8") if isinstance(t, bytes) else str(t) for t in tokens]
+    counts = collections.Counter()
+    for report in reports:
+        text = report.decode("utf-8") if isinstance(report, bytes) else str(report)
+        counts.update(pretokenize_python(text, lowercase=lowercase, strip_accents=lowercase))
+    tokens = learner.learn(counts, int(vocabulary_size), list(RESERVED_TOKENS), include_joiner_token=True,
+                           joiner="##")
+    return [str(t) for t in tokens[: int(vocabulary_size)]]
 
 
 def write_vocabulary(tokens: Sequence[str], path: str | os.PathLike) -> Path:
