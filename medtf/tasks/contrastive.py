@@ -219,7 +219,9 @@ class ContrastiveTask(Task):
     def export(self, run_dir, checkpoint: str = "best", output=None, version=None, name=None,
                threshold: float = 0.5, **_) -> Path:
         """``serving_default``: raw ``images`` -> ``image_embeddings (B, E)``; ``encode_text``: ``reports``
-        (strings) -> ``text_embeddings (B, E)``; ``preprocess``. Embeddings are L2-normalised."""
+        (strings) -> ``text_embeddings (B, E)``; ``preprocess``. Embeddings are L2-normalised. With a keras-hub
+        text tower the reports are tokenised inside ``encode_text`` (tensorflow-text ops: a loading process must
+        ``import tensorflow_text`` first)."""
         import tensorflow as tf
 
         from medtf.export.saved_model import load_checkpoint
@@ -244,4 +246,8 @@ class ContrastiveTask(Task):
         """``embeddings.npy`` (one L2-normalised image embedding per input, in input order) and prediction.json."""
         from medtf.tasks.classification import predict_features
 
+        try:  # a keras-hub text tower's SavedModel holds tensorflow-text ops (WordPiece): register them first
+            import tensorflow_text  # noqa: F401
+        except ImportError:
+            pass
         return predict_features(self.name, model_dir, input_path, output, "image_embeddings", "embeddings.npy")
