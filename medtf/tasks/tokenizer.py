@@ -2,9 +2,10 @@
 discrete token per ``R x R`` patch; its tokens are the targets of BEiT-style masked image modelling.
 
 Any data kind with an ``image`` field works (``nuclei-he`` tiles: labels, boxes and instances are ignored, so
-unlabelled tiles serve too). The model outputs ``{"reconstruction", "tokens"}``; the loss is the reconstruction's
-mean squared error (plus the quantiser's commitment loss, which the model adds itself), ``tokens`` has no loss and
-only feeds the codebook metrics. Keras names the metrics after the outputs:
+unlabelled tiles serve too). The model outputs ``{"reconstruction", "tokens", "commitment"}``; the loss is the
+reconstruction's mean squared error plus the mean commitment loss (logged as ``reconstruction_loss`` and
+``commitment_loss``), ``tokens`` has no loss and only feeds the codebook metrics. Keras names the metrics after the
+outputs:
 
 - ``reconstruction_mse`` and ``reconstruction_psnr`` (``10 log10(1 / MSE)`` per example, averaged: images in
   ``[0, 1]``, as the ``nuclei-he`` parser scales them),
@@ -43,6 +44,17 @@ class ReconstructionPSNR(keras.metrics.Mean):
 
     def get_config(self):
         return {**super().get_config(), "data_range": self.data_range}
+
+
+@keras.saving.register_keras_serializable(package="medtf")
+class CommitmentLoss(keras.losses.Loss):
+    """The mean of the model's per-example commitment output ``y_pred (B,)`` (``y_true`` is a placeholder)."""
+
+    def __init__(self, name="commitment", reduction="sum_over_batch_size", dtype="float32"):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+
+    def call(self, y_true, y_pred):
+        return ops.cast(y_pred, "float32")
 
 
 class _CodeCounts(keras.metrics.Metric):
@@ -151,19 +163,22 @@ class TokenizerTask(Task):
             if spatial.is_fully_defined() and any(int(s) % r for s in spatial):
                 raise ValueError(f"task 'tokenizer': images {image.shape} are not a multiple of the tokenizer's "
                                  f"patch_size {r}; crop them with data.patch_size / data.val_patch_size")
-            # The tokens have no target; Keras still wants one entry per output (the codebook metrics ignore it).
+            # Tokens and commitment have no target; Keras still wants one entry per output (ignored).
             placeholder = tf.zeros(tf.shape(image)[:-1] // r, tf.int32)
-            return image, {"reconstruction": image, "tokens": placeholder}
+            return image, {"reconstruction": image, "tokens": placeholder, "commitment": tf.zeros(())}
 
         return to_model
 
     # === Compile ===
     def default_loss(self, model):
-        return {"reconstruction": keras.losses.MeanSquaredError(name="mse"), "tokens": None}
+        return {"reconstruction": keras.losses.MeanSquaredError(name="mse"), "tokens": None,
+                "commitment": CommitmentLoss()}
 
     def build_loss(self, loss, model):
+        """A named loss replaces the reconstruction's (the commitment loss stays)."""
         built = super().build_loss(loss, model)
-        return built if isinstance(built, dict) else {"reconstruction": built, "tokens": None}
+        return built if isinstance(built, dict) else {"reconstruction": built, "tokens": None,
+                                                      "commitment": CommitmentLoss()}
 
     def default_metrics(self, model):
         return {"reconstruction": [keras.metrics.MeanSquaredError(name="mse"), ReconstructionPSNR()],

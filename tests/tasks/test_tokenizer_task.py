@@ -35,7 +35,8 @@ def shards(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def tok_run(shards) -> Path:
-    """The shipped experiment, tiny, trained 1 epoch (1 step) through `medtf train` (whole 32 px tiles, no augmentation)."""
+    """The shipped experiment, tiny, trained 1 epoch (1 step) through `medtf train` (whole 32 px tiles, no
+    augmentation)."""
     run = shards.parent / "run"
     assert run_medtf("train", REPO / "experiments/nuclei_tokenizer.yaml", "--run-dir", run,
                      "--set", f"data.dir={shards}", "--set", "train.epochs=1", "--set", "train.steps_per_epoch=null",
@@ -67,13 +68,16 @@ def test_tokenizer_training_evaluation_and_panels_through_the_cli(tok_run):
     assert default_monitor("tokenizer") == ("val_loss", "min")
     rows = list(csv.DictReader(open(tok_run / "history.csv")))
     assert len(rows) == 1
-    assert {"loss", "reconstruction_mse", "reconstruction_psnr", "tokens_perplexity", "tokens_usage",
-            "val_loss", "val_tokens_perplexity", "val_tokens_usage"} <= set(rows[0]), sorted(rows[0])
+    assert {"loss", "reconstruction_loss", "commitment_loss", "reconstruction_mse", "reconstruction_psnr",
+            "tokens_perplexity", "tokens_usage", "val_loss", "val_tokens_perplexity",
+            "val_tokens_usage"} <= set(rows[0]), sorted(rows[0])
     for r in rows:
         perplexity, usage = float(r["tokens_perplexity"]), float(r["tokens_usage"])
         assert 1.0 <= perplexity <= usage * CODES + 1e-3 and 0 < usage <= 1  # exp(entropy) <= codes used
-        # the loss adds the commitment term to the reconstruction MSE
-        assert float(r["loss"]) >= float(r["reconstruction_mse"]) - 1e-6
+        # the loss is the reconstruction MSE plus the commitment term
+        parts = float(r["reconstruction_loss"]) + float(r["commitment_loss"])
+        assert float(r["loss"]) == pytest.approx(parts, rel=1e-4)
+        assert float(r["reconstruction_loss"]) == pytest.approx(float(r["reconstruction_mse"]), rel=1e-4)
         assert float(r["reconstruction_psnr"]) > 0
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -19,17 +19,21 @@ from keras import ops
 
 @keras.saving.register_keras_serializable(package="medtf")
 class VectorQuantizerEMA(keras.layers.Layer):
-    """``z (B, ..., D)`` -> ``(quantised (B, ..., D), codes (B, ...) int32)``.
+    """``z (B, ..., D)`` -> ``(quantised (B, ..., D), codes (B, ...) int32, commitment (B,) float32)``.
 
     ``quantised`` is the nearest code (squared Euclidean distance) of every vector, passed straight through:
-    ``z + stop_gradient(code - z)``, so the decoder's gradient reaches the encoder unchanged. In training
-    (``training=True``) the layer adds the commitment loss ``commitment_cost * mean((z - sg(code))**2)``
-    (`add_loss`) and updates its state:
+    ``z + stop_gradient(code - z)``, so the decoder's gradient reaches the encoder unchanged. ``commitment`` is
+    each example's commitment loss ``commitment_cost * mean((z - sg(code))**2)``, returned rather than
+    `add_loss`-ed: a compiled loss on it is scaled per replica by Keras, while `add_loss` terms of a layer shared
+    by MirroredStrategy's replica threads can be picked up by the wrong replica. In training (``training=True``)
+    the layer updates its state:
 
     - ``cluster_size <- decay * cluster_size + (1 - decay) * n_k`` and ``embed_sum <- decay * embed_sum +
       (1 - decay) * sum of the vectors assigned to code k``; the codebook is ``embed_sum / cluster_size`` with
-      Laplace smoothing ``(cluster_size + eps) / (total + K eps) * total``, derived on every call (not stored) so
-      replicas that average their state (``aggregation="mean"``) still agree on one codebook.
+      Laplace smoothing ``(cluster_size + eps) / (total + K eps) * total``, derived on every call (not stored).
+      Under a distribution strategy the counts and sums are summed over the replicas first and restarts use
+      replica 0's draws, so every replica writes the same state (``aggregation="mean"``): one device's update
+      on the global batch.
     - ``unused`` counts the training calls since a code was last picked; when it reaches ``restart_after``
       (> 0) the code restarts at a random vector of the batch (``embed_sum = z``, ``cluster_size = 1``).
       ``unused`` starts at ``restart_after``, so the first training batch seeds every code it did not pick.
@@ -47,7 +51,7 @@ class VectorQuantizerEMA(keras.layers.Layer):
 
     Example:
         >>> vq = VectorQuantizerEMA(num_codes=64, embedding_dim=8)
-        >>> quantised, codes = vq(np.random.rand(2, 4, 4, 8).astype("float32"), training=True)
+        >>> quantised, codes, commitment = vq(np.random.rand(2, 4, 4, 8).astype("float32"), training=True)
     """
 
     def __init__(self, num_codes=8192, embedding_dim=32, decay=0.99, commitment_cost=0.25, epsilon=1e-5,
@@ -100,18 +104,23 @@ class VectorQuantizerEMA(keras.layers.Layer):
         codebook = self.codebook
         codes = self.nearest(flat, codebook)
         quantised = ops.reshape(ops.take(codebook, codes, axis=0), ops.shape(z))
+        squared = ops.reshape(ops.square(z - ops.stop_gradient(quantised)), (ops.shape(z)[0], -1))
+        commitment = self.commitment_cost * ops.mean(squared, axis=-1)
         if training:
-            self.add_loss(self.commitment_cost * ops.mean(ops.square(z - ops.stop_gradient(quantised))))
             self._update(ops.stop_gradient(flat), codes)
         # Straight-through: the forward value is the code, the gradient w.r.t. z is the identity.
         out = z + ops.stop_gradient(quantised - z)
-        return out, ops.reshape(codes, ops.shape(z)[:-1])
+        return out, ops.reshape(codes, ops.shape(z)[:-1]), commitment
 
     def _update(self, flat, codes):
         """EMA of counts and sums, then restarts of the codes unused for ``restart_after`` calls."""
         k = self.num_codes
         counts = ops.segment_sum(ops.ones_like(codes, dtype="float32"), codes, num_segments=k)
         sums = ops.segment_sum(flat, codes, num_segments=k)
+        ctx = tf.distribute.get_replica_context()  # None in a cross-replica context; 1 replica without a strategy
+        replicas = ctx.num_replicas_in_sync if ctx is not None else 1
+        if replicas > 1:  # the global batch's statistics: every replica computes the same update
+            counts, sums = ctx.all_reduce("sum", [counts, sums])
         size = self.decay * self.cluster_size + (1.0 - self.decay) * counts
         embed = self.decay * self.embed_sum + (1.0 - self.decay) * sums
         unused = ops.where(counts > 0, 0.0, self.unused + 1.0)
@@ -120,6 +129,9 @@ class VectorQuantizerEMA(keras.layers.Layer):
             seed = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(self.steps.value, tf.int64)])
             pick = tf.random.stateless_uniform((k,), seed, 0, tf.shape(flat)[0], dtype=tf.int32)
             candidates = ops.take(flat, pick, axis=0)
+            if replicas > 1:  # replica 0's draws on every replica, so the (averaged) state stays one codebook
+                first = tf.cast(tf.equal(ctx.replica_id_in_sync_group, 0), candidates.dtype)
+                candidates = ctx.all_reduce("sum", candidates * first)
             embed = ops.where(dead[:, None], candidates, embed)
             size = ops.where(dead, 1.0, size)
             unused = ops.where(dead, 0.0, unused)
@@ -129,7 +141,8 @@ class VectorQuantizerEMA(keras.layers.Layer):
         self.steps.assign(self.steps + 1.0)
 
     def compute_output_spec(self, z, training=False):
-        return (keras.KerasTensor(z.shape, "float32"), keras.KerasTensor(z.shape[:-1], "int32"))
+        return (keras.KerasTensor(z.shape, "float32"), keras.KerasTensor(z.shape[:-1], "int32"),
+                keras.KerasTensor(z.shape[:1], "float32"))
 
     def get_config(self):
         return {**super().get_config(), "num_codes": self.num_codes, "embedding_dim": self.embedding_dim,

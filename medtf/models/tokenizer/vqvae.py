@@ -43,11 +43,12 @@ def _residual(x, width, spatial_dims, name):
 
 @keras.saving.register_keras_serializable(package="medtf")
 class VQVAE(keras.Model):
-    """``images (B, H, W, C)`` -> ``{"reconstruction": (B, H, W, C) float32, "tokens": (B, H/R, W/R) int32}``.
+    """``images (B, H, W, C)`` -> ``{"reconstruction": (B, H, W, C) float32, "tokens": (B, H/R, W/R) int32,
+    "commitment": (B,) float32}`` (each example's commitment loss, which the tokenizer task adds to the loss).
 
     Layers (sub-models, so a token-only or decode-only graph reuses them): ``encoder`` (images -> ``z (B, H/R,
     W/R, D)``), ``quantizer`` (`VectorQuantizerEMA`: nearest of ``num_codes`` codes, straight-through, commitment
-    loss and EMA/restart updates when ``training``), ``decoder`` (codes' vectors -> images, linear output in the
+    loss; EMA/restart updates when ``training``), ``decoder`` (codes' vectors -> images, linear output in the
     input's scale). Fully convolutional: any ``H, W`` that are multiples of ``patch_size``.
 
     Args:
@@ -98,8 +99,8 @@ class VQVAE(keras.Model):
                                        seed=seed, name="quantizer")
         # === Functional Model ===
         images = keras.Input(shape=(*spatial, num_channels), name="images")
-        quantised, tokens = quantizer(encoder(images))
-        outputs = {"reconstruction": decoder(quantised), "tokens": tokens}
+        quantised, tokens, commitment = quantizer(encoder(images))
+        outputs = {"reconstruction": decoder(quantised), "tokens": tokens, "commitment": commitment}
         super().__init__(inputs=images, outputs=outputs, name=kwargs.pop("name", "vqvae"), **kwargs)
         # === Config ===
         self.patch_size, self.num_channels, self.num_codes = int(patch_size), int(num_channels), int(num_codes)
@@ -124,7 +125,7 @@ def tokenizer_encoder(model: VQVAE) -> keras.Model:
     quantiser runs in inference mode: no EMA update). What the export and the MIM target provider call."""
     encoder, quantizer = model.get_layer("encoder"), model.get_layer("quantizer")
     images = keras.Input(shape=encoder.inputs[0].shape[1:], name="images")
-    _, tokens = quantizer(encoder(images), training=False)
+    _, tokens, _ = quantizer(encoder(images), training=False)
     return keras.Model(images, tokens, name="tokenizer")
 
 
