@@ -73,6 +73,23 @@ own_rows = np.concatenate([np.arange(3) if i == 0 else np.arange(3, 5) for i in 
 result["local_replicas"] = local
 result["uneven_single"] = uneven_loss(np.zeros((5, 1), np.float32), emb).numpy()[own_rows].tolist()
 result["recall_mirrored"] = float(recall.result())
+# Label-aware targets: the classes are gathered with the embeddings (row 0's classmates 2 and 4 live on both
+# replicas), so each replica's soft targets equal the single-device ones.
+labels = np.array([[0.0], [1.0], [0.0], [1.0], [0.0]], np.float32)
+aware_loss = ClipLoss(temperature=0.1, label_aware=True, reduction=None)
+label_rows = {0: labels[:3], 1: labels[3:]}
+label_values = strategy.experimental_distribute_values_from_function(
+    lambda ctx: tf.constant(label_rows[ctx.replica_id_in_sync_group]))
+
+
+@tf.function
+def per_sample_aware(values, labels):
+    return strategy.run(lambda v, y: aware_loss(y, v), args=(values, labels))
+
+
+aware = per_sample_aware(values, label_values)
+result["aware_loss"] = np.concatenate([t.numpy() for t in strategy.experimental_local_results(aware)]).tolist()
+result["aware_single"] = aware_loss(labels, emb).numpy()[own_rows].tolist()
 single_metric = RetrievalRecallAt1()
 single_metric.update_state(None, emb)
 result["recall_single"] = float(single_metric.result())

@@ -34,6 +34,8 @@ def test_uneven_replica_batches_use_global_targets(replicas):
     assert replicas["replicas"] == 2 and replicas["strategy"] == "MirroredStrategy"
     # Rows 0-2 on replica 0, rows 3-4 on replica 1: each row's loss is against all 5 pairs, own pair the target.
     np.testing.assert_allclose(replicas["uneven_loss"], replicas["uneven_single"], rtol=1e-5)
+    np.testing.assert_allclose(replicas["aware_loss"], replicas["aware_single"], rtol=1e-5)
+    assert np.abs(np.subtract(replicas["aware_loss"], replicas["uneven_loss"])).max() > 1e-3  # the classes count
     # Image 3 (replica 1) retrieves report 0 (replica 0): 9 of 10 directions hit, per replica alone all 10.
     assert replicas["recall_single"] == pytest.approx(0.9)
     assert replicas["recall_mirrored"] == pytest.approx(replicas["recall_single"], rel=1e-6)
@@ -61,6 +63,7 @@ def _check_worker(result: dict, index: int) -> None:
     assert result["replicas"] == 2 and result["strategy"] == "MultiWorkerStrategy"
     assert result["local_replicas"] == [index] and result["local_batch_sizes"] == [4]
     np.testing.assert_allclose(result["uneven_loss"], result["uneven_single"], rtol=1e-5)
+    np.testing.assert_allclose(result["aware_loss"], result["aware_single"], rtol=1e-5)
     assert result["recall_mirrored"] == pytest.approx(result["recall_single"], rel=1e-6)
     assert result["mirrored_loss"] == pytest.approx(result["single_loss"], rel=1e-5)
     assert result["grad_rel_err"] < 1e-5, result["grad_max_abs_diff"]
