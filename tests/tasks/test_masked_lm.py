@@ -163,10 +163,6 @@ def test_report_mlm_trains_logs_no_text_and_exports_a_preset(mlm_run, tmp_path):
             data = path.read_bytes()
             assert not [s for s in sentences if s.encode("utf-8") in data or s.lower().encode() in data], path
 
-    assert run_medtf("evaluate", run, "--split", "test", "--quiet") == 0
-    metrics = json.loads((run / "eval-test" / "summary.json").read_text())["metrics"]
-    assert metrics["n"] == 2 and 0.0 <= metrics["masked_accuracy"] <= 1.0 and metrics["masked_per_report"] >= 1
-
     assert run_medtf("export", run, "--output", tmp_path / "preset", "--quiet") == 0
     trained = keras.saving.load_model(run / "checkpoints" / "best.keras", compile=False)
     for source in (tmp_path / "preset", run):  # the keras-hub preset, or the run directory itself
@@ -178,12 +174,16 @@ def test_report_mlm_trains_logs_no_text_and_exports_a_preset(mlm_run, tmp_path):
 
 @pytest.mark.slow
 def test_brain_clip_loads_the_mlm_text_tower_frozen(mlm_run, tmp_path):
-    """experiments/brain_clip.yaml (CPU smoke sizes) with text.preset = the masked_lm run, frozen, label-aware:
+    """`medtf evaluate` of the masked_lm run; experiments/brain_clip.yaml (CPU smoke sizes) with text.preset = the masked_lm run, frozen, label-aware:
     the CLIP checkpoint's text backbone is the MLM's, its vocabulary is copied to the run, evaluation reports the
     learned logit scale."""
     import keras
 
     shards, mlm = mlm_run
+    assert run_medtf("evaluate", mlm, "--split", "test", "--output", tmp_path / "mlm-eval", "--quiet") == 0
+    metrics = json.loads((tmp_path / "mlm-eval" / "summary.json").read_text())["metrics"]
+    assert metrics["n"] == 2 and 0.0 <= metrics["masked_accuracy"] <= 1.0 and metrics["masked_per_report"] >= 1
+
     run = tmp_path / "clip"
     assert run_medtf("train", REPO / "experiments/brain_clip.yaml", "--run-dir", run, "--set", f"data.dir={shards}",
                      "--set", f"model.args.text.preset={mlm}", "--set", "model.args.text.trainable=false",
