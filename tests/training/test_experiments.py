@@ -26,8 +26,14 @@ def test_experiment_loads_and_builds(path):
     from medtf.training.experiment import parse_config
     from medtf.tuning import tune_settings
 
+    from medtf.models.text.vocab import RESERVED_TOKENS
+    from medtf.tasks.text_prep import needs_text_tower
+
     config = load_config(path)
     experiment = parse_config(config)  # every key, type, name and argument checked
+    args = config["model"].setdefault("args", {})
+    if needs_text_tower(config["model"]["name"], args):  # medtf train learns it from the training reports
+        args["text"] = {**(args.get("text") or {}), "vocabulary": [*RESERVED_TOKENS, "left", "right"]}
     model = build_model(config["model"])
     task = get_task(experiment.task)
     loss = task.build_loss(config["loss"], model)  # one per output for multi-output models (None: no loss)
