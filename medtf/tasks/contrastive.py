@@ -246,8 +246,6 @@ class ContrastiveTask(Task):
         """``embeddings.npy`` (one L2-normalised image embedding per input, in input order) and prediction.json."""
         from medtf.tasks.classification import predict_features
 
-        try:  # a keras-hub text tower's SavedModel holds tensorflow-text ops (WordPiece): register them first
-            import tensorflow_text  # noqa: F401
-        except ImportError:
-            pass
+        import tensorflow_text  # noqa: F401  (a keras-hub text tower's SavedModel holds its WordPiece ops)
+
         return predict_features(self.name, model_dir, input_path, output, "image_embeddings", "embeddings.npy")
