@@ -4,6 +4,8 @@
                        [--partition P] [--account A] [--job-name NAME] [--set k=v ...]
                        [--run-dir DIR] [--cluster-config FILE] [--after JOBID] [--dry-run | --submit]
     medtf slurm CONFIG --tune --workers N [--nodes M] [--gpus-per-node G] ...   a `medtf tune` search job
+    medtf slurm CONFIG --data-workers N [--data-worker-cpus C] [--data-service-layout hetjob|separate]
+                                                 augmentation on N CPU-only tf.data service workers
     medtf slurm run [options] -- COMMAND ...     any other medtf command as a job (convert, evaluate, ...)
     medtf slurm convert KIND --input IN --output OUT --num-tasks N [convert options] [job options]
                                                  conversion as a job array of N tasks + a dependent merge job
@@ -61,6 +63,9 @@ def _add_options(p, default=None) -> None:
                    help="a `medtf tune` search over the config's tune section instead of one training run")
     p.add_argument("--workers", type=int, default=d(None),
                    help="with --tune: workers training trials in parallel (default 1), besides the chief")
+    from medtf.cli.slurm_data_service import add_data_service_options
+
+    add_data_service_options(p, d)  # --data-workers N: input pipeline on tf.data service workers
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--dry-run", action="store_true", default=d(False), help="print the script (the default)")
     mode.add_argument("--submit", action="store_true", default=d(False),
@@ -309,6 +314,10 @@ def run(args) -> int:
                            overrides=args.overrides, after=args.after,
                            job_name=args.job_name or (stem if args.tune else None),
                            tune=args.tune, workers=1 if args.workers is None else args.workers)
+            if args.data_workers is not None:
+                from medtf.cli.slurm_data_service import data_service_jobs
+
+                return data_service_jobs(args, spec, cluster)
         if not args.submit:
             sys.stdout.write(render_job(spec, cluster))
             return 0
