@@ -12,6 +12,11 @@ Lesion classifiers (models trained on prostate-mpmri or lung-nodules crops) take
 patient folder, or a lung CT DICOM folder) plus --lesions FILE (prostate: CSV with x,y,z in mm LPS or i,j,k T2
 voxel indices, optional lesion id; lung: the LUNGx nodule CSV) and write lesions.csv, prediction.json and an
 overlay PNG per lesion crop with its score; the crops are the converter's (`medtf.tasks.lesions` lists the columns).
+Image-report (contrastive) models take an mri-reports case folder (one NIfTI per sequence, stacked as the converter
+does), a folder of them, or images, and write embeddings.npy and prediction.json: per input the top-k training
+reports (pseudonymised ids and cosine similarities, from the report index stored at export) and zero-shot class
+probabilities when the experiment had evaluate.zero_shot.prompts. With --query-text TEXT (exported model, or a run
+directory after medtf evaluate) they print the training reports nearest to TEXT; report text only with --show-text.
 An input unlike the training data (modality, voxel spacing, size, intensities; the fingerprint `medtf export` stores
 in medtf.json) is predicted all the same, with a warning on stderr and in prediction.json's "warnings".
 """
@@ -25,8 +30,9 @@ def register(commands) -> None:
     p = commands.add_parser("predict", help="segment an image/series with an exported model",
                             description=__doc__)
     p.add_argument("model", metavar="MODEL", help="exported model folder or version folder")
-    p.add_argument("--input", required=True, help="DICOM series folder, NIfTI/MHD volume or PNG/TIFF image")
-    p.add_argument("--output", required=True, help="output folder")
+    p.add_argument("--input", help="DICOM series folder, NIfTI/MHD volume or PNG/TIFF image (contrastive models: "
+                                   "an mri-reports case folder, a folder of them, or images)")
+    p.add_argument("--output", help="output folder (required except with --query-text)")
     p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (default %(default)s)")
     p.add_argument("--threshold", type=float, default=None, help="decision threshold (default: the model's)")
     p.add_argument("--probabilities", action="store_true", help="also write probabilities.nii.gz")
@@ -44,6 +50,13 @@ def register(commands) -> None:
                         "i,j,k (0-based transverse-T2 voxel; or ijk 'i j k'), optional lesion (id) and ProxID; "
                         "lung: the LUNGx nodule CSV (Scan Number, Nodule Number, Nodule Center x,y Position, "
                         "Nodule Center Image; Diagnosis not needed)")
+    p.add_argument("--top-k", type=int, default=5,
+                   help="contrastive (image-report) models: training reports retrieved per input (default %(default)s)")
+    p.add_argument("--query-text", default=None, metavar="TEXT",
+                   help="contrastive models (exported, or a run directory after medtf evaluate): print the training "
+                        "reports nearest to TEXT (pseudonymised ids and cosine similarities) instead of --input")
+    p.add_argument("--show-text", action="store_true",
+                   help="contrastive models: also print/write the retrieved reports' text (PHI: off by default)")
     p.add_argument("--plan", default=None, help="with --reconstruct: the original RT Plan to match against")
     p.set_defaults(handler=run)
 
@@ -68,10 +81,52 @@ def _reconstruct_problem(args) -> str | None:
     return None
 
 
+def _contrastive(args) -> int | None:
+    """Image-report models (exported, or a run directory): top-k training reports / zero-shot probabilities per
+    input, or the reports nearest to --query-text; None for other models."""
+    from pathlib import Path
+
+    from medtf.export import ExportError
+    from medtf.io import InputError
+    from medtf.tasks import get_task, task_of_model, task_of_run
+
+    task = task_of_run(args.model) if (Path(args.model) / "config.yaml").is_file() else task_of_model(args.model)
+    if task != "contrastive":
+        if args.query_text is not None or args.show_text:
+            print(f"medtf predict: --query-text / --show-text are for contrastive (image-report) models; this is "
+                  f"a {task} model", file=sys.stderr)
+            return 2
+        return None
+    if args.query_text is None and (args.input is None or args.output is None):
+        print("medtf predict: give --input and --output, or --query-text TEXT", file=sys.stderr)
+        return 2
+    try:
+        summary = get_task(task).predict(args.model, args.input, args.output, top_k=args.top_k,
+                                         query_text=args.query_text, show_text=args.show_text)
+    except (ExportError, InputError, FileNotFoundError, ValueError) as exc:
+        print(f"medtf predict: {exc}", file=sys.stderr)
+        return 2
+    if args.query_text is not None:
+        return 0  # the hits are printed by the task
+    for row in summary["predictions"]:  # ids and scores only; texts are in prediction.json with --show-text
+        hits = ", ".join(f"{h['example_id']} {h['score']:.3f}" for h in row.get("top_k", []))
+        zero_shot = f"class {row['class']}; " if "class" in row else ""
+        print(f"{row['input']}: {zero_shot}top-{args.top_k} reports: {hits or '(no report index)'}")
+    print(f"predicted {len(summary['predictions'])} input(s) ({task}) -> {args.output}")
+    return 0
+
+
 def run(args) -> int:
     from medtf.export import ExportError
     from medtf.export.predict import predict_path
     from medtf.io import InputError
+
+    contrastive = _contrastive(args)
+    if contrastive is not None:
+        return contrastive
+    if args.input is None or args.output is None:
+        print("medtf predict: --input and --output are required", file=sys.stderr)
+        return 2
 
     problem = _reconstruct_problem(args)
     if problem:

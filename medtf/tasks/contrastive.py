@@ -24,7 +24,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import keras
-import numpy as np
 from keras import ops
 
 from medtf.models.clip import split_outputs
@@ -175,77 +174,27 @@ class ContrastiveTask(Task):
 
     def evaluate(self, run_dir, split: str = "test", checkpoint: str = "best", output=None, data_dir=None,
                  verbose: bool = True, **_) -> dict:
-        """Retrieval over the whole split: image->report and report->image recall@1/@5 and median rank of the own
-        pair; per_example.csv (ranks) and summary.json in ``output`` (default ``RUN_DIR/eval-SPLIT``)."""
-        import csv
+        """Retrieval (recall@1/5/10, median / mean rank both ways, rank table), zero-shot classification from the
+        experiment's ``evaluate.zero_shot.prompts``, a linear probe, the training reports' index
+        (`medtf.tasks.contrastive_eval`)."""
+        from medtf.tasks.contrastive_eval import evaluate_contrastive
 
-        from medtf.data import make_dataset
-        from medtf.evaluation.report import write_summary
-        from medtf.evaluation.run import build_preprocess, data_dir_of, load_run
-
-        config, model, config_path, ckpt = load_run(run_dir, checkpoint)
-        data = data_dir_of(config, config_path, data_dir)
-        out = Path(output) if output is not None else Path(run_dir) / f"eval-{split}"
-        out.mkdir(parents=True, exist_ok=True)
-        ds = make_dataset(data, split, batch_size=4, training=False, repeat=False, output="dict",
-                          transforms=build_preprocess(config))
-        ids, images, texts = [], [], []
-        for batch in ds:
-            images.append(np.asarray(model.image_tower(batch["image"])))
-            texts.append(np.asarray(model.text_tower(batch["report"])))
-            ids.extend(v.decode() for v in batch["example_id"].numpy())
-        similarity = np.concatenate(images) @ np.concatenate(texts).T
-        own = np.diag(similarity)
-        image_rank = 1 + (similarity > own[:, None]).sum(axis=1)   # image i among all reports
-        text_rank = 1 + (similarity > own[None, :]).sum(axis=0)    # report j among all images
-        metrics = {"n": int(len(own))}
-        if getattr(model, "learn_temperature", False):  # the learned 1 / temperature
-            metrics["logit_scale"] = float(np.exp(np.clip(float(model.get_layer("logit_scale").log_scale.numpy()),
-                                                          0.0, np.log(model.max_logit_scale))))
-        for name, ranks in (("image_to_report", image_rank), ("report_to_image", text_rank)):
-            metrics.update({f"{name}_recall_at_1": float((ranks <= 1).mean()),
-                            f"{name}_recall_at_5": float((ranks <= 5).mean()),
-                            f"{name}_median_rank": float(np.median(ranks))})
-        with open(out / "per_example.csv", "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["example_id", "image_to_report_rank", "report_to_image_rank"])
-            writer.writerows(zip(ids, image_rank.tolist(), text_rank.tolist()))
-        summary = {"task": self.name, "split": split, "checkpoint": str(ckpt), "metrics": metrics}
-        write_summary(summary, out / "summary.json")
-        if verbose:
-            print(" ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k != "n"))
-        return summary
+        return evaluate_contrastive(self.name, run_dir, split, checkpoint, output, data_dir, verbose)
 
     def export(self, run_dir, checkpoint: str = "best", output=None, version=None, name=None,
-               threshold: float = 0.5, **_) -> Path:
-        """``serving_default``: raw ``images`` -> ``image_embeddings (B, E)``; ``encode_text``: ``reports``
-        (strings) -> ``text_embeddings (B, E)``; ``preprocess``. Embeddings are L2-normalised. With a keras-hub
-        text tower the reports are tokenised inside ``encode_text`` (tensorflow-text ops: a loading process must
-        ``import tensorflow_text`` first)."""
-        import tensorflow as tf
+               threshold: float = 0.5, data_dir=None, **_) -> Path:
+        """``serving_default`` / ``embed_image``: raw ``images`` -> ``image_embeddings``; ``embed_text`` (alias
+        ``encode_text``): ``reports`` (strings, tokenised inside) -> ``text_embeddings``; ``similarity``;
+        ``preprocess``; plus the training reports' index and the zero-shot prompts
+        (`medtf.tasks.contrastive_serving`)."""
+        from medtf.tasks.contrastive_serving import export_contrastive
 
-        from medtf.export.saved_model import load_checkpoint
-        from medtf.tasks.classification import export_classifier
+        return export_contrastive(self.name, run_dir, checkpoint, output, version, name, threshold, data_dir)
 
-        run_dir = Path(run_dir)
-        ckpt = Path(checkpoint) if checkpoint not in ("best", "last") else \
-            run_dir / "checkpoints" / f"{checkpoint}.keras"
-        model = load_checkpoint(ckpt)
-        image_tower = model._tower("image")
+    def predict(self, model_dir, input_path=None, output=None, top_k: int = 5, query_text=None,
+                show_text: bool = False, **_) -> dict:
+        """``embeddings.npy`` and prediction.json (top-k training reports by id and cosine, zero-shot class
+        probabilities) for case folders or images; or the reports nearest to ``query_text``."""
+        from medtf.tasks.contrastive_serving import predict_contrastive
 
-        def encode_text(reports):
-            """reports (strings) -> text_embeddings (tokenised inside for keras-hub text towers)"""
-            return {"text_embeddings": tf.cast(model.text_tower(reports, training=False), tf.float32)}
-
-        return export_classifier(
-            self.name, run_dir, checkpoint, output, version, name, threshold, {"image_embeddings": None},
-            extra_signatures={"encode_text": ([tf.TensorSpec([None], tf.string, name="reports")], encode_text)},
-            image_model=image_tower)
-
-    def predict(self, model_dir, input_path, output, **_) -> dict:
-        """``embeddings.npy`` (one L2-normalised image embedding per input, in input order) and prediction.json."""
-        from medtf.tasks.classification import predict_features
-
-        import tensorflow_text  # noqa: F401  (a keras-hub text tower's SavedModel holds its WordPiece ops)
-
-        return predict_features(self.name, model_dir, input_path, output, "image_embeddings", "embeddings.npy")
+        return predict_contrastive(self.name, model_dir, input_path, output, top_k, query_text, show_text)

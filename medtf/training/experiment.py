@@ -37,6 +37,8 @@ Sections and defaults (``medtf/training/engine.py`` describes what each key does
                chain run by `medtf train` (`medtf.training.transfer`)
     targets:   null, or {tokenizer: RUN_DIR | exported model, cache: false}: token targets of task masked_modeling
                from a trained tokenizer (`medtf.tasks.token_targets`)
+    evaluate:  null, or {zero_shot: {prompts: {CLASS: TEXT, ...}}, linear_probe: true | false | {c: 1.0}}: what
+               `medtf evaluate` of a contrastive run adds to retrieval (`medtf.evaluation.retrieval`)
 """
 
 from __future__ import annotations
@@ -95,6 +97,15 @@ def _targets(raw: Any, key: str):
     from medtf.tasks.token_targets import parse_targets
 
     return parse_targets(raw, key)
+
+
+def _evaluate(raw: Any, key: str):
+    from medtf.evaluation.retrieval import parse_evaluate_settings
+
+    try:
+        return parse_evaluate_settings(raw, key)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _patch_size(raw: Any, key: str) -> Any:
@@ -302,6 +313,7 @@ class ExperimentConfig(Config):
     tune: dict | None = None
     transfer: dict | None = None
     targets: Any = field(default=None, metadata={"parse": _targets})
+    evaluate: Any = field(default=None, metadata={"parse": _evaluate})
 
     @classmethod
     def from_dict(cls, raw, path: str = ""):
@@ -312,7 +324,7 @@ class ExperimentConfig(Config):
         """The resolved config; no ``tune`` / ``transfer`` key unless the experiment has a search / phases (a
         trial's or a phase's run has none)."""
         out = super().as_dict()
-        for key in ("tune", "transfer", "targets"):
+        for key in ("tune", "transfer", "targets", "evaluate"):
             if out[key] is None:
                 del out[key]
         return out
@@ -326,6 +338,9 @@ class ExperimentConfig(Config):
         if self.targets is not None and self.task != "masked_modeling":
             raise ConfigError(f"targets: token targets are for task masked_modeling, this experiment's task is "
                               f"{self.task}")
+        if self.evaluate is not None and self.task != "contrastive":
+            raise ConfigError(f"evaluate: zero-shot prompts and linear probes are for task contrastive, this "
+                              f"experiment's task is {self.task}")
         lr = self.optimizer.learning_rate
         if isinstance(self.schedule, CosineSchedule) and self.schedule.min_lr > lr:
             raise ConfigError(f"schedule.min_lr ({self.schedule.min_lr}) is above optimizer.learning_rate ({lr}): "

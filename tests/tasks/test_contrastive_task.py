@@ -15,6 +15,8 @@ from tests.conftest import run_medtf
 from tests.reports.conftest import convert_reports, reports_source  # noqa: F401  (fixture)
 
 REPO = Path(__file__).resolve().parents[2]
+PROMPTS = {"normal": "no acute intracranial abnormality", "infarct": "acute infarct", "tumor": "enhancing mass",
+           "hemorrhage": "intraparenchymal hemorrhage", "others": "chronic small vessel disease"}
 
 
 def test_clip_loss_and_recall_by_hand():
@@ -67,12 +69,14 @@ def test_clip_loss_matches_numpy_in_both_directions(temperature):
 
 @pytest.fixture(scope="module")
 def clip_run(reports_source, tmp_path_factory) -> tuple[Path, Path, Path]:  # noqa: F811
-    """convert -> `medtf train` 2 epochs -> `medtf export`, once for this module: (shards, run dir, model version)."""
+    """convert -> `medtf train` 2 epochs (with zero-shot prompts) -> `medtf export`, once for this module:
+    (shards, run dir, model version)."""
     root = tmp_path_factory.mktemp("clip")
     shards, run = root / "shards", root / "run"
     assert convert_reports(reports_source, shards) == 0
     assert run_medtf("train", REPO / "experiments/reports_clip3d.yaml", "--run-dir", run, "--set",
-                     f"data.dir={shards}", "--set", "train.epochs=2", "--set", "data.batch_size=2", "--quiet") == 0
+                     f"data.dir={shards}", "--set", "train.epochs=2", "--set", "data.batch_size=2", "--set",
+                     f"+evaluate={json.dumps({'zero_shot': {'prompts': PROMPTS}})}", "--quiet") == 0
     assert run_medtf("export", run, "--output", root / "export", "--quiet") == 0
     return shards, run, root / "export" / "clip_unet3d_small" / "1"
 
@@ -93,27 +97,61 @@ def test_reports_contrastive_end_to_end(clip_run):
     recall = np.mean([int(r["image_to_report_rank"]) <= 1 for r in ranks])
     assert metrics["image_to_report_recall_at_1"] == pytest.approx(recall)
     assert all(1 <= int(r["report_to_image_rank"]) <= 2 for r in ranks)
+    assert metrics["image_to_report_recall_at_10"] == 1.0 and 1 <= metrics["report_to_image_mean_rank"] <= 2
+    assert {r["nearest_report_id"] for r in ranks} <= {r["example_id"] for r in ranks}
+    # Zero-shot over the 5 prompted classes and the linear probe on the 6 training embeddings.
+    zero_shot = summary["zero_shot"]
+    assert zero_shot["classes"] == list(PROMPTS) and zero_shot["n"] == 2 and zero_shot["excluded"] == 0
+    assert np.sum(zero_shot["confusion_matrix"]) == 2 and metrics["zero_shot_accuracy"] in (0.0, 0.5, 1.0)
+    rows = list(csv.DictReader(open(run / "eval-test" / "zero_shot.csv")))
+    assert [r["example_id"] for r in rows] == [r["example_id"] for r in ranks]
+    assert all(abs(sum(float(r[f"p_{c}"]) for c in PROMPTS) - 1) < 1e-5 for r in rows)
+    assert summary["linear_probe"]["n"] == 2 and 0 <= metrics["linear_probe_accuracy"] <= 1
+    assert (run / "eval-test" / "similarity.png").is_file() and list((run / "eval-test" / "logs").iterdir())
+    index = np.load(run / "report_index" / "report_index.npz")
+    assert index["embeddings"].shape == (6, 16) and len(set(index["example_id"])) == 6
+    # PHI: no report text in the evaluation's tables.
+    reports = json.loads((run / "report_index" / "report_index_text.json").read_text())
+    tables = (run / "eval-test" / "per_example.csv").read_text() + (run / "eval-test" / "zero_shot.csv").read_text()
+    assert all(text not in tables for text in reports.values())
 
     assert json.loads((model_dir / "medtf.json").read_text())["task"] == "contrastive"
     code = f"""
 import json, numpy as np, tensorflow as tf
 m = tf.saved_model.load({str(model_dir)!r})
-img = m.signatures["serving_default"](images=tf.zeros([2, 8, 32, 32, 3]))["image_embeddings"].numpy()
-txt = m.signatures["encode_text"](reports=tf.constant(["left frontal lesion", "normal study"]))["text_embeddings"].numpy()
-print(json.dumps({{"sigs": sorted(m.signatures), "img": img.tolist(), "txt": txt.tolist()}}))
+s = m.signatures
+x = tf.constant(np.random.default_rng(0).normal(size=(2, 8, 32, 32, 3)), tf.float32)
+r = tf.constant(["left frontal lesion", "normal study", "acute infarct"])
+img = s["serving_default"](images=x)["image_embeddings"].numpy()
+txt = s["encode_text"](reports=r)["text_embeddings"].numpy()
+sim = s["similarity"](images=x, reports=r)
+out = {{"sigs": sorted(s), "img": img.tolist(), "txt": txt.tolist(), "cos": sim["similarity"].numpy().tolist(),
+       "logits": sim["logits"].numpy().tolist(),
+       "img2": s["embed_image"](images=x)["image_embeddings"].numpy().tolist(),
+       "txt2": s["embed_text"](reports=r)["text_embeddings"].numpy().tolist()}}
+print(json.dumps(out))
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     served = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert served["sigs"] == ["encode_text", "preprocess", "serving_default"]
+    assert served["sigs"] == ["embed_image", "embed_text", "encode_text", "preprocess", "serving_default",
+                              "similarity"]
     import keras
 
     model = keras.saving.load_model(run / "checkpoints" / "best.keras", compile=False)
-    both = np.asarray(model({"image": np.zeros((2, 8, 32, 32, 3), np.float32),
-                             "report": np.array(["left frontal lesion", "normal study"])}))
-    np.testing.assert_allclose(served["img"], both[:, :16], rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(served["txt"], both[:, 16:], rtol=1e-4, atol=1e-5)
+    x = np.random.default_rng(0).normal(size=(2, 8, 32, 32, 3)).astype(np.float32)
+    img = np.asarray(model.image_tower(x))
+    txt = np.asarray(model.text_tower(np.array(["left frontal lesion", "normal study", "acute infarct"])))
+    for key, expected in (("img", img), ("img2", img), ("txt", txt), ("txt2", txt), ("cos", img @ txt.T),
+                          ("logits", img @ txt.T / 0.07)):
+        np.testing.assert_allclose(served[key], expected, rtol=1e-5, atol=1e-5 * (1 if key != "logits" else 15))
     np.testing.assert_allclose(np.linalg.norm(served["img"], axis=1), 1.0, rtol=1e-5)
+    meta = json.loads((model_dir / "medtf.json").read_text())
+    assert meta["logit_scale"] == pytest.approx(1 / 0.07) and set(meta["signatures"]) >= {"embed_text", "similarity"}
+    exported = np.load(model_dir / "report_index.npz")  # the training reports' index, as medtf evaluate wrote it
+    np.testing.assert_allclose(exported["embeddings"], index["embeddings"], atol=1e-6)
+    assert json.loads((model_dir / "zero_shot.json").read_text()) == {"classes": list(PROMPTS),
+                                                                      "prompts": list(PROMPTS.values())}
 
 
 def _write_vector_image(path: Path, array: np.ndarray) -> None:
@@ -168,3 +206,69 @@ print(json.dumps({{"img": img["image_embeddings"].numpy().tolist(), "txt": txt["
     both = np.asarray(model({"image": images, "report": np.array(reports)}))
     np.testing.assert_allclose(embeddings, both[:, :16], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(text, both[:, 16:], rtol=1e-4, atol=1e-5)
+
+
+def test_contrastive_predict_case_folder_top_k_and_zero_shot(clip_run, reports_source, tmp_path):  # noqa: F811
+    """`medtf predict` on raw mri-reports case folders: each is stacked exactly as the converter stored it (one of
+    the shards' images), and gets the top-k training reports (ids + cosine, = Keras' embeddings against the
+    stored index) and zero-shot probabilities over the prompted classes; no report text without --show-text."""
+    import keras
+
+    from medtf.data import make_dataset
+
+    shards, run, model_dir = clip_run
+    cases = sorted(p for p in reports_source.iterdir() if p.is_dir())[:2]
+    inputs = tmp_path / "cases"
+    inputs.mkdir()
+    for case in cases:
+        (inputs / case.name).symlink_to(case, target_is_directory=True)
+    out = tmp_path / "pred"
+    assert run_medtf("predict", model_dir, "--input", inputs, "--output", out, "--top-k", "3", "--quiet") == 0
+    prediction = json.loads((out / "prediction.json").read_text())
+    rows = prediction["predictions"]
+    assert [Path(r["input"]).name for r in rows] == [c.name for c in cases]
+    stored = np.concatenate([b["image"].numpy() for split in ("train", "val", "test") for b in
+                             make_dataset(shards, split, batch_size=2, training=False, repeat=False, output="dict")])
+    from medtf.tasks.contrastive_serving import case_image
+
+    meta = json.loads((model_dir / "medtf.json").read_text())
+    model = keras.saving.load_model(run / "checkpoints" / "best.keras", compile=False)
+    index = np.load(model_dir / "report_index.npz")
+    embeddings = np.load(out / "embeddings.npy")
+    for row, case, embedding in zip(rows, cases, embeddings):
+        image = case_image(case, meta["conversion"])
+        assert np.abs(stored - image[None]).reshape(len(stored), -1).max(axis=1).min() < 1e-5  # the converter's
+        np.testing.assert_allclose(embedding, np.asarray(model.image_tower(image[None]))[0], atol=1e-5)
+        scores = index["embeddings"] @ embedding
+        assert [h["example_id"] for h in row["top_k"]] == [str(index["example_id"][j]) for j in
+                                                           np.argsort(-scores)[:3]]
+        assert [h["score"] for h in row["top_k"]] == pytest.approx(np.sort(scores)[::-1][:3], abs=1e-5)
+        assert "text" not in row["top_k"][0]
+        assert set(row["zero_shot"]) == set(PROMPTS) and sum(row["zero_shot"].values()) == pytest.approx(1, abs=1e-5)
+
+
+def test_contrastive_predict_query_text(clip_run, capsys):
+    """`medtf predict RUN --query-text`: the nearest training reports of the run's index (ids + scores printed);
+    the text only with --show-text (exported model); neither --input nor --query-text is refused."""
+    import keras
+
+    _, run, model_dir = clip_run
+    if not (run / "report_index" / "report_index.npz").is_file():  # written by medtf evaluate
+        assert run_medtf("evaluate", run, "--split", "test", "--quiet") == 0
+    capsys.readouterr()
+    query = "acute infarct in the left frontal lobe"
+    assert run_medtf("predict", run, "--query-text", query, "--top-k", "2") == 0
+    lines = capsys.readouterr().out.strip().splitlines()[-2:]
+    model = keras.saving.load_model(run / "checkpoints" / "best.keras", compile=False)
+    index = np.load(run / "report_index" / "report_index.npz")
+    scores = index["embeddings"] @ np.asarray(model.text_tower(np.array([query])))[0]
+    best = np.argsort(-scores)[:2]
+    assert [line.split()[1] for line in lines] == [str(index["example_id"][j]) for j in best]
+    assert [float(line.split()[2]) for line in lines] == pytest.approx(scores[best], abs=1e-4)
+    texts = json.loads((run / "report_index" / "report_index_text.json").read_text())
+    assert all(len(line.split()) == 3 for line in lines)  # rank, id, score: no text
+    assert run_medtf("predict", model_dir, "--query-text", query, "--top-k", "1", "--show-text") == 0
+    shown = capsys.readouterr().out
+    assert repr(texts[str(index["example_id"][best[0]])]) in shown  # printed as a Python literal
+    assert run_medtf("predict", model_dir, "--top-k", "1") == 2  # neither --input nor --query-text
+    assert "give --input and --output, or --query-text" in capsys.readouterr().err
