@@ -4,8 +4,8 @@ that has one (``mri-reports``).
 Before the model is built, ``medtf train`` learns the WordPiece vocabulary from the training split's reports only
 (``RUN_DIR/vocab.txt``, `medtf.tasks.text_prep`). In tf.data, `model_inputs` tokenises each report with the model's
 tokenizer (``[CLS] pieces [SEP]``, truncated and padded to ``text.sequence_length``) and masks ~``mask_rate`` of
-its text tokens (`medtf.models.text.masking.mask_tokens`, stateless, seeded from the example: the same example gets
-the same mask each epoch). The model (`medtf.models.ReportMaskedLM`) predicts the ``M = max_masked`` masked slots;
+its text tokens (`medtf.models.text.masking.mask_tokens`, stateless: seeded from the example, so validation masks
+are fixed; with ``data.transforms: [{name: remask_tokens}]`` training masks change every epoch). The model (`medtf.models.ReportMaskedLM`) predicts the ``M = max_masked`` masked slots;
 the targets are packed as ``y (B, M, 2)``: original token id and slot weight (0 for unused slots), so the loss
 (`MaskedTokenLoss`: per report, the mean cross-entropy over its masked tokens only) and ``masked_accuracy`` see only
 masked positions. Monitor: ``val_loss``.

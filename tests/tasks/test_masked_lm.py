@@ -92,6 +92,20 @@ def test_loss_counts_masked_tokens_only():
     noisy = logits + 50.0 * (y[..., 1:] == 0) * np.random.default_rng(0).normal(size=logits.shape)
     assert float(loss(y, noisy)) == pytest.approx(expected, rel=1e-5)
 
+    # data.transforms [remask_tokens] (training only): the pipeline's per-example seed picks the mask, so each epoch
+    # masks anew; without it (validation) the mask is the example's own, every time.
+    from medtf.transforms import build_transforms
+
+    remask = build_transforms([{"name": "remask_tokens"}])
+    to_model = task.model_inputs(model)
+    example = {"report": tf.constant(reports[2]), "example_id": tf.constant("c")}
+    fixed = [to_model(example)[0]["mask_positions"].numpy() for _ in range(2)]
+    np.testing.assert_array_equal(fixed[0], x["mask_positions"].numpy()[2])
+    np.testing.assert_array_equal(fixed[0], fixed[1])
+    epochs = [to_model(remask(example, tf.constant([epoch, 11])))[0]["mask_positions"].numpy() for epoch in range(4)]
+    assert len({tuple(p) for p in epochs}) > 1
+    np.testing.assert_array_equal(epochs[0], to_model(remask(example, tf.constant([0, 11])))[0]["mask_positions"])
+
 
 def _tag_reports(source: Path, dest: Path) -> dict[str, str]:
     """A copy of the synthetic studies whose reports each end with one code word, 12 times (tensorflow-text's

@@ -3,18 +3,26 @@
 Of the real text tokens (not [PAD] / [CLS] / [SEP]) exactly ``max(1, round(rate * n))`` (at most ``max_masked``)
 are chosen, by the smallest of ``n`` stateless uniform draws; each chosen token becomes [MASK] with probability
 0.8, a random non-special token with 0.1, and stays with 0.1 (Devlin et al. 2019). The seed comes from the example
-(`report_seed`: its id and text), so an example gets the same mask every epoch and in every evaluation.
+(`report_seed`: its id and text), so an example gets the same mask every epoch and in every evaluation, unless the
+training transforms include `RemaskTokens` (``data.transforms: [{name: remask_tokens}]``): then each training
+example carries the input pipeline's own per-example, per-epoch seed (``mask_seed``) and gets a new mask each time
+it is seen (RoBERTa's dynamic masking), reproducibly for a seeded run; validation keeps its fixed masks.
 """
 
 from __future__ import annotations
+
+import tensorflow as tf
+
+from medtf.transforms.base import as_seed, register_transform
 
 _HASH_BUCKETS = 2**31 - 1
 
 
 def report_seed(example: dict, salt: int = 0):
-    """A ``(2,)`` int64 seed from the example's ``example_id`` (when present) and ``report``."""
-    import tensorflow as tf
-
+    """A ``(2,)`` int64 seed: the example's ``mask_seed`` (set by `RemaskTokens`), else hashes of its
+    ``example_id`` (when present) and ``report``; ``salt`` folded in."""
+    if "mask_seed" in example:
+        return tf.random.fold_in(tf.cast(example["mask_seed"], tf.int64), salt)
     ident = example.get("example_id", tf.constant(""))
     ident = ident if ident.dtype == tf.string else tf.strings.as_string(ident)
     ident = tf.strings.reduce_join(tf.reshape(ident, [-1]), separator="/")
@@ -33,8 +41,6 @@ def mask_tokens(token_ids, padding_mask, seed, *, rate: float, max_masked: int, 
         ``M = max_masked``: the chosen positions, their original ids and 1.0 for each chosen slot (0.0 for the
         padding slots that follow, whose positions / targets are 0).
     """
-    import tensorflow as tf
-
     token_ids = tf.cast(token_ids, tf.int32)
     length = tf.shape(token_ids)[0]
     candidate = tf.cast(padding_mask, tf.bool)
@@ -62,3 +68,12 @@ def mask_tokens(token_ids, padding_mask, seed, *, rate: float, max_masked: int, 
                                          tf.gather(replacement, selected[:, 0]))
     pad = max_masked - k
     return (masked, tf.pad(positions, [[0, pad]]), tf.pad(targets, [[0, pad]]), tf.pad(weights, [[0, pad]]))
+
+
+@register_transform("remask_tokens")
+class RemaskTokens:
+    """Training transform of the masked_lm task: keeps the example's augmentation seed as ``mask_seed`` so its
+    report gets a new BERT mask each epoch (see the module docstring). Touches no image or label."""
+
+    def __call__(self, example, seed):
+        return {**example, "mask_seed": tf.cast(as_seed(seed), tf.int64)}
