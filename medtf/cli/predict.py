@@ -17,6 +17,8 @@ does), a folder of them, or images, and write embeddings.npy and prediction.json
 reports (pseudonymised ids and cosine similarities, from the report index stored at export) and zero-shot class
 probabilities when the experiment had evaluate.zero_shot.prompts. With --query-text TEXT (exported model, or a run
 directory after medtf evaluate) they print the training reports nearest to TEXT; report text only with --show-text.
+Nucleus classifiers (exported, or a nucleus_classification run directory) take an H&E tile plus --boxes FILE or
+--instances FILE and write nuclei.csv, nuclei.geojson (QuPath) and overlay.png (`medtf.tasks.nucleus_predict`).
 An input unlike the training data (modality, voxel spacing, size, intensities; the fingerprint `medtf export` stores
 in medtf.json) is predicted all the same, with a warning on stderr and in prediction.json's "warnings".
 """
@@ -50,6 +52,11 @@ def register(commands) -> None:
                         "i,j,k (0-based transverse-T2 voxel; or ijk 'i j k'), optional lesion (id) and ProxID; "
                         "lung: the LUNGx nodule CSV (Scan Number, Nodule Number, Nodule Center x,y Position, "
                         "Nodule Center Image; Diagnosis not needed)")
+    p.add_argument("--boxes", default=None, metavar="FILE",
+                   help="nucleus classifiers: CSV (ymin,xmin,ymax,xmax[,id]) or JSON of nucleus boxes in tile pixels "
+                        "(writes nuclei.csv, nuclei.geojson for QuPath, overlay.png)")
+    p.add_argument("--instances", default=None, metavar="FILE",
+                   help="nucleus classifiers: instance map (PNG/TIFF/.npy, 0 = background) instead of --boxes")
     p.add_argument("--top-k", type=int, default=5,
                    help="contrastive (image-report) models: training reports retrieved per input (default %(default)s)")
     p.add_argument("--query-text", default=None, metavar="TEXT",
@@ -132,16 +139,25 @@ def run(args) -> int:
     if problem:
         print(f"medtf predict: {problem}", file=sys.stderr)
         return 2
-    from medtf.tasks import get_task, task_of_model
+    from pathlib import Path
+
+    from medtf.tasks import get_task, task_of_model, task_of_run
 
     task = task_of_model(args.model)
+    if (Path(args.model) / "config.yaml").is_file() and task_of_run(args.model) == "nucleus_classification":
+        task = "nucleus_classification"  # a run directory: its predict exports the checkpoint first
     if args.lesions and task != "classification":
         print(f"medtf predict: --lesions is for lesion classifiers (prostate-mpmri / lung-nodules models); this "
               f"is a {task} model", file=sys.stderr)
         return 2
+    nuclei = {k: v for k, v in (("boxes", args.boxes), ("instances", args.instances)) if v}
+    if nuclei and task != "nucleus_classification":
+        print(f"medtf predict: --boxes / --instances are for nucleus classifiers; this is a {task} model",
+              file=sys.stderr)
+        return 2
     if task != "segmentation":  # the model's task writes its own outputs (medtf.tasks)
         try:
-            extra = {"lesions": args.lesions} if args.lesions else {}
+            extra = {"lesions": args.lesions} if args.lesions else nuclei
             summary = get_task(task).predict(args.model, args.input, args.output, threshold=args.threshold,
                                              tta=args.tta, **extra)
         except (ExportError, InputError, ValueError) as exc:
@@ -151,7 +167,8 @@ def run(args) -> int:
         for r in failed:  # a bad lesion row fails alone; the others are predicted
             print(f"medtf predict: lesion {r['lesion']}: {r['error']}", file=sys.stderr)
         done = len(summary["predictions"]) - len(failed)
-        print(f"predicted {done} {'lesion(s)' if args.lesions else 'input(s)'} ({task})"
+        what = "lesion(s)" if args.lesions else "nucleus/nuclei" if nuclei else "input(s)"
+        print(f"predicted {done} {what} ({task})"
               f"{f', {len(failed)} failed' if failed else ''} -> {args.output}")
         return 0 if done else 2
     if args.tta:

@@ -238,3 +238,15 @@ class NucleusClassificationTask(Task):
             print(f"nuclei {scores['n']} accuracy {scores['accuracy']:.4f} f1 {scores['f1']:.4f} " + " ".join(
                 f"{n} {v['f1']:.3f}" for n, v in scores["per_class"].items()))
         return summary
+
+    # === Export / predict (medtf.tasks.nucleus_export, medtf.tasks.nucleus_predict) ===
+    def export(self, run_dir, checkpoint: str = "best", output=None, version=None, name=None, data_dir=None,
+               **_) -> Path:
+        from medtf.tasks.nucleus_export import export_nucleus_classifier
+
+        return export_nucleus_classifier(run_dir, checkpoint, output, version, name, data_dir)
+
+    def predict(self, model_dir, input_path, output, boxes=None, instances=None, **_) -> dict:
+        from medtf.tasks.nucleus_predict import predict_nuclei
+
+        return predict_nuclei(model_dir, input_path, output, boxes=boxes, instances=instances)
