@@ -59,19 +59,40 @@ def _check_one_epoch(address: str, shards) -> None:
             np.testing.assert_allclose(image, reference[example_id.decode()], rtol=1e-6, atol=1e-6)
 
 
-def test_one_epoch_on_two_in_process_workers(service_shards):
-    """The default tier's end-to-end check: a real dispatcher and two real workers, in this process."""
+@pytest.fixture
+def in_process_service() -> str:
+    """A real dispatcher and two real workers in this process (no TensorFlow start-up per process): the address."""
     from tensorflow.data.experimental import service as tfds
 
     dispatcher = tfds.DispatchServer()
     workers = [tfds.WorkerServer(tfds.WorkerConfig(dispatcher_address=dispatcher.target.removeprefix("grpc://")))
                for _ in range(2)]
-    try:
-        assert service_lib.wait_for_workers(dispatcher.target, timeout=30, minimum=2) == 2
-        _check_one_epoch(dispatcher.target, service_shards)
-    finally:
-        for server in workers + [dispatcher]:
-            server._stop()
+    assert service_lib.wait_for_workers(dispatcher.target, timeout=30, minimum=2) == 2
+    yield dispatcher.target
+    for server in workers + [dispatcher]:
+        server._stop()
+
+
+def test_one_epoch_on_two_in_process_workers(in_process_service, service_shards):
+    """The default tier's end-to-end check: a real dispatcher and two real workers, in this process."""
+    _check_one_epoch(in_process_service, service_shards)
+
+
+@pytest.mark.slow  # 4-9 s on two shared cores (the default tier keeps the distributed_epoch check)
+def test_parallel_epochs_sends_every_example_once_per_worker(in_process_service, service_shards):
+    # parallel_epochs: each worker reads the whole split with its own draws, so every example arrives twice,
+    # augmented differently (brightness/contrast is continuous).
+    both = [(i.decode(), x) for b in make_dataset(service_shards, "train", batch_size=4, training=True,
+                                                   repeat=False, drop_remainder=False, seed=5, output="dict",
+                                                   transforms=TRANSFORMS,
+                                                   service=in_process_service, service_mode="parallel_epochs")
+            for i, x in zip(b["example_id"].numpy(), b["image"].numpy())]
+    ids = sorted(i for i, _ in both)
+    assert ids == sorted(2 * list(_reference_images(service_shards, seed=5)))
+    pairs = {}
+    for i, x in both:
+        pairs.setdefault(i, []).append(x)
+    assert all(not np.allclose(a, b) for a, b in pairs.values())
 
 
 @pytest.mark.slow  # three TensorFlow processes start: ~35 s on two shared cores
