@@ -116,5 +116,5 @@ def _import_builtin_transforms() -> None:
     import importlib
 
     for module in ("medtf.transforms.spatial", "medtf.transforms.intensity", "medtf.transforms.sampling",
-                   "medtf.transforms.backends"):
+                   "medtf.transforms.backends", "medtf.transforms.stain"):
         importlib.import_module(module)
