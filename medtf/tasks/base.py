@@ -25,6 +25,7 @@ class Task:
 
     name: str = ""
     fields: Sequence[str] = ()
+    default_loss_args: Sequence[str] = ()  # loss.args that loss.name "auto" accepts (`default_loss` keywords)
 
     # === Data ===
     def configure(self, experiment) -> "Task":
@@ -63,8 +64,9 @@ class Task:
         if isinstance(loss, str):
             return get_loss(loss)
         if isinstance(loss, Mapping):  # {"name": ..., "args": {...}} as the config's loss section
-            name = loss.get("name", "auto")
-            return self.default_loss(model) if name == "auto" else get_loss(name, **dict(loss.get("args") or {}))
+            name, args = loss.get("name", "auto"), dict(loss.get("args") or {})
+            # "auto" takes the task's `default_loss_args` only (checked by parse_config)
+            return self.default_loss(model, **args) if name == "auto" else get_loss(name, **args)
         return loss
 
     def compile(self, model: keras.Model, optimizer, loss: Any = "auto", metrics: Any = "auto", **kwargs) -> None:
@@ -74,6 +76,10 @@ class Task:
     # === Diagnostics, evaluation, export, predict ===
     def diagnostics(self, data, train_cfg, paths, best, model_inputs) -> list:
         """TensorBoard callbacks beyond scalars (chief only); none by default."""
+        return []
+
+    def callbacks(self, model: keras.Model, paths) -> list:
+        """Training callbacks of every worker (``paths``: `medtf.training.strategy.RunPaths`); none by default."""
         return []
 
     def evaluate(self, run_dir, **kwargs) -> dict:

@@ -165,9 +165,21 @@ class ContrastiveTask(Task):
 
         return to_model
 
-    def default_loss(self, model):
-        return ClipLoss(temperature=getattr(model, "temperature", 0.07),
-                        label_aware=getattr(model, "label_aware", False))
+    default_loss_args = ("queue_size",)
+
+    def default_loss(self, model, queue_size: int = 0):
+        """`ClipLoss`; ``loss.args.queue_size > 0``: `medtf.tasks.clip_queue.ClipQueueLoss` (a memory queue)."""
+        kwargs = dict(temperature=getattr(model, "temperature", 0.07), label_aware=getattr(model, "label_aware", False))
+        if queue_size:
+            from medtf.tasks.clip_queue import ClipQueueLoss
+
+            return ClipQueueLoss(queue_size, getattr(model, "embed_dim"), **kwargs)
+        return ClipLoss(**kwargs)
+
+    def callbacks(self, model, paths):
+        from medtf.tasks.clip_queue import QueueSwitch, queue_losses
+
+        return [QueueSwitch(paths.backup, write=paths.is_chief)] if queue_losses(model.loss) else []
 
     def default_metrics(self, model):
         return [RetrievalRecallAt1()]

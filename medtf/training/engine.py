@@ -242,6 +242,7 @@ def train(config: ExperimentConfig | Mapping, run_dir: str | os.PathLike) -> dic
         guard = NanGuard(policy)
         callbacks = build_callbacks(train_cfg, schedule, paths, guard, resumed_rows, probes,
                                     hparams=experiment.as_dict(), task=task)
+        callbacks[:0] = task.callbacks(model, paths)  # first: they see each step before the others do
         fit = model.fit(train_ds, validation_data=val_ds, epochs=epochs, steps_per_epoch=steps,
                         validation_steps=train_cfg.validation_steps, callbacks=callbacks,
                         shuffle=False,  # make_dataset already shuffles (files and examples, seeded)

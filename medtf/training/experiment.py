@@ -447,8 +447,13 @@ def check_components(experiment: ExperimentConfig) -> None:
     check_arguments(model_constructor(model.name), model.args, "model.args", f"model {model.name}", _MODEL_KWARGS)
     loss = experiment.loss
     if loss.name == "auto":
-        if loss.args:
-            raise ConfigError("loss.args: the task's default loss (loss.name: auto) takes no arguments; name the loss")
+        from medtf.tasks import get_task
+
+        allowed = tuple(get_task(experiment.task).default_loss_args)
+        extra = sorted(set(loss.args) - set(allowed))
+        if extra:
+            raise ConfigError(f"loss.args.{extra[0]}: the task's default loss (loss.name: auto) takes "
+                              f"{', '.join(allowed) if allowed else 'no arguments'}; name the loss for others")
     elif loss.name.lower() not in list_losses():
         raise unknown_name("loss.name", "loss", loss.name, list_losses())
     else:
