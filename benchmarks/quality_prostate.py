@@ -9,7 +9,8 @@ the patients identically, figures on the **test** patients, nothing chosen on th
   training findings, scored on the same test findings.
 - ``prostate-shuffled``: the same conversion with the training findings' labels permuted (a seeded permutation
   over all training findings, written as a relabelled copy of the training shards, validation and test untouched)
-  and the same training; evaluated on the true test shards. High here would mean a leak.
+  and the same training; evaluated on the true test shards; `SHUFFLED_PERMUTATIONS` permutations, verdict on their
+  mean. High here would mean a leak (or, for one permutation, luck on 24 test findings).
 - ``prostate-roulette``: ``medtf roulette`` scores `ROULETTE_CANDIDATES` seeded initialisations on the validation
   split after `ROULETTE_WARMUP` steps; each candidate is then trained the same way (``--init-from`` its weights);
   the winner's test AUC vs the mean test AUC over the same seeds.
@@ -22,9 +23,13 @@ the seeds' mean.
   the prostate folds alone, with synthetic brain (`TL_BRAIN_PER_CLASS` images per class) and LUNGx
   (`TL_LUNG_SCANS` scans) data, `TL_OVERRIDES` per phase. Target: chain - scratch >= 0.03 AUC, mean over folds.
 - ``prostate-tl-prostate-only``: the same chain without its brain and lung phases (DS1, DS4 frozen, DS4 full: the
-  same prostate epochs and learning rates). The chain's scratch baseline is the last phase's config (learning rate
-  1e-4, `TL_OVERRIDES` epochs once), so "chain - scratch" mixes transfer with three times the prostate training;
-  chain vs this ablation, fold by fold, is what brain and lung add.
+  same prostate epochs and learning rates); chain vs this ablation, fold by fold, is what brain and lung add. The
+  chain's scratch baseline (`medtf.training.transfer.scratch_config`) is the same network trained on the prostate
+  folds with the experiment's own learning rate (1e-3) for as many epochs as the chain's prostate phases together
+  (3 x `TL_OVERRIDES` epochs), so "chain - scratch" is not inflated by more prostate training.
+
+The issue's small-training-set setting ("e.g. 40 patients") is ``--prostate-cases 50``: 5 folds of 10 patients, 40
+training patients per fold (use its own ``--out``: the conversions are cached per work folder).
 """
 
 from __future__ import annotations
@@ -37,12 +42,16 @@ from pathlib import Path
 import numpy as np
 
 PROSTATE_SPLIT = "0.6,0.2,0.2"
-PROSTATE_OVERRIDES = ("data.batch_size=16", "train.epochs=12", "+train.verbose=0", "+train.log_every_n_steps=0")
+# Morphology is slower to learn than the old one-feature ADC contrast: more epochs, and the minority (significant)
+# class seen 3 times per epoch with its own augmentation draws (the thesis's augmentation factor).
+PROSTATE_OVERRIDES = ("data.batch_size=16", "train.epochs=24", "+train.verbose=0", "+train.log_every_n_steps=0",
+                      "data.class_balance={method: augmentation_factor, factor: 3, minority: 1}")
 ROULETTE_CANDIDATES, ROULETTE_WARMUP = 4, 5
+SHUFFLED_PERMUTATIONS = 3
 ROI_RADIUS_MM = 3.0
 TARGETS = {"auc": 0.90, "margin": 0.05, "shuffled_max": 0.60}
 WORKLOADS = ("prostate", "prostate-shuffled", "prostate-roulette", "prostate-tl", "prostate-tl-prostate-only")
-TL_FOLDS, TL_BRAIN_PER_CLASS, TL_LUNG_SCANS = 5, 30, 16
+TL_FOLDS, TL_BRAIN_PER_CLASS, TL_LUNG_SCANS = 5, 100, 40  # larger source sets than the target: what TL is for
 TL_OVERRIDES = ("train.epochs=4", "data.batch_size=16", "+train.verbose=0", "+train.log_every_n_steps=0")
 
 
@@ -145,11 +154,22 @@ def run_prostate(out: Path, cases: int, seed: int, id_salt: str) -> dict:
 
 
 def run_prostate_shuffled(out: Path, cases: int, seed: int, id_salt: str) -> dict:
+    """`SHUFFLED_PERMUTATIONS` seeded permutations, each trained once from its own seed: one permutation scored on
+    ~24 test findings is too noisy a control (its AUC has a standard error of ~0.12); the verdict is on their mean."""
     shards = prostate_sources(out, cases, seed, id_salt)
-    shuffled = out / "shards" / "prostate-mpmri-shuffled"
-    moved = relabel_training_shards(shards, shuffled, seed)
-    result = train_and_evaluate(shuffled, out / "runs" / "prostate-shuffled", eval_data=shards)
-    return {**result, "overrides": list(PROSTATE_OVERRIDES), "relabelled": moved}
+    runs = []
+    for k in range(SHUFFLED_PERMUTATIONS):
+        suffix = "" if k == 0 else f"-{k}"
+        shuffled = out / "shards" / f"prostate-mpmri-shuffled{suffix}"
+        moved = relabel_training_shards(shards, shuffled, seed + k)
+        # each permutation with its own initialisation too: an untrained or noise-trained network's score already
+        # tracks lesion conspicuity (roulette's untrained candidates score val AUC 0.3-0.9), with a sign set by its
+        # initialisation; one shared seed would repeat that sign in every permutation
+        result = train_and_evaluate(shuffled, out / "runs" / f"prostate-shuffled{suffix}", eval_data=shards,
+                                    overrides=(f"seed={seed + k}",))
+        runs.append({**result, "permutation_seed": seed + k, "model_seed": seed + k, "relabelled": moved})
+    return {**runs[0], "runs": runs, "mean_auc": float(np.mean([r["auc"] for r in runs])),
+            "overrides": list(PROSTATE_OVERRIDES)}
 
 
 def run_prostate_roulette(out: Path, cases: int, seed: int, id_salt: str) -> dict:
@@ -247,12 +267,16 @@ def report(results: dict) -> tuple[list[str], list[tuple]]:
                       res["auc"] - base["test_auc"] >= TARGETS["margin"])]
     if "prostate-shuffled" in results:
         res = results["prostate-shuffled"]
-        lines.append(f"| shuffled-label control ({res['relabelled']['labels_changed']} of "
-                     f"{res['relabelled']['train_findings']} training labels changed) | {_f(res['auc'])} "
-                     f"[{_f(res['auc_ci'][0])}, {_f(res['auc_ci'][1])}] | {_f(res['best_val_auc'])} | "
-                     f"{_f(res['train_minutes'], 1)} |")
-        verdicts.append(("prostate shuffled-label AUC", res["auc"], f"<= {TARGETS['shuffled_max']}",
-                         res["auc"] <= TARGETS["shuffled_max"]))
+        for run in res.get("runs", [res]):
+            lines.append(f"| shuffled-label control, permutation seed {run.get('permutation_seed', 0)} "
+                         f"({run['relabelled']['labels_changed']} of {run['relabelled']['train_findings']} training "
+                         f"labels changed) | {_f(run['auc'])} [{_f(run['auc_ci'][0])}, {_f(run['auc_ci'][1])}] | "
+                         f"{_f(run['best_val_auc'])} | {_f(run['train_minutes'], 1)} |")
+        mean = res.get("mean_auc", res["auc"])
+        lines.append(f"| shuffled-label control, mean over {len(res.get('runs', [res]))} permutations | {_f(mean)} | "
+                     f"| |")
+        verdicts.append(("prostate shuffled-label AUC (mean over permutations)", mean,
+                         f"<= {TARGETS['shuffled_max']}", mean <= TARGETS["shuffled_max"]))
     if "prostate-roulette" in results:
         res = results["prostate-roulette"]
         seeds = ", ".join(f"{t['seed']}: {_f(t['auc'])}" for t in res["runs"])
@@ -271,7 +295,8 @@ def report(results: dict) -> tuple[list[str], list[tuple]]:
                     f"{_f(m.get('ci_high'))}; folds {', '.join(_f(v) for v in m.get('values', []))})")
         lines.append(f"| TL chain (7 phases), {res['folds']}-fold CV, AUC on the held-out fold | {cell('eval/auc')} | "
                      f"| {_f(res['train_minutes'], 1)} (chain + scratch) |")
-        lines.append(f"| same network, prostate folds only (scratch) | {cell('scratch/eval/auc')} | | |")
+        lines.append(f"| scratch: same network, prostate folds only, the experiment's learning rate, the chain's "
+                     f"prostate epochs summed | {cell('scratch/eval/auc')} | | |")
         lines.append(f"| chain - scratch, per fold | {cell('gain/eval/auc')} | | |")
         gain = (res["metrics"].get("gain/eval/auc") or {}).get("mean")
         if gain is not None:
