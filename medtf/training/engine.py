@@ -48,6 +48,8 @@ Config keys (beyond ``model``, ``loss``, ``optimizer``; everything below is opti
       hparams: true             TensorBoard HParams entry (flattened scalar config values + final metrics)
       verbose: auto             auto: Keras' progress bar per step on a terminal, one line per epoch in logs
                                 (nothing with medtf --quiet); or 0 / 1 / 2 as Keras' fit(verbose=)
+      layer_decay: null         ViT fine-tuning: block i of L at lr x decay^(L - i), embeddings decay^(L + 1),
+                                head lr (medtf.training.layer_decay; BEiT uses 0.65-0.75)
 """
 
 from __future__ import annotations
@@ -227,8 +229,12 @@ def train(config: ExperimentConfig | Mapping, run_dir: str | os.PathLike) -> dic
             if num_workers(strategy) > 1:  # else each worker keeps its own moving statistics
                 synchronize_batch_norm(model)
             # The task's defaults: loss "auto", its metrics (and one loss per head for deep supervision).
-            task.compile(model, build_optimizer(experiment.optimizer, learning_rate),
-                         loss=experiment.loss.as_dict(), jit_compile=train_cfg.jit_compile)
+            optimizer = build_optimizer(experiment.optimizer, learning_rate)
+            if train_cfg.layer_decay is not None:  # per-block learning rates for ViT fine-tuning
+                from medtf.training.layer_decay import apply_layer_decay
+
+                apply_layer_decay(optimizer, model, train_cfg.layer_decay)
+            task.compile(model, optimizer, loss=experiment.loss.as_dict(), jit_compile=train_cfg.jit_compile)
         # The task maps the kind's parsed examples to (inputs, targets) shaped for this model's heads.
         to_model = task.model_inputs(model)
         train_ds, val_ds = build_datasets(data, strategy, seed=experiment.data_seed, model_inputs=to_model)

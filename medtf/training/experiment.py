@@ -285,6 +285,7 @@ class TrainConfig(Config):
     image_panels: bool = True
     hparams: bool = True
     verbose: int | str = "auto"
+    layer_decay: float | None = None  # ViT fine-tuning: block i's lr x decay^(L - i) (medtf.training.layer_decay)
 
     def check(self, path: str) -> None:
         at_least(self.epochs, 1, f"{path}.epochs")
@@ -296,6 +297,8 @@ class TrainConfig(Config):
         self.strategy = self.strategy.lower()
         choice(self.strategy, STRATEGIES, f"{path}.strategy", "strategy")
         choice(self.verbose, ("auto", 0, 1, 2), f"{path}.verbose", "verbosity")
+        if self.layer_decay is not None and not 0.0 < float(self.layer_decay) <= 1.0:
+            raise ConfigError(f"{path}.layer_decay must be in (0, 1] (null: off), got {self.layer_decay}")
 
 
 @dataclass
