@@ -245,6 +245,15 @@ def test_contrastive_predict_case_folder_top_k_and_zero_shot(clip_run, reports_s
         assert [h["score"] for h in row["top_k"]] == pytest.approx(np.sort(scores)[::-1][:3], abs=1e-5)
         assert "text" not in row["top_k"][0]
         assert set(row["zero_shot"]) == set(PROMPTS) and sum(row["zero_shot"].values()) == pytest.approx(1, abs=1e-5)
+    # The run directory predicts the same through its Keras checkpoint and the index medtf evaluate wrote.
+    if not (run / "report_index" / "report_index.npz").is_file():  # this test ran apart from the evaluate one
+        assert run_medtf("evaluate", run, "--split", "test", "--quiet") == 0
+    assert run_medtf("predict", run, "--input", inputs / cases[0].name, "--output", tmp_path / "run-pred",
+                     "--top-k", "3", "--quiet") == 0
+    from_run = json.loads((tmp_path / "run-pred" / "prediction.json").read_text())["predictions"]
+    np.testing.assert_allclose(np.load(tmp_path / "run-pred" / "embeddings.npy")[0], embeddings[0], atol=1e-5)
+    assert [h["example_id"] for h in from_run[0]["top_k"]] == [h["example_id"] for h in rows[0]["top_k"]]
+    assert from_run[0]["zero_shot"] == pytest.approx(rows[0]["zero_shot"], abs=1e-5)
 
 
 def test_contrastive_predict_query_text(clip_run, capsys):
