@@ -31,7 +31,10 @@ def register(commands) -> None:
     p = commands.add_parser("data-service", help="run a tf.data service dispatcher or worker (remote augmentation)",
                             description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     roles = p.add_subparsers(dest="role", metavar="ROLE", required=True)
-    d = roles.add_parser("dispatcher", help="coordinate the workers (fault tolerant: journal in --work-dir)")
+    d = roles.add_parser("dispatcher", help="coordinate the workers (fault tolerant: journal in --work-dir)",
+                         description="Run a tf.data service dispatcher in fault-tolerant mode: it journals its state "
+                                     "in --work-dir (a restart with the same --work-dir and port resumes), writes "
+                                     "grpc://HOST:PORT to --address-file and removes it when stopped.")
     d.add_argument("--port", type=int, default=0, help="port (0: free one, or the address file's on a restart)")
     d.add_argument("--work-dir", default="data_service", help="journal folder (default %(default)s)")
     d.add_argument("--address-file", default=None, help="where to write grpc://HOST:PORT "
@@ -39,7 +42,11 @@ def register(commands) -> None:
     d.add_argument("--host", default=None, help="host name the workers and trainers reach (default: this host)")
     d.add_argument("--worker-timeout", type=float, default=30.0,
                    help="seconds without a heartbeat before a worker counts as gone (default %(default)s)")
-    w = roles.add_parser("worker", help="run the trainers' input pipelines for a dispatcher")
+    w = roles.add_parser("worker", help="run the trainers' input pipelines for a dispatcher",
+                         description="Run a tf.data service worker: it executes the input pipelines (reading the "
+                                     "shard files, which must be at the same path here) that trainers register "
+                                     "with the dispatcher. With --address-file it follows the file and exits 0 "
+                                     "when the dispatcher removes it.")
     source = w.add_mutually_exclusive_group(required=True)
     source.add_argument("--dispatcher", default=None, metavar="ADDR", help="dispatcher address (grpc://)HOST:PORT")
     source.add_argument("--address-file", default=None, help="read the address from the dispatcher's file")
