@@ -25,7 +25,12 @@ Usage::
     .venv/bin/python benchmarks/quality.py --only prostate,prostate-shuffled,prostate-roulette --prostate-cases 60
 
 The prostate workloads (issue #14: VGG-ELU vs the mean-ADC baseline vs shuffled labels, model roulette) live in
-``benchmarks/quality_prostate.py``.
+``benchmarks/quality_prostate.py``; the nucleus classification workloads (issue #15: fine-tuned nucleus ViT vs the
+colour + area baseline vs shuffled labels, MIM linear probes with / without L_inst vs a random probe, tokenizer) in
+``benchmarks/quality_nuclei.py``::
+
+    .venv/bin/python benchmarks/quality.py --only nuclei,nuclei-shuffled,nuclei-probe-random,nuclei-mim,\
+        nuclei-mim-noinst --nuclei-seeds 0,1
 
 About 25 minutes on 2 idle CPU cores (four trainings); everything is written under ``--out`` (default: a temporary
 folder).
@@ -56,9 +61,10 @@ TARGETS = {"brachy": {"dice": 0.80, "tip_error_mm": 3.0, "threshold_dice_max": 0
 WORKLOADS = ("brachy", "brachy-shuffled", "lgg", "lgg-shuffled")
 DEFAULT_WORKLOADS = WORKLOADS
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import quality_nuclei  # noqa: E402  (issue #15's nucleus classification workloads)
 import quality_prostate  # noqa: E402  (issue #14's prostate workloads, beside this script)
 
-WORKLOADS = WORKLOADS + quality_prostate.WORKLOADS
+WORKLOADS = WORKLOADS + quality_prostate.WORKLOADS + quality_nuclei.WORKLOADS
 LGG_SPLIT = "0.6,0.2,0.2"
 
 
@@ -366,6 +372,10 @@ def report(results: dict) -> str:
         rows, more = quality_prostate.report(results)
         lines += rows
         verdicts += more
+    if any(name.startswith("nuclei") for name in results):
+        rows, more = quality_nuclei.report(results)
+        lines += rows
+        verdicts += more
     lines.append("\nLGG Dice: mean over the test patients' tumour slices (pooled); brachy: mean over test patients.")
     lines += ["", "| target | value | wanted | met? |", "|---|---|---|---|"]
     lines += [f"| {name} | {value:.3f} | {want} | {'yes' if ok else '**no**'} |" for name, value, want, ok in verdicts]
@@ -379,6 +389,9 @@ def main(argv=None) -> int:
     parser.add_argument("--cases", type=int, default=10, help="synthetic brachy patients (the demo's 10)")
     parser.add_argument("--lgg-cases", type=int, default=10, help="synthetic LGG patients")
     parser.add_argument("--prostate-cases", type=int, default=60, help="synthetic PROSTATEx patients")
+    parser.add_argument("--nuclei-seeds", default="0", help="comma-separated seeds of the nuclei MIM / probe runs")
+    parser.add_argument("--nuclei-epochs", type=int, default=None,
+                        help="fine-tuning epochs of nuclei / nuclei-shuffled (default 12 x 20 steps)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
     args = parser.parse_args(argv)
@@ -393,7 +406,11 @@ def main(argv=None) -> int:
         print(f"\n=== {name} ===", flush=True)
         cases = (args.lgg_cases if name.startswith("lgg") else
                  args.prostate_cases if name.startswith("prostate") else args.cases)
-        results[name] = RUNNERS[name](out, cases, args.seed)
+        if name.startswith("nuclei"):
+            seeds = [int(v) for v in args.nuclei_seeds.split(",")]
+            results[name] = quality_nuclei.runners(seeds, args.nuclei_epochs)[name](out, args.seed, ID_SALT)
+        else:
+            results[name] = RUNNERS[name](out, cases, args.seed)
         text = report(results)  # after every workload: a long run that is stopped still leaves its figures
         print(text, flush=True)
         print(f"\nelapsed {(time.monotonic() - start) / 60:.1f} min; outputs under {out}", flush=True)

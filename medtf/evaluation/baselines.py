@@ -8,6 +8,9 @@
 - **prostate-mpmri** (classification): one feature, the mean ADC inside the lesion ROI (a disc of ``radius_mm``
   around the crop centre, where the converter puts the finding), and a logistic regression on it fitted on the
   training findings; the VGG-ELU must beat it.
+- **nuclei-he** (nucleus classification): per nucleus its mean R, G, B and log area (from the instance map), a
+  multinomial logistic regression on the standardised features fitted on the training nuclei; the nucleus ViT must
+  beat it by more than colour and size can explain.
 
 Example:
     >>> rule = fit_hu_threshold(train_cases)                      # [(hu (z, y, x), mask (z, y, x) bool), ...]
@@ -135,5 +138,33 @@ def predict_logistic_1d(x, a: float, b: float, mean: float, sd: float) -> np.nda
     return 1.0 / (1.0 + np.exp(-(a * z + b)))
 
 
-__all__ = ["fit_flair_threshold", "fit_hu_threshold", "fit_logistic_1d", "flair_threshold_mask",
-           "hu_threshold_mask", "lesion_roi_mean", "predict_logistic_1d", "tumour_slice_dice"]
+def nucleus_colour_area(image: np.ndarray, instances: np.ndarray, instance_ids) -> np.ndarray:
+    """``(N, 4)`` per nucleus of ``instance_ids``: mean R, G, B of its pixels in ``image (H, W, 3)`` and log of its
+    pixel count in ``instances (H, W)``; a nucleus without pixels (cropped away) gets NaN."""
+    image, inst = np.asarray(image, np.float64), np.asarray(instances).ravel()
+    ids = np.asarray(instance_ids, np.int64).ravel()
+    top = int(max(inst.max(initial=0), ids.max(initial=0))) + 1
+    area = np.bincount(inst, minlength=top).astype(np.float64)
+    sums = np.stack([np.bincount(inst, weights=image[..., c].ravel(), minlength=top) for c in range(3)], 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = sums[ids] / area[ids, None]
+        log_area = np.where(area[ids] > 0, np.log(area[ids]), np.nan)
+    return np.concatenate([mean, log_area[:, None]], axis=1)
+
+
+def fit_softmax_regression(x, y, c: float = 1.0):
+    """Multinomial logistic regression (scikit-learn, L-BFGS, L2 ``c``) on standardised ``x (N, F)``; returns the
+    fitted pipeline (``predict`` / ``predict_proba``)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x, y = np.asarray(x, np.float64), np.asarray(y).ravel()
+    if len(x) != len(y) or len(np.unique(y)) < 2 or not np.isfinite(x).all():
+        raise ValueError("fit_softmax_regression needs finite features, one label per row and two classes or more")
+    return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000)).fit(x, y)
+
+
+__all__ = ["fit_flair_threshold", "fit_hu_threshold", "fit_logistic_1d", "fit_softmax_regression",
+           "flair_threshold_mask", "hu_threshold_mask", "lesion_roi_mean", "nucleus_colour_area",
+           "predict_logistic_1d", "tumour_slice_dice"]

@@ -13,10 +13,12 @@ Layout written::
     <out>/consep/CoNSeP/Test/...
 
 Tiles look like H&E: pink stroma with fibres, a gland (white lumen, epithelial ring), a tumour nest and
-inflammatory clusters. The classes differ as in tissue: inflammatory nuclei small, round and dark; neoplastic
-large, pleomorphic and vesicular, packed in a nest; connective (fibroblast) elongated spindles aligned with the
-fibres; dead cells fragmented pyknotic specks in a pink halo next to the tumour; epithelial medium ovals in a ring
-around a lumen. CoNSeP adds muscle (long, thick, blunt) and endothelial (thin, flat, lining a vessel) nuclei.
+inflammatory clusters. The classes differ as in tissue: inflammatory nuclei small, round, with clumped chromatin,
+in clusters; neoplastic larger, pleomorphic and vesicular (pale centre, dark rim, nucleolus), packed in a nest;
+connective (fibroblast) elongated spindles aligned with the fibres; dead cells fragmented specks in a pink halo
+next to the tumour; epithelial ovals in a ring around a lumen. Hematoxylin density is drawn from overlapping ranges
+for every class, with a per-tile stain shift, and sizes overlap, so mean colour + area classify only about half of
+the nuclei (issue #15: the class must come from shape, texture and neighbourhood). CoNSeP adds muscle (long, thick, blunt) and endothelial (thin, flat, lining a vessel) nuclei.
 PanNuke instance ids are unique per tile but not consecutive (as in the release).
 """
 
@@ -33,16 +35,21 @@ CONSEP_TYPES = {1: "dead", 2: "inflammatory", 3: "epithelial", 4: "neoplastic", 
 TISSUES = ("Breast", "Colon", "Lung")
 
 # radius: (lo, hi) of the minor semi-axis in px at 256-px PanNuke scale; elong: major/minor; irregular: boundary
-# harmonics amplitude; colour: hematoxylin RGB; fragments: pieces per nucleus (karyorrhexis).
+# harmonics amplitude; dark: (lo, hi) hematoxylin density, mixed between `PALE` and `DARK`; fragments: pieces per
+# nucleus (karyorrhexis). Sizes and densities overlap between classes on purpose (issue #15 "Quality": the class must
+# not be readable from mean colour + area alone); what separates them is shape (spindle vs round vs irregular vs
+# fragmented), chromatin texture (vesicular rim + nucleolus, clumped specks) and neighbourhood (nest, gland ring
+# around a lumen, fibre-aligned stroma, eosinophilic halo).
 STYLES = {
-    "neoplastic": dict(radius=(7.0, 10.0), elong=(1.0, 1.6), irregular=0.15, colour=(110, 50, 150), vesicular=True),
-    "inflammatory": dict(radius=(3.0, 4.2), elong=(1.0, 1.15), irregular=0.03, colour=(40, 12, 80)),
-    "connective": dict(radius=(2.2, 3.0), elong=(3.2, 4.8), irregular=0.04, colour=(125, 70, 155)),
-    "dead": dict(radius=(1.4, 2.2), elong=(1.0, 1.2), irregular=0.05, colour=(30, 5, 50), fragments=(2, 4)),
-    "epithelial": dict(radius=(4.5, 6.0), elong=(1.2, 1.5), irregular=0.06, colour=(90, 55, 150)),
-    "muscle": dict(radius=(2.8, 3.6), elong=(5.0, 7.0), irregular=0.02, colour=(140, 80, 160)),
-    "endothelial": dict(radius=(1.6, 2.2), elong=(4.0, 5.5), irregular=0.03, colour=(100, 45, 130)),
+    "neoplastic": dict(radius=(4.6, 7.0), elong=(1.0, 1.5), irregular=0.16, dark=(0.35, 0.8), vesicular=True),
+    "inflammatory": dict(radius=(3.4, 5.2), elong=(1.0, 1.12), irregular=0.03, dark=(0.4, 0.85), clumped=True),
+    "connective": dict(radius=(2.2, 3.2), elong=(2.8, 4.4), irregular=0.04, dark=(0.35, 0.8)),
+    "dead": dict(radius=(1.4, 2.2), elong=(1.0, 1.2), irregular=0.05, dark=(0.45, 0.9), fragments=(2, 4)),
+    "epithelial": dict(radius=(3.6, 5.4), elong=(1.2, 1.5), irregular=0.06, dark=(0.35, 0.8)),
+    "muscle": dict(radius=(2.6, 3.4), elong=(5.0, 7.0), irregular=0.02, dark=(0.3, 0.7)),
+    "endothelial": dict(radius=(1.6, 2.2), elong=(4.0, 5.5), irregular=0.03, dark=(0.4, 0.8)),
 }
+PALE, DARK = np.array([150.0, 100.0, 180.0]), np.array([35.0, 10.0, 75.0])  # hematoxylin at density 0 and 1
 
 
 def _shape(rng, style: dict, angle: float) -> np.ndarray:
@@ -78,6 +85,7 @@ class _Scene:
         self.rgb = stroma + noise[..., None] * np.array([10.0, 22.0, 12.0]) * 3
         self.instances = np.zeros((size, size), np.int32)
         self.styles: dict[int, str] = {}
+        self.stain = rng.normal(0, 10, 3)  # per-tile hematoxylin shift (staining batches differ)
 
     def paint(self, region: np.ndarray, colour, alpha=1.0):
         self.rgb[region] = (1 - alpha) * self.rgb[region] + alpha * np.asarray(colour, float)
@@ -99,17 +107,25 @@ class _Scene:
         label = len(self.styles) + 1
         self.instances[ys, xs] = label
         self.styles[label] = style_name
-        colour = np.asarray(style["colour"], float) + rng.normal(0, 8, 3)
+        density = rng.uniform(*style["dark"])
+        colour = (1 - density) * PALE + density * DARK + self.stain + rng.normal(0, 6, 3)
         if style_name == "dead":  # eosinophilic halo of an apoptotic cell
             halo = ndimage.binary_dilation(self.instances == label, iterations=3) & (self.instances == 0)
             self.paint(halo, (235, 120, 175), 0.7)
         self.rgb[ys, xs] = colour
-        if style.get("vesicular"):  # open chromatin: paler centre, dark rim, a nucleolus
-            local = self.instances[y_lo:y_hi, x_lo:x_hi] == label
+        local = self.instances[y_lo:y_hi, x_lo:x_hi] == label
+        if style.get("vesicular"):  # open chromatin: paler centre, darker rim, a dark nucleolus; mean ~ unchanged
             depth = ndimage.distance_transform_edt(local)
-            inner = np.zeros_like(self.instances, bool)
-            inner[y_lo:y_hi, x_lo:x_hi] = depth > 2.5
-            self.paint(inner, (185, 140, 205), 0.55)
+            region = self.rgb[y_lo:y_hi, x_lo:x_hi]
+            region[local & (depth <= 1.5)] = colour - 0.5 * (colour - DARK)
+            region[local & (depth > 1.5)] = colour + 0.45 * (255 - colour)
+            peak = np.unravel_index(np.argmax(depth), depth.shape)
+            region[max(peak[0] - 1, 0):peak[0] + 1, max(peak[1] - 1, 0):peak[1] + 1][
+                local[max(peak[0] - 1, 0):peak[0] + 1, max(peak[1] - 1, 0):peak[1] + 1]] = DARK + self.stain
+        if style.get("clumped"):  # condensed chromatin: dark and pale specks, same mean
+            region = self.rgb[y_lo:y_hi, x_lo:x_hi]
+            specks = rng.choice([-1.0, 1.0], size=local.shape)[..., None] * 0.3 * (colour - DARK)
+            region[local] = (region + specks)[local]
         return True
 
     def scatter(self, style_name: str, n: int, cy, cx, spread, angle=None, tries=6):
