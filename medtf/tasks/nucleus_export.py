@@ -28,12 +28,13 @@ from pathlib import Path
 def class_names_of(config: dict, run_dir: Path, num_classes: int, data_dir=None) -> list[str]:
     """The nucleus class names of the run's shards (manifest ``options.class_names`` minus background); generic
     ``class_k`` names when the shards are gone or list no (or other) classes."""
+    from medtf.data.manifest import ManifestError
     from medtf.tasks.nucleus_classification import manifest_classes
 
     folder = Path(data_dir) if data_dir is not None else Path(str((config.get("data") or {}).get("dir", "")))
     try:
         names = manifest_classes(folder)
-    except Exception:  # noqa: BLE001  (a moved shard folder must not block the export: names are cosmetic)
+    except (ManifestError, OSError, ValueError):  # moved / unreadable shards must not block the export
         names = None
     if names is None or len(names) != num_classes:
         return [f"class_{k}" for k in range(num_classes)]
