@@ -11,6 +11,9 @@ Nothing materialises the data set unless ``cache`` asks for it: memory stays fla
 Per-example augmentation seeds come from ``tf.data.Dataset.random(seed)`` zipped in *after* ``repeat``, so every
 example of every epoch gets its own ``(2,)`` seed (and the stream is reproducible when ``seed`` is set).
 
+With ``service="grpc://host:port"`` (or ``"auto"``) everything up to the model inputs runs on tf.data service
+workers on other machines and only batching and prefetching stay here (`medtf.data.service`: modes, seeds, failures).
+
 Sharding under `tf.distribute`: `make_distributed_dataset` builds one pipeline per input pipeline through
 ``strategy.distribute_datasets_from_function``; each pipeline keeps every ``num_input_pipelines``-th shard file
 (records instead, with files in manifest order, when a split has fewer files than pipelines) and batches
