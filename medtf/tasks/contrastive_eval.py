@@ -53,13 +53,15 @@ def embed_split(model, data_dir, split: str, preprocess=None, batch_size: int = 
     return out
 
 
-def write_report_index(folder, embedded: dict) -> Path:
-    """``folder/report_index.npz`` (example_id, embeddings, label) and ``folder/report_index_text.json`` (id ->
-    report text, read only by ``--show-text``; delete it to ship the index without text)."""
+def write_report_index(folder, embedded: dict, with_text: bool = True) -> Path:
+    """``folder/report_index.npz`` (example_id, embeddings, label) and, ``with_text``, ``folder/report_index_text.json``
+    (id -> report text, read only by ``--show-text``; delete it to share the index without text)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     np.savez(folder / INDEX_FILE, example_id=np.asarray(embedded["ids"]), embeddings=embedded["text"],
              label=embedded["labels"])
+    if not with_text:
+        return folder / INDEX_FILE
     texts = {i: r.decode("utf-8", errors="replace") for i, r in zip(embedded["ids"], embedded["reports"])}
     (folder / INDEX_TEXT).write_text(json.dumps(texts, ensure_ascii=False) + "\n", encoding="utf-8")
     return folder / INDEX_FILE

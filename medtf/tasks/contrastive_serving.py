@@ -4,7 +4,7 @@ Export (`export_contrastive`): one SavedModel with ``serving_default`` (raw ``im
 before), ``embed_image`` (the same), ``embed_text`` (raw report strings -> ``text_embeddings``, tokenised inside),
 ``encode_text`` (its older name), ``similarity`` (``images``, ``reports`` -> cosine ``similarity (Bi, Bt)`` and
 ``logits`` = logit scale x cosine) and ``preprocess``; next to it ``report_index.npz`` (the training reports'
-embeddings and pseudonymised ids, `medtf.tasks.contrastive_eval.write_report_index`) and ``zero_shot.json`` (the
+embeddings and pseudonymised ids, `medtf.tasks.contrastive_eval.write_report_index`; no report text) and ``zero_shot.json`` (the
 experiment's class prompts). A keras-hub text tower puts tensorflow-text ops in the graph: a loader must
 ``import tensorflow_text`` first.
 
@@ -91,7 +91,8 @@ def export_contrastive(task: str, run_dir, checkpoint="best", output=None, versi
                                              encoding="utf-8")
     if (data / "manifest.json").is_file():
         train_split = config["data"].get("train_split", "train")
-        write_report_index(target, embed_split(model, data, train_split, build_preprocess(config)))
+        # No report text in a served artefact (PHI): --show-text reads it from the run directory only.
+        write_report_index(target, embed_split(model, data, train_split, build_preprocess(config)), with_text=False)
     else:
         log.warning("no report index in %s: the training shards %s are not readable (pass --data-dir); medtf "
                     "predict will give embeddings and zero-shot probabilities only", target, data)
@@ -207,8 +208,8 @@ def _hits(order, scores, index: dict, show_text: bool) -> list[dict]:
             hit["label"] = int(index["labels"][i])
         if show_text:
             if index["texts"] is None:
-                raise ValueError("--show-text: this report index has no report_index_text.json (removed for "
-                                 "sharing); ids and scores only")
+                raise ValueError("--show-text: this report index holds no report text (an exported model never "
+                                 "does; predict with the run directory after medtf evaluate)")
             hit["text"] = index["texts"].get(index["ids"][i], "")
         hits.append(hit)
     return hits

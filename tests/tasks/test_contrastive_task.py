@@ -258,7 +258,7 @@ def test_contrastive_predict_case_folder_top_k_and_zero_shot(clip_run, reports_s
 
 def test_contrastive_predict_query_text(clip_run, capsys):
     """`medtf predict RUN --query-text`: the nearest training reports of the run's index (ids + scores printed);
-    the text only with --show-text (exported model); neither --input nor --query-text is refused."""
+    the text only with --show-text and only from the run directory; neither --input nor --query-text is refused."""
     import keras
 
     _, run, model_dir = clip_run
@@ -276,7 +276,10 @@ def test_contrastive_predict_query_text(clip_run, capsys):
     assert [float(line.split()[2]) for line in lines] == pytest.approx(scores[best], abs=1e-4)
     texts = json.loads((run / "report_index" / "report_index_text.json").read_text())
     assert all(len(line.split()) == 3 for line in lines)  # rank, id, score: no text
-    assert run_medtf("predict", model_dir, "--query-text", query, "--top-k", "1", "--show-text") == 0
+    assert run_medtf("predict", model_dir, "--query-text", query, "--top-k", "1", "--show-text") == 2
+    assert "holds no report text" in capsys.readouterr().err  # an exported model ships no report text (PHI)
+    assert not (model_dir / "report_index_text.json").exists()
+    assert run_medtf("predict", run, "--query-text", query, "--top-k", "1", "--show-text") == 0
     shown = capsys.readouterr().out
     assert repr(texts[str(index["example_id"][best[0]])]) in shown  # printed as a Python literal
     assert run_medtf("predict", model_dir, "--top-k", "1") == 2  # neither --input nor --query-text
