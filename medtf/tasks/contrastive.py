@@ -176,10 +176,19 @@ class ContrastiveTask(Task):
             return ClipQueueLoss(queue_size, getattr(model, "embed_dim"), **kwargs)
         return ClipLoss(**kwargs)
 
-    def callbacks(self, model, paths):
-        from medtf.tasks.clip_queue import QueueSwitch, queue_losses
+    def configure(self, experiment):
+        self.warmup_image_epochs = experiment.train.warmup_image_epochs
+        return self
 
-        return [QueueSwitch(paths.backup, write=paths.is_chief)] if queue_losses(model.loss) else []
+    def callbacks(self, model, paths):
+        """The memory queue's switch (`medtf.tasks.clip_queue`), the image-only warm-up (`medtf.tasks.clip_warmup`)."""
+        from medtf.tasks.clip_queue import QueueSwitch, queue_losses
+        from medtf.tasks.clip_warmup import ImageWarmup
+
+        out = [QueueSwitch(paths.backup, write=paths.is_chief)] if queue_losses(model.loss) else []
+        if getattr(self, "warmup_image_epochs", 0):
+            out.append(ImageWarmup(self.warmup_image_epochs))
+        return out
 
     def default_metrics(self, model):
         return [RetrievalRecallAt1()]

@@ -30,7 +30,8 @@ Sections and defaults (``medtf/training/engine.py`` describes what each key does
     train:     epochs (1), steps_per_epoch, validation_steps (null), monitor / mode (the task's: val_dice / max
                for segmentation, val_auc / max for classification, val_loss / min for contrastive),
                precision (float32), strategy (auto), keep_worker_outputs, jit_compile, remat (false),
-               log_every_n_steps (100), image_panels, hparams (true), verbose (auto)
+               log_every_n_steps (100), image_panels, hparams (true), verbose (auto), warmup_image_epochs (0:
+               task contrastive trains the image tower alone for that many epochs, `medtf.tasks.clip_warmup`)
     seed:      null
     tune:      null (checked by `medtf.tuning.settings.tune_settings`)
     transfer:  null, or {phases: [{name, <section overrides>}, ...], compare_scratch: false}: a transfer-learning
@@ -281,6 +282,7 @@ class TrainConfig(Config):
     keep_worker_outputs: bool = False
     jit_compile: bool = False
     remat: bool = False
+    warmup_image_epochs: int = 0  # task contrastive: report tower frozen for the first N epochs
     log_every_n_steps: int = 100
     image_panels: bool = True
     hparams: bool = True
@@ -292,6 +294,7 @@ class TrainConfig(Config):
         at_least(self.steps_per_epoch, 1, f"{path}.steps_per_epoch")
         at_least(self.validation_steps, 1, f"{path}.validation_steps")
         at_least(self.log_every_n_steps, 0, f"{path}.log_every_n_steps")
+        at_least(self.warmup_image_epochs, 0, f"{path}.warmup_image_epochs")
         choice(self.mode, ("max", "min"), f"{path}.mode", "mode")
         choice(self.precision, PRECISIONS, f"{path}.precision", "precision")
         self.strategy = self.strategy.lower()
@@ -344,6 +347,10 @@ class ExperimentConfig(Config):
         if self.evaluate is not None and self.task != "contrastive":
             raise ConfigError(f"evaluate: zero-shot prompts and linear probes are for task contrastive, this "
                               f"experiment's task is {self.task}")
+        warmup = self.train.warmup_image_epochs
+        if warmup and (self.task != "contrastive" or warmup >= self.train.epochs):
+            raise ConfigError(f"train.warmup_image_epochs: {warmup} image-only epochs need task contrastive (this "
+                              f"experiment's: {self.task}) and fewer than train.epochs ({self.train.epochs})")
         lr = self.optimizer.learning_rate
         if isinstance(self.schedule, CosineSchedule) and self.schedule.min_lr > lr:
             raise ConfigError(f"schedule.min_lr ({self.schedule.min_lr}) is above optimizer.learning_rate ({lr}): "
