@@ -96,20 +96,20 @@ def nucleus_run(tmp_path_factory):
 
 def _expected(model, tile, boxes, alone=False):
     """Probabilities of each box in its nearest 32 px window of a 48 x 40 tile (starts 0 / 16 and 0 / 8), with
-    every box overlapping that window in the same call (or ``alone``)."""
-    boxes, out = np.asarray(boxes, np.float32), []
-    for box in boxes:
+    every box overlapping that window in the same call (or ``alone``); one batched model call."""
+    boxes = np.asarray(boxes, np.float32)
+    crops, local, counts = [], np.zeros((len(boxes), model.max_nuclei, 4), np.float32), []
+    for i, box in enumerate(boxes):
         cy, cx = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
         y0 = min((0, 16), key=lambda s: abs(s + 16 - cy))
         x0 = min((0, 8), key=lambda s: abs(s + 16 - cx))
         near = [b for b in boxes if b[0] < y0 + 32 and b[2] > y0 and b[1] < x0 + 32 and b[3] > x0]
         near = [box] if alone else [box] + [b for b in near if not np.array_equal(b, box)]
-        local = np.zeros((1, model.max_nuclei, 4), np.float32)
-        local[0, :len(near)] = np.clip(np.array(near) - [y0, x0, y0, x0], 0, 32)
-        p = model({"images": tile[None, y0:y0 + 32, x0:x0 + 32] / np.float32(255), "boxes": local,
-                   "num_boxes": np.array([len(near)])}, training=False)
-        out.append(np.asarray(p)[0, 0])
-    return np.array(out)
+        local[i, :len(near)] = np.clip(np.array(near) - [y0, x0, y0, x0], 0, 32)
+        crops.append(tile[y0:y0 + 32, x0:x0 + 32] / np.float32(255))
+        counts.append(len(near))
+    p = model({"images": np.stack(crops), "boxes": local, "num_boxes": np.array(counts)}, training=False)
+    return np.asarray(p)[:, 0]
 
 
 def test_export_and_predict_boxes_and_instances(nucleus_run, tmp_path):
@@ -216,6 +216,28 @@ def test_export_reloads_in_a_fresh_process_and_predict_takes_a_run_directory(nuc
                          "--output", tmp_path / source.name) == 0
     first, second = (list(csv.DictReader(open(tmp_path / name / "nuclei.csv"))) for name in ("1", run.name))
     assert first == second and len(first) == 2
+    # Class names come from the training shards' manifest (--data-dir: the run's config names none).
+    from medtf.synth.nuclei_he import generate_nuclei_he
+    from tests.conftest import TEST_SALT
+
+    generate_nuclei_he(tmp_path / "src", cases=2, seed=2, tile_size=32, consep_images=0)
+    assert run_medtf("convert", "nuclei-he", "--input", tmp_path / "src" / "pannuke", "--output", tmp_path / "shards",
+                     "--id-salt", TEST_SALT, "--split", "1,0,0", "--quiet") == 0
+    small = tmp_path / "three_classes"  # the shards list 5 classes, this model has 3: generic names
+    assert run_medtf("export", run, "--output", small, "--data-dir", tmp_path / "shards") == 0
+    assert json.loads((small / "tiny" / "1" / "medtf.json").read_text())["class_names"] == ["class_0", "class_1",
+                                                                                             "class_2"]
+    import shutil
+
+    from medtf.models.vit import NucleusClassifier
+
+    five = tmp_path / "run5"
+    shutil.copytree(run, five, ignore=shutil.ignore_patterns("export"))
+    NucleusClassifier(num_classes=5, max_nuclei=8, image_size=32, patch_size=8, hidden_dim=16, num_layers=1,
+                      num_heads=2, mlp_dim=32).save(five / "checkpoints" / "best.keras")
+    assert run_medtf("export", five, "--output", tmp_path / "five", "--data-dir", tmp_path / "shards") == 0
+    assert json.loads((tmp_path / "five" / "tiny" / "1" / "medtf.json").read_text())["class_names"] == [
+        "neoplastic", "inflammatory", "connective", "dead", "epithelial"]
     direct = np.asarray(model({"images": tile[None] / np.float32(255), "boxes": np.pad(
         np.array([[[2, 3, 9, 12], [10, 10, 20, 30]]], np.float32), [(0, 0), (0, 6), (0, 0)]),
         "num_boxes": np.array([2])}))[0, :2]
