@@ -21,7 +21,9 @@ in-batch loss (comparable across queue sizes), and neither validation embeddings
 loss (GradientStats) end up in the queue. Without the callback (a bare
 ``model.fit`` / ``evaluate``) the loss equals `ClipLoss` and the queue stays empty. The queue is not part of the
 ``.keras`` checkpoints (the model carries no loss state); `QueueSwitch` saves it with the run's backup at each
-epoch's end and a resumed run restores it, so preemption keeps it; a new run (or ``init_from``) starts empty.
+epoch's end and a resumed run restores it, so preemption keeps it (a backup saved mid-epoch on SIGUSR1 comes back
+with the queue of the last epoch's end: the interrupted epoch's entries are missing); a new run (or ``init_from``)
+starts empty.
 """
 
 from __future__ import annotations

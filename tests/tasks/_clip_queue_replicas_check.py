@@ -70,5 +70,30 @@ for emb, labels in steps:
     losses += np.asarray(single(labels, emb)).tolist()
 result["single_loss"] = losses
 result.update({f"single_{k}": v for k, v in state(single).items()})
+# A real fit (SGD at lr 0: the queued embeddings are the model's) with the task's QueueSwitch toggling the queue from
+# a callback (cross-replica context): 8 pairs, global batch 4, into a 6-slot queue; validation adds nothing.
+import keras  # noqa: E402
+
+from medtf.tasks.clip_queue import QueueSwitch  # noqa: E402
+
+
+def fit_queue(scope):
+    with scope:
+        keras.utils.set_random_seed(1)
+        x = keras.Input((5,))
+        model = keras.Model(x, keras.layers.Concatenate()([
+            keras.layers.UnitNormalization()(keras.layers.Dense(E)(x)),
+            keras.layers.UnitNormalization()(keras.layers.Dense(E)(x))]))
+        loss = ClipQueueLoss(queue_size=K, embed_dim=E)
+        model.compile(optimizer=keras.optimizers.SGD(0.0), loss=loss)
+    data = np.random.default_rng(5).normal(size=(8, 5)).astype("float32")
+    labels = np.arange(8, dtype="float32")[:, None]
+    ds = tf.data.Dataset.from_tensor_slices((data, labels)).batch(4)
+    model.fit(ds, epochs=1, validation_data=ds.take(1), callbacks=[QueueSwitch()], verbose=0)
+    return state(loss)
+
+
+result["fit_mirrored"] = fit_queue(strategy.scope())
+result["fit_single"] = fit_queue(tf.distribute.get_strategy().scope())
 result["plain_loss"] = float(np.asarray(ClipLoss(0.2, True, reduction=None)(steps[0][1], steps[0][0]))[0])
 print("RESULT " + json.dumps(result))

@@ -206,6 +206,12 @@ def test_two_replicas_equal_one_device():
         np.testing.assert_allclose(result[f"mirrored_{key}"], result[f"single_{key}"], rtol=1e-5, atol=1e-6,
                                    err_msg=key)
     assert abs(result["plain_loss"] - result["single_loss"][0]) > 1e-3  # the queued negatives count
+    # fit + QueueSwitch: both steps' 4 global rows queued (8 into 6 slots), validation none, same as one device.
+    assert result["fit_single"]["pointer_size"] == [8 % 6, 6]
+    assert result["fit_single"]["queue_label"] == [6.0, 7.0, 2.0, 3.0, 4.0, 5.0]
+    for key in ("queue_text", "queue_image", "queue_label", "pointer_size"):
+        np.testing.assert_allclose(result["fit_mirrored"][key], result["fit_single"][key], rtol=1e-5, atol=1e-6,
+                                   err_msg=f"fit {key}")
 
 
 @pytest.mark.slow  # ~30 s on the shared 2-core box (convert + build + one epoch)
