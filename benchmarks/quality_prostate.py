@@ -7,9 +7,10 @@ the patients identically, figures on the **test** patients, nothing chosen on th
   patients (best epoch by validation AUC), test AUC; beside it the one-feature baseline
   (`medtf.evaluation.baselines`): mean ADC in a 3 mm disc at the lesion centre, logistic regression fitted on the
   training findings, scored on the same test findings.
-- ``prostate-shuffled``: the same conversion with the training findings' labels permuted (a seeded permutation
-  over all training findings, written as a relabelled copy of the training shards, validation and test untouched)
-  and the same training; evaluated on the true test shards; `SHUFFLED_PERMUTATIONS` permutations, verdict on their
+- ``prostate-shuffled``: the same conversion with the training and validation findings' labels permuted (seeded
+  permutations within each split, written as a relabelled copy of the shards, test untouched; the best epoch is
+  chosen on the permuted validation labels, so no true label reaches the control) and the same training;
+  evaluated on the true test shards; `SHUFFLED_PERMUTATIONS` permutations, verdict on their
   mean. High here would mean a leak (or, for one permutation, luck on 24 test findings).
 - ``prostate-roulette``: ``medtf roulette`` scores `ROULETTE_CANDIDATES` seeded initialisations on the validation
   split after `ROULETTE_WARMUP` steps; each candidate is then trained the same way (``--init-from`` its weights);
@@ -117,8 +118,10 @@ def train_and_evaluate(shards: Path, run_dir: Path, eval_data: Path, overrides=(
             "best_val_auc": float(np.nanmax(result["history"].get("val_auc", [np.nan]))), "train_minutes": minutes}
 
 
-def relabel_training_shards(shards: Path, out: Path, seed: int) -> dict:
-    """Copy ``shards`` to ``out`` with the training findings' labels permuted (seeded); returns what moved."""
+def relabel_training_shards(shards: Path, out: Path, seed: int, splits=("train", "val")) -> dict:
+    """Copy ``shards`` to ``out`` with the labels of each of ``splits`` permuted (seeded, within the split);
+    returns what moved. The validation labels are permuted too: the best epoch is chosen on them, and choosing it
+    on true labels would hand the control the label information it must not have."""
     import tensorflow as tf
 
     from medtf.data.manifest import read_manifest, write_manifest
@@ -129,22 +132,25 @@ def relabel_training_shards(shards: Path, out: Path, seed: int) -> dict:
     shutil.copytree(shards, out)
     manifest = read_manifest(out)
     compression = manifest.get("compression") or ""
-    entries = manifest["splits"]["train"]["shards"]
-    records = [[tf.train.Example.FromString(r.numpy()) for r in
-                tf.data.TFRecordDataset(str(out / s["file"]), compression_type=compression)] for s in entries]
-    labels = np.array([ex.features.feature["label"].int64_list.value[0] for shard in records for ex in shard])
-    perm = np.random.default_rng(seed).permutation(len(labels))
-    new = labels[perm]
-    i = 0
-    for entry, shard in zip(entries, records):
-        for ex in shard:
-            ex.features.feature["label"].int64_list.value[:] = [int(new[i])]
-            i += 1
-        entry.update(write_shard(out / entry["file"], [ex.SerializeToString() for ex in shard],
-                                 manifest.get("compression")))
+    moved = {}
+    for n, split in enumerate(splits):
+        entries = manifest["splits"][split]["shards"]
+        records = [[tf.train.Example.FromString(r.numpy()) for r in
+                    tf.data.TFRecordDataset(str(out / s["file"]), compression_type=compression)] for s in entries]
+        labels = np.array([ex.features.feature["label"].int64_list.value[0] for shard in records for ex in shard])
+        new = labels[np.random.default_rng([seed, n]).permutation(len(labels))]
+        i = 0
+        for entry, shard in zip(entries, records):
+            for ex in shard:
+                ex.features.feature["label"].int64_list.value[:] = [int(new[i])]
+                i += 1
+            entry.update(write_shard(out / entry["file"], [ex.SerializeToString() for ex in shard],
+                                     manifest.get("compression")))
+        moved[split] = {"findings": int(len(labels)), "labels_changed": int((new != labels).sum()),
+                        "positives": int(labels.sum())}
     write_manifest(out, manifest)
-    return {"train_findings": int(len(labels)), "labels_changed": int((new != labels).sum()),
-            "positives": int(labels.sum())}
+    return {"train_findings": moved["train"]["findings"], "labels_changed": moved["train"]["labels_changed"],
+            "positives": moved["train"]["positives"], "splits": moved}
 
 
 def run_prostate(out: Path, cases: int, seed: int, id_salt: str) -> dict:
