@@ -266,6 +266,12 @@ def run(args) -> int:
     rest = _split_rest(args)
     if rest is None:
         return 2
+    from medtf.cli.slurm_data_service import misplaced_options
+
+    misplaced = misplaced_options(args)  # e.g. `slurm run ... --data-workers 4` would otherwise be ignored
+    if misplaced:
+        print(f"medtf slurm {args.target}: {misplaced}", file=sys.stderr)
+        return 2
     try:
         if args.target == "status":
             if not rest:

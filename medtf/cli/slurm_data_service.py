@@ -4,7 +4,11 @@ A training job whose input pipeline runs on N CPU-only tf.data service workers (
 
     hetjob (default)  one heterogeneous job (slurm/train_data_service.sbatch): component 0 is the trainer (its GPUs,
                       the dispatcher in the batch shell), component 1 holds the N workers (``srun --het-group=1``,
-                      C CPUs each). One job id; everything starts, requeues and ends together.
+                      C CPUs each). One job id; everything starts, requeues and ends together. SLURM starts
+                      heterogeneous jobs from its backfill scheduler only, which books whole nodes for a planned
+                      start: the two components cannot start on one node (on a single-node SLURM both pend with
+                      Reason=Resources for ever), so the workers need a node of their own (e.g.
+                      --data-worker-partition cpu), or use ``separate``.
     separate          the same training script without component 1, plus a job array of N worker tasks
                       (slurm/data_workers.sbatch) submitted with ``--dependency=after:TRAINING``: for sites that
                       do not allow heterogeneous jobs, or to add workers to a running training.
@@ -20,6 +24,9 @@ import sys
 from pathlib import Path
 
 LAYOUTS = ("hetjob", "separate")
+# The options' defaults: one that differs was given (and must not be ignored where it means nothing).
+_DEFAULTS = {"data_workers": None, "data_worker_cpus": 4, "data_worker_partition": None,
+             "data_service_layout": "hetjob"}
 
 
 def add_data_service_options(p, d) -> None:
@@ -33,6 +40,24 @@ def add_data_service_options(p, d) -> None:
                    help="partition of the data workers (default: the training's), e.g. a CPU partition")
     p.add_argument("--data-service-layout", choices=LAYOUTS, default=d("hetjob"),
                    help="hetjob: one heterogeneous job (default); separate: a worker job array beside the training")
+
+
+def misplaced_options(args) -> str | None:
+    """Why the data-service options given do not apply to ``args.target`` (None: they do, or none was given).
+
+    They feed `medtf train`'s input pipeline, so only `medtf slurm CONFIG --data-workers N` takes them; a `run` or
+    `convert` job has no tf.data service and would silently ignore them.
+    """
+    given = [f"--{key.replace('_', '-')}" for key, default in _DEFAULTS.items()
+             if getattr(args, key, default) != default]
+    if not given:
+        return None
+    if args.target in ("run", "convert", "roulette", "status"):
+        return (f"{', '.join(given)}: only a training job (medtf slurm CONFIG --data-workers N) runs its input "
+                f"pipeline on tf.data service workers; `medtf slurm {args.target}` has none")
+    if args.data_workers is None:
+        return f"{', '.join(given)} go with --data-workers N (the number of tf.data service workers)"
+    return None
 
 
 def _values(spec, cluster, template: str, name: str) -> dict:
@@ -73,7 +98,8 @@ def render_scripts(spec, cluster, workers: int, cpus: int, layout: str, training
     if spec.gpus_per_node > 1:  # as train_multigpu.sbatch: one process, MirroredStrategy
         spec = replace(spec, overrides=["+train.strategy=mirrored", *spec.overrides])
     worker_spec = JobSpec(command=["data-service", "worker"], run_dir=spec.run_dir, time=spec.time,
-                          partition=partition or spec.partition, account=spec.account, cpus_per_task=cpus, workdir=spec.workdir)
+                          partition=partition or spec.partition, account=spec.account, cpus_per_task=cpus,
+                          workdir=spec.workdir)
     values = _values(spec, cluster, "train_data_service.sbatch", name)
     values.update(data_workers=workers, data_worker_cpus=cpus, worker_component="", worker_launch="",
                   layout_note=f"a separate job array, {name}-workers" if layout == "separate"
@@ -83,7 +109,9 @@ def render_scripts(spec, cluster, workers: int, cpus: int, layout: str, training
             ["#SBATCH hetjob", f"#SBATCH --ntasks={workers}", f"#SBATCH --time={spec.time}"]
             + sbatch_options(worker_spec, cluster))
         values["worker_launch"] = (
-            "# One worker per task of component 1; each logs to its own file.\n"
+            "# One worker per task of component 1; each logs to its own file. Component 1 starts on other\n"
+            "# node(s) than component 0 (SLURM's backfill books whole nodes): on a single-node cluster use\n"
+            "# --data-service-layout separate.\n"
             f"srun --het-group=1 --kill-on-bad-exit=0 --output={values['log_dir']}/data-worker-%j-%t.out \\\n"
             f"    {cluster.medtf} data-service worker --address-file \"$MEDTF_DATA_SERVICE_FILE\" &\n"
             "MEDTF_WORKERS=$!")

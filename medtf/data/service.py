@@ -26,8 +26,10 @@ Modes (``service_mode``):
 Seeds: an example's augmentation seed is a stateless function of ``(seed, epoch, file index, record index)``
 (`example_seed`), not of the order in which it reaches a worker, so in ``distributed_epoch`` mode an example is
 augmented identically whichever worker, and however many, process it. The draws differ from the local pipeline
-(whose seeds follow the stream order); ``seed=None`` means seed 0 here, because trainers that share a job must
-register the same graph.
+(whose seeds follow the stream order). ``seed=None`` follows the local pipeline: a fresh seed every run (drawn by
+`resolve_seed`, not reproducible); evaluation (``training=False``) uses seed 0 as locally. Trainers that share a job
+(several input pipelines) must register the same graph, so they derive the seed from $SLURM_JOB_ID and
+$SLURM_RESTART_COUNT (same for all of them, new at each start); outside a SLURM job they need an explicit seed.
 
 Requirements: the shard paths are baked into the graph the workers run, so every worker must see them at the
 same path (a shared filesystem: /project, /scratch, Lustre/GPFS). Transforms must be TF ops: a
@@ -43,6 +45,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -199,6 +202,24 @@ def _file_order(seed: int, epoch, salt, num_files: int) -> tf.Tensor:
     return tf.argsort(tf.random.stateless_uniform([num_files], seed=order_seed))
 
 
+def resolve_seed(seed: int | None, shared: bool) -> int:
+    """The seed of the service graph: ``seed``, or for None a fresh one per run (see the module docstring).
+
+    Raises `DataServiceError` for None with ``shared`` trainers outside a SLURM job (they could not agree on one).
+    """
+    if seed is not None:
+        return int(seed)
+    if not shared:
+        return secrets.randbits(31)  # what the local pipeline's unseeded shuffles and seed stream amount to
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job:
+        raise DataServiceError("seed=None with several trainers sharing one tf.data service job: they must register "
+                               "the same graph, so they need the same seed; set one (the experiment's seed, data.seed) "
+                               "or run inside a SLURM job (the seed then derives from $SLURM_JOB_ID)")
+    key = repr(("medtf-service-seed", job, os.environ.get("SLURM_RESTART_COUNT", "0")))
+    return int.from_bytes(hashlib.sha1(key.encode()).digest()[:4], "big") >> 1
+
+
 def default_job_name(files: Sequence[str], seed: int, mode: str) -> str:
     """Shared job of the trainers of one SLURM job (same files, seed, mode; a requeued start gets a new job)."""
     key = repr((list(files), seed, mode, os.environ.get("SLURM_JOB_ID"), os.environ.get("SLURM_RESTART_COUNT")))
@@ -226,7 +247,7 @@ def service_examples(files: Sequence[str], *, compression: str, decode_parse: Ca
     """
     if mode not in SERVICE_MODES:
         raise ValueError(f"service_mode must be one of {SERVICE_MODES}, got {mode!r}")
-    seed = 0 if seed is None else int(seed)
+    seed = resolve_seed(seed, shared=job_name is not None)  # a shared job has a name (`default_job_name`)
     num_files = len(files)
     paths = tf.constant(list(files))
     # An "infinite" epoch counter; the dispatcher splits the range lazily, one (epoch, file) pair at a time.

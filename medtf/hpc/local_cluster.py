@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 PACKAGES = ("slurmctld", "slurmd", "slurm-client", "munge")
-DAEMONS = ("slurmd", "slurmctld", "munged")  # stop order: node, controller, then authentication
+DAEMONS = ("slurmd", "slurmctld", "munged")  # stop order: node(s), controller, then authentication
 
 _CONF = """\
 # Private single-node SLURM written by medtf.hpc.local_cluster: do not edit, it is rewritten at every start.
@@ -42,9 +42,9 @@ AuthInfo=socket={root}/munge/munge.socket,cred_expire=10
 StateSaveLocation={root}/state
 SlurmdSpoolDir={root}/spool/%n
 SlurmctldPidFile={root}/run/slurmctld.pid
-SlurmdPidFile={root}/run/slurmd.pid
+SlurmdPidFile={root}/run/slurmd-%n.pid
 SlurmctldLogFile={root}/log/slurmctld.log
-SlurmdLogFile={root}/log/slurmd.log
+SlurmdLogFile={root}/log/slurmd-%n.log
 MailProg=/bin/true
 MpiDefault=none
 ProctrackType=proctrack/linuxproc
@@ -69,9 +69,7 @@ InactiveLimit=0
 MessageTimeout=10
 SlurmdTimeout=60
 SlurmctldTimeout=60
-NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory} State=UNKNOWN
-PartitionName={partition} Nodes={host} Default=YES MaxTime=INFINITE State=UP
-"""
+{nodes}"""
 
 
 class LocalSlurmError(RuntimeError):
@@ -142,7 +140,12 @@ class LocalSlurm:
     Args:
         root: folder for everything the instance writes (created; keep it short: the munge socket path is
             limited to ~100 characters).
-        partition: name of the single partition (the default one).
+        partition: name of the default partition (all nodes).
+        cpu_nodes: extra CPU-only nodes ``HOST-cpuK``, also in a partition ``cpu`` (as a cluster's CPU nodes),
+            each its own slurmd on 127.0.0.K+2 declaring this machine's CPUs (so the CPUs are oversubscribed).
+            Needed for heterogeneous jobs: SLURM starts them from the backfill scheduler only, whose plan books
+            whole nodes, so two components never start together on a single node (the first one's planned
+            start takes the node; the second is planned after it ends, forever). 0 (default): one node.
 
     Example:
         >>> cluster = LocalSlurm("/tmp/medtf-slurm")      # doctest: +SKIP
@@ -151,16 +154,33 @@ class LocalSlurm:
         >>> cluster.stop()                                 # nothing left running
     """
 
-    def __init__(self, root: str | os.PathLike, partition: str = "debug"):
+    def __init__(self, root: str | os.PathLike, partition: str = "debug", cpu_nodes: int = 0):
+        if not 0 <= cpu_nodes <= 8:
+            raise ValueError(f"cpu_nodes must be 0..8, got {cpu_nodes}")
         self.root = Path(root).resolve()
         self.partition = partition
         self.conf = self.root / "etc" / "slurm.conf"
+        self.host = socket.gethostname().split(".")[0]
+        self.nodes = [self.host] + [f"{self.host}-cpu{k}" for k in range(1, cpu_nodes + 1)]
 
     # --- paths -------------------------------------------------------------------------------------------------
+    def _daemons(self) -> list[str]:
+        """Stop order: every node's slurmd (``slurmd`` for the first, ``slurmd:NODE`` for the others), then the rest.
+
+        Nodes whose pid file is there count too, so `stop` without ``cpu_nodes`` still stops every slurmd.
+        """
+        extra = {p.name[len("slurmd-"):-len(".pid")] for p in (self.root / "run").glob("slurmd-*.pid")}
+        extra = sorted((extra | set(self.nodes[1:])) - {self.host})
+        return ["slurmd"] + [f"slurmd:{node}" for node in extra] + list(DAEMONS[1:])
+
     def pid_file(self, daemon: str) -> Path:
+        if daemon.startswith("slurmd"):
+            return self.root / "run" / f"slurmd-{daemon.partition(':')[2] or self.host}.pid"
         return self.root / ("munge" if daemon == "munged" else "run") / f"{daemon}.pid"
 
     def log_file(self, daemon: str) -> Path:
+        if daemon.startswith("slurmd"):
+            return self.root / "log" / f"slurmd-{daemon.partition(':')[2] or self.host}.log"
         return self.root / "log" / f"{daemon}.log"
 
     @property
@@ -172,7 +192,7 @@ class LocalSlurm:
     def pids(self) -> dict[str, int]:
         """Running daemons of this instance, by name (from their pid files)."""
         running = {}
-        for daemon in DAEMONS:
+        for daemon in self._daemons():
             try:
                 pid = int(self.pid_file(daemon).read_text().split()[0])
             except (FileNotFoundError, ValueError, IndexError):
@@ -182,9 +202,15 @@ class LocalSlurm:
         return running
 
     def node_state(self) -> str:
-        out = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], env=self.env, capture_output=True, text=True,
+        """``idle`` when every node is; otherwise what sinfo says per node (or its error)."""
+        out = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %T"], env=self.env, capture_output=True, text=True,
                              timeout=30)
-        return out.stdout.strip().lower() if out.returncode == 0 else f"error: {out.stderr.strip()}"
+        if out.returncode != 0:
+            return f"error: {out.stderr.strip()}"
+        states = dict(line.split()[:2] for line in out.stdout.lower().splitlines() if len(line.split()) >= 2)
+        if states and set(states.values()) == {"idle"}:
+            return "idle"
+        return ", ".join(f"{node} {state}" for node, state in states.items()) or "no nodes"
 
     # --- start / stop ------------------------------------------------------------------------------------------
     def _write_files(self) -> None:
@@ -197,12 +223,18 @@ class LocalSlurm:
         if not key.exists():
             subprocess.run([_which("mungekey"), "--create", f"--keyfile={key}"], check=True, capture_output=True)
         os.chmod(key, 0o600)
-        host = socket.gethostname().split(".")[0]
         cpus = os.cpu_count() or 1
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
-        self.conf.write_text(_CONF.format(host=host, root=self.root, ctld_port=_free_port(),
-                                          slurmd_port=_free_port(), cpus=cpus, memory=memory,
-                                          partition=self.partition))
+        # The first node listens on SlurmdPort; each extra node's slurmd on its own address and port (one machine).
+        lines = [f"NodeName={self.host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory} State=UNKNOWN"]
+        lines += [f"NodeName={node} NodeHostname={self.host} NodeAddr=127.0.0.{k + 1} Port={_free_port()} "
+                  f"CPUs={cpus} RealMemory={memory} State=UNKNOWN" for k, node in enumerate(self.nodes[1:], 1)]
+        lines.append(f"PartitionName={self.partition} Nodes={','.join(self.nodes)} Default=YES MaxTime=INFINITE "
+                     "State=UP")
+        if len(self.nodes) > 1:
+            lines.append(f"PartitionName=cpu Nodes={','.join(self.nodes[1:])} MaxTime=INFINITE State=UP")
+        self.conf.write_text(_CONF.format(host=self.host, root=self.root, ctld_port=_free_port(),
+                                          slurmd_port=_free_port(), nodes="\n".join(lines) + "\n"))
 
     def start(self, timeout: float = 60.0) -> dict:
         """Start munged, slurmctld and slurmd and wait until the node is idle; returns the client environment.
@@ -224,10 +256,11 @@ class LocalSlurm:
                        f"--pid-file={self.pid_file('munged')}", f"--log-file={self.log_file('munged')}",
                        f"--seed-file={self.root}/munge/munged.seed", "--force"],
             "slurmctld": [_which("slurmctld"), "-f", str(self.conf), "-i"],
-            "slurmd": [_which("slurmd"), "-f", str(self.conf)],
+            **{daemon: [_which("slurmd"), "-f", str(self.conf), "-N", daemon.partition(":")[2] or self.host]
+               for daemon in self._daemons() if daemon.startswith("slurmd")},
         }
         try:
-            for daemon in ("munged", "slurmctld", "slurmd"):  # each daemonises and writes its pid file
+            for daemon in reversed(self._daemons()):  # each daemonises and writes its pid file
                 proc = subprocess.run(commands[daemon], env=self.env, capture_output=True, text=True, timeout=30)
                 if proc.returncode != 0:
                     raise LocalSlurmError(f"{daemon} failed ({proc.returncode}): {proc.stderr.strip()[-500:]} "
@@ -253,11 +286,12 @@ class LocalSlurm:
                 return
             time.sleep(0.2)
         extra = f" (last: {detail()})" if detail else ""
-        raise LocalSlurmError(f"{message} within {timeout:.0f} s{extra}" + "".join(self._log_tail(d) for d in DAEMONS))
+        raise LocalSlurmError(f"{message} within {timeout:.0f} s{extra}"
+                              + "".join(self._log_tail(d) for d in self._daemons()))
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop the daemons named in this instance's pid files (TERM, then KILL); raise if one survives."""
-        for daemon in DAEMONS:
+        for daemon in self._daemons():
             pid = self.pids().get(daemon)
             if pid is None:
                 continue
@@ -278,8 +312,10 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", choices=("install", "start", "stop", "status"))
     parser.add_argument("--root", default="/tmp/medtf-slurm", help="instance folder (default %(default)s)")
+    parser.add_argument("--cpu-nodes", type=int, default=0, metavar="K",
+                        help="start: K extra CPU-only nodes (partition cpu), e.g. 1 for heterogeneous jobs")
     args = parser.parse_args(argv)
-    cluster = LocalSlurm(args.root)
+    cluster = LocalSlurm(args.root, cpu_nodes=args.cpu_nodes)
     try:
         if args.action == "install":
             install()

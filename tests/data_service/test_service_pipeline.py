@@ -184,3 +184,33 @@ def test_cli_errors_name_the_file(tmp_path, capsys):
     assert run_medtf("data-service", "worker", "--address-file", missing, "--wait", "0.2") == 2
     err = capsys.readouterr().err
     assert f"medtf data-service worker: {missing}: no dispatcher address after 0 s" in err
+
+
+def test_seed_none_draws_a_fresh_seed_like_the_local_pipeline(monkeypatch):
+    """seed=None used to become 0 on the service; now one trainer draws a new seed per run (as the local pipeline's
+    unseeded ops), trainers sharing a job agree through the SLURM job, and elsewhere they are refused."""
+    assert service_lib.resolve_seed(7, shared=True) == 7 and service_lib.resolve_seed(0, shared=False) == 0
+    draws = {service_lib.resolve_seed(None, shared=False) for _ in range(4)}
+    assert len(draws) > 1 and all(0 <= d < 2**31 for d in draws)
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "0")
+    first = service_lib.resolve_seed(None, shared=True)
+    assert first == service_lib.resolve_seed(None, shared=True) and 0 <= first < 2**31  # every trainer of the job
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    assert service_lib.resolve_seed(None, shared=True) != first  # a requeued start draws anew
+    monkeypatch.delenv("SLURM_JOB_ID")
+    with pytest.raises(DataServiceError, match=r"seed=None with several trainers .* set one \(the experiment.s seed"):
+        service_lib.resolve_seed(None, shared=True)
+
+
+@pytest.mark.slow  # ~3-6 s: two passes through an in-process service
+def test_seed_none_on_the_service_is_not_seed_zero(in_process_service, service_shards):
+    common = dict(batch_size=4, training=True, repeat=False, drop_remainder=False, output="dict",
+                  transforms=TRANSFORMS, service=in_process_service, service_timeout=30)
+    zero = _reference_images(service_shards, seed=0)
+    runs = [{i.decode(): x for b in make_dataset(service_shards, "train", seed=None, **common)
+             for i, x in zip(b["example_id"].numpy(), b["image"].numpy())} for _ in range(2)]
+    assert sorted(runs[0]) == sorted(runs[1]) == sorted(zero)  # every example once per run
+    # brightness/contrast is continuous: a fresh seed changes (almost) every image, vs seed 0 and between runs
+    assert sum(np.allclose(runs[0][i], zero[i]) for i in zero) <= 1
+    assert sum(np.allclose(runs[0][i], runs[1][i]) for i in zero) <= 1

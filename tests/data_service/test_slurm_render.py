@@ -73,3 +73,28 @@ def test_refused(job_files, capsys, extra, message):
     capsys.readouterr()
     assert run_medtf("slurm", config, *map(str, extra), "--run-dir", run_dir, "--cluster-config", cluster) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("target", ["run", "convert"])
+def test_data_workers_outside_a_training_job_are_refused(target, job_files, capsys, tmp_path):
+    """`--data-workers` on a job with no tf.data service fails, naming the option (it used to be ignored)."""
+    _, cluster, run_dir = job_files
+    args = {"run": ["run", "--data-workers", 2, "--run-dir", run_dir, "--", "evaluate", "x"],
+            "convert": ["convert", "lgg-mri", "--input", tmp_path, "--output", tmp_path / "out", "--num-tasks", 2,
+                        "--data-workers", 2, "--data-worker-cpus", 3, "--run-dir", run_dir]}[target]
+    capsys.readouterr()
+    code = run_medtf("slurm", *map(str, args), "--cluster-config", str(cluster))
+    out, err = capsys.readouterr()
+    assert code == 2 and out == "", out
+    assert err.startswith(f"medtf slurm {target}: --data-workers") and "only a training job" in err, err
+    assert ("--data-worker-cpus" in err) == (target == "convert"), err
+    assert not (run_dir / "slurm").exists()  # nothing written
+
+
+def test_data_worker_options_without_data_workers_are_refused(job_files, capsys):
+    config, cluster, run_dir = job_files
+    capsys.readouterr()
+    code = run_medtf("slurm", str(config), "--data-worker-cpus", "8", "--data-service-layout", "separate",
+                     "--run-dir", str(run_dir), "--cluster-config", str(cluster))
+    err = capsys.readouterr().err
+    assert code == 2 and "--data-worker-cpus, --data-service-layout go with --data-workers N" in err, err
