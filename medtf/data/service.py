@@ -20,8 +20,9 @@ Modes (``service_mode``):
     ``parallel_epochs``: every worker reads the whole (repeated) data set itself, in its own file order and with
         its own augmentation draws (a salt drawn from the clock when the worker starts), and the trainer takes
         elements from all of them first come, first served. An epoch of ``steps_per_epoch`` batches is then not
-        one pass: with ``repeat=False`` each example arrives once per worker. Not reproducible; for pipelines
-        that cannot be split.
+        one pass: with ``repeat=False`` each example arrives once per worker. Trainers sharing the job
+        (MultiWorkerMirroredStrategy) split that combined stream between them: not every trainer sees every
+        example. Not reproducible; for pipelines that cannot be split.
 
 Seeds: an example's augmentation seed is a stateless function of ``(seed, epoch, file index, record index)``
 (`example_seed`), not of the order in which it reaches a worker, so in ``distributed_epoch`` mode an example is
