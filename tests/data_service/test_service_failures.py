@@ -18,7 +18,6 @@ from tests.conftest import history_epochs, sigkill_when
 from tests.data_service.conftest import ENV, REPO
 from tests.training.conftest import tiny_config
 
-pytestmark = pytest.mark.slow
 SCRIPT = Path(__file__).with_name("_train.py")
 
 
@@ -37,6 +36,7 @@ def _finish(proc, run_dir: Path, timeout: float = 300) -> dict:
     return json.loads(out.split("RESULT ", 1)[1].splitlines()[0])
 
 
+@pytest.mark.slow  # ~90 s (two replicas + two workers on two cores)
 def test_mirrored_fit_on_two_replicas_reads_the_service(service_factory, service_shards, tmp_path):
     svc = service_factory(workers=2)
     run_dir = tmp_path / "mirrored"
@@ -47,6 +47,7 @@ def test_mirrored_fit_on_two_replicas_reads_the_service(service_factory, service
     assert history_epochs(run_dir) == [0, 1]
 
 
+# In make test (not slow): the failure behaviour the issue asks for, ~40 s idle (98 s measured under load 10).
 def test_worker_killed_mid_training_does_not_fail_it(service_factory, service_shards, tmp_path):
     svc = service_factory(workers=2)
     run_dir = tmp_path / "kill"
@@ -61,6 +62,7 @@ def test_worker_killed_mid_training_does_not_fail_it(service_factory, service_sh
     assert svc.procs["worker0"].returncode == -9 and svc.procs["worker1"].poll() is None
 
 
+@pytest.mark.slow  # ~85 s
 def test_dispatcher_restarted_from_its_journal_keeps_the_training_going(service_factory, service_shards, tmp_path):
     svc = service_factory(workers=2)
     address = svc.address

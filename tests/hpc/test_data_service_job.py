@@ -24,7 +24,7 @@ from tests.conftest import history_epochs, run_medtf
 from tests.hpc.conftest import slurm_log, submitted_id, tiny_config, wait_for_job
 
 
-@pytest.mark.slow  # 40-60 s of SLURM + three TensorFlow processes on two shared cores
+# In make test: the one real-SLURM run of the service (40-60 s of SLURM + three TensorFlow processes).
 def test_training_and_worker_jobs_complete_through_the_service(slurm, lgg_tiny, cpu_cluster_config, hpc_root,
                                                                capsys):
     config = hpc_root / "service.yaml"
