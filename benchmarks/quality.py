@@ -32,6 +32,9 @@ colour + area baseline vs shuffled labels, MIM linear probes with / without L_in
     .venv/bin/python benchmarks/quality.py --only nuclei,nuclei-shuffled,nuclei-probe-random,nuclei-mim,\
         nuclei-mim-noinst --nuclei-seeds 0,1
 
+Image-report retrieval (issue #16: brain_clip at CPU size vs shuffled pairs, an untrained model, chance and a
+class-only matcher) lives in ``benchmarks/quality_clip.py``: ``--only clip,clip-shuffled,clip-untrained``.
+
 About 25 minutes on 2 idle CPU cores (four trainings); everything is written under ``--out`` (default: a temporary
 folder).
 """
@@ -61,10 +64,11 @@ TARGETS = {"brachy": {"dice": 0.80, "tip_error_mm": 3.0, "threshold_dice_max": 0
 WORKLOADS = ("brachy", "brachy-shuffled", "lgg", "lgg-shuffled")
 DEFAULT_WORKLOADS = WORKLOADS
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import quality_clip  # noqa: E402  (issue #16's image-report retrieval workloads)
 import quality_nuclei  # noqa: E402  (issue #15's nucleus classification workloads)
 import quality_prostate  # noqa: E402  (issue #14's prostate workloads, beside this script)
 
-WORKLOADS = WORKLOADS + quality_prostate.WORKLOADS + quality_nuclei.WORKLOADS
+WORKLOADS = WORKLOADS + quality_prostate.WORKLOADS + quality_nuclei.WORKLOADS + quality_clip.WORKLOADS
 LGG_SPLIT = "0.6,0.2,0.2"
 
 
@@ -296,7 +300,7 @@ def run_lgg_shuffled(out: Path, cases: int, seed: int) -> dict:
 RUNNERS = {"brachy": run_brachy, "brachy-shuffled": run_brachy_shuffled, "lgg": run_lgg,
            "lgg-shuffled": run_lgg_shuffled,
            **{name: (lambda run: lambda out, cases, seed: run(out, cases, seed, ID_SALT))(run)
-              for name, run in quality_prostate.RUNNERS.items()}}
+              for name, run in {**quality_prostate.RUNNERS, **quality_clip.RUNNERS}.items()}}
 
 
 def _mean(rows: list[dict], key: str) -> float:
@@ -370,6 +374,10 @@ def report(results: dict) -> str:
         lines.append(f"| lgg | shuffled-label control | {cells} |")
     if any(name.startswith("prostate") for name in results):
         rows, more = quality_prostate.report(results)
+        lines += rows
+        verdicts += more
+    if any(name.startswith("clip") for name in results):
+        rows, more = quality_clip.report(results)
         lines += rows
         verdicts += more
     if any(name.startswith("nuclei") for name in results):

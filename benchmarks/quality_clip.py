@@ -1,0 +1,225 @@
+"""Image-report retrieval quality (issue #16) on held-out synthetic brain MRI studies, CPU size.
+
+Workloads of ``benchmarks/quality.py --only clip,clip-shuffled,clip-untrained`` (same conventions as the other
+quality modules: one fixed ID key so every conversion splits the patients identically, figures on the **test**
+patients, nothing chosen on them):
+
+- ``clip``: ``medtf synth mri-reports`` (`CLIP_CASES` studies; report wording names the class, side, lobe and size
+  of the finding that is drawn in the volumes, with paraphrases), converted at `TARGET_SIZE`, then
+  ``experiments/brain_clip.yaml`` scaled down by `CLIP_OVERRIDES` (keras-hub DistilBERT report tower, 1 layer,
+  32 wide, trained from scratch with a vocabulary from the training split; 3D U-Net encoder with 8 base filters).
+  ``medtf evaluate`` on the test split: image->text R@1/5/10, zero-shot accuracy from the experiment's class
+  prompts, a linear probe on the frozen image embeddings.
+- ``clip-shuffled``: the same training with the training and validation pairs permuted (each image gets another
+  study's report; seeded derangement within each split, written as a copy of the shards, test untouched),
+  evaluated on the true test shards. Anything above chance would mean a leak.
+- ``clip-untrained``: the same model after one epoch at learning rate 1e-12 (random image tower, random text
+  tower over the training vocabulary): what the architecture gives without learning.
+
+The study count is `CLIP_CASES` (``quality.py --cases`` is the brachy one and is ignored here).
+Reference figures computed, not trained: chance (R@k = k/N, zero-shot = 1/classes), the report-class prior
+(always the most frequent training class), and a **class-only matcher** (knows each test image's class exactly
+and ranks that class's reports first in random order: R@k = mean of min(1, k / n_class)); R@1 above it needs the
+side / lobe / size wording, i.e. both towers.
+
+Not measured here: MLM-pretrained frozen vs random frozen text tower (needs ``experiments/report_mlm.yaml`` runs).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+CLIP_CASES = 150                 # 0.6/0.2/0.2 by patient: ~30 test studies, as the issue's targets assume
+CLIP_SPLIT = "0.6,0.2,0.2"
+SYNTH_SIZE = (64, 64, 16)          # FLAIR grid; DWI / T2* a little coarser
+TARGET_SIZE = "48,48,12"         # ~4.8 mm in-plane: the smallest finding (6 mm radius) still spans 2-3 voxels
+CLIP_OVERRIDES = (
+    "model.args.depth=3", "model.args.base_filters=8", "model.args.embed_dim=32",
+    "model.args.text.num_layers=1", "model.args.text.num_heads=2", "model.args.text.hidden_dim=32",
+    "model.args.text.intermediate_dim=64", "model.args.text.dropout=0.0", "model.args.text.vocabulary_size=500",
+    "data.transforms=[]", "data.batch_size=16", "optimizer.learning_rate=0.001", "train.epochs=30",
+    "+train.verbose=0", "+train.log_every_n_steps=0",
+)
+UNTRAINED_OVERRIDES = ("train.epochs=1", "optimizer.learning_rate=1e-12")
+TARGETS = {"r1": 0.5, "r5": 0.9, "zero_shot_margin": 0.30}
+WORKLOADS = ("clip", "clip-shuffled", "clip-untrained")
+
+
+def _cli(*args) -> None:
+    from medtf.cli.main import main
+
+    argv = [str(a) for a in args]
+    print(f"$ medtf {' '.join(argv)}", flush=True)
+    if main(argv) != 0:
+        raise SystemExit(f"`medtf {argv[0]}` failed")
+
+
+def clip_sources(out: Path, seed: int, id_salt: str) -> Path:
+    source, shards = out / "source" / "mri-reports", out / "shards" / "mri-reports"
+    if not (shards / "manifest.json").exists():
+        from medtf.synth.mri_reports import generate_mri_reports
+
+        # `medtf synth mri-reports` with a smaller grid (the CLI has no --size; its default is 128x128x24)
+        print(f"generate_mri_reports({source}, cases={CLIP_CASES}, seed={seed}, size={SYNTH_SIZE})", flush=True)
+        generate_mri_reports(source, cases=CLIP_CASES, seed=seed, size=SYNTH_SIZE)
+        _cli("convert", "mri-reports", "--input", source, "--output", shards, "--split", CLIP_SPLIT,
+             "--seed", seed, "--id-salt", id_salt, "--workers", 2, "--target-size", TARGET_SIZE)
+    return shards
+
+
+def _split_labels(shards: Path, split: str) -> np.ndarray:
+    from medtf.evaluation.cases import iter_examples
+
+    return np.array([int(ex["label"]) for ex in iter_examples(shards, split)])
+
+
+def reference_figures(shards: Path) -> dict:
+    """Chance, report-class prior and the class-only matcher on the test split (see the module docstring)."""
+    train, test = _split_labels(shards, "train"), _split_labels(shards, "test")
+    n = len(test)
+    counts = {int(c): int((test == c).sum()) for c in np.unique(test)}
+    per_case = np.array([counts[int(c)] for c in test], float)
+    majority = int(np.bincount(train).argmax())
+    return {"n_test": n, "n_train": int(len(train)), "test_class_counts": counts,
+            **{f"chance_r{k}": min(1.0, k / n) for k in (1, 5, 10)},
+            **{f"class_only_r{k}": float(np.mean(np.minimum(1.0, k / per_case))) for k in (1, 5, 10)},
+            "chance_zero_shot": 1.0 / 5, "class_prior_accuracy": float(np.mean(test == majority))}
+
+
+def train_and_evaluate(shards: Path, run_dir: Path, eval_data: Path, overrides=()) -> dict:
+    from medtf.cli.demo import experiments_dir
+    from medtf.tasks import get_task
+    from medtf.training.config import load_config
+    from medtf.training.engine import train
+
+    config = load_config(experiments_dir() / "brain_clip.yaml", [f"data.dir={shards}", *CLIP_OVERRIDES, *overrides])
+    start = time.monotonic()
+    result = train(config, run_dir)
+    minutes = (time.monotonic() - start) / 60
+    summary = get_task("contrastive").evaluate(run_dir, split="test", data_dir=eval_data, verbose=False)
+    m = summary["metrics"]
+    keep = {k: float(v) for k, v in m.items() if isinstance(v, (int, float))}
+    return {"metrics": keep, "train_minutes": minutes,
+            "best_val_loss": float(np.nanmin(result["history"].get("val_loss", [np.nan])))}
+
+
+def _derangement(n: int, rng) -> np.ndarray:
+    while True:
+        perm = rng.permutation(n)
+        if n < 2 or not np.any(perm == np.arange(n)):
+            return perm
+
+
+def shuffle_pairs(shards: Path, out: Path, seed: int, splits=("train", "val")) -> dict:
+    """Copy ``shards`` to ``out`` with every report (and its class label, which travels with the report) of
+    ``splits`` moved to another study of the same split. Validation too: the best epoch is chosen on val loss."""
+    import tensorflow as tf
+
+    from medtf.data.manifest import read_manifest, write_manifest
+    from medtf.data.shards import write_shard
+
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(shards, out)
+    manifest = read_manifest(out)
+    compression = manifest.get("compression") or ""
+    moved = {}
+    for n, split in enumerate(splits):
+        entries = manifest["splits"][split]["shards"]
+        records = [[tf.train.Example.FromString(r.numpy()) for r in
+                    tf.data.TFRecordDataset(str(out / s["file"]), compression_type=compression)] for s in entries]
+        flat = [ex for shard in records for ex in shard]
+        reports = [bytes(ex.features.feature["report"].bytes_list.value[0]) for ex in flat]
+        labels = [list(ex.features.feature["label"].int64_list.value) for ex in flat]
+        perm = _derangement(len(flat), np.random.default_rng([seed, n]))
+        for ex, j in zip(flat, perm):
+            ex.features.feature["report"].bytes_list.value[:] = [reports[j]]
+            ex.features.feature["label"].int64_list.value[:] = labels[j]
+        for entry, shard in zip(entries, records):
+            entry.update(write_shard(out / entry["file"], [ex.SerializeToString() for ex in shard],
+                                     manifest.get("compression")))
+        moved[split] = {"pairs": len(flat), "reports_moved": int(np.sum(perm != np.arange(len(flat))))}
+    write_manifest(out, manifest)
+    return moved
+
+
+def run_clip(out: Path, cases: int, seed: int, id_salt: str) -> dict:
+    shards = clip_sources(out, seed, id_salt)
+    result = train_and_evaluate(shards, out / "runs" / "clip", shards)
+    return {**result, "overrides": list(CLIP_OVERRIDES), "reference": reference_figures(shards)}
+
+
+def run_clip_shuffled(out: Path, cases: int, seed: int, id_salt: str) -> dict:
+    shards = clip_sources(out, seed, id_salt)
+    moved = shuffle_pairs(shards, out / "shards" / "mri-reports-shuffled", seed)
+    result = train_and_evaluate(out / "shards" / "mri-reports-shuffled", out / "runs" / "clip-shuffled", shards)
+    return {**result, "moved": moved, "reference": reference_figures(shards)}
+
+
+def run_clip_untrained(out: Path, cases: int, seed: int, id_salt: str) -> dict:
+    shards = clip_sources(out, seed, id_salt)
+    result = train_and_evaluate(shards, out / "runs" / "clip-untrained", shards, UNTRAINED_OVERRIDES)
+    return {**result, "reference": reference_figures(shards)}
+
+
+RUNNERS = {"clip": run_clip, "clip-shuffled": run_clip_shuffled, "clip-untrained": run_clip_untrained}
+
+
+def report(results: dict) -> tuple[list[str], list[tuple]]:
+    """Table rows and target verdicts for the clip workloads present in ``results``."""
+    lines = ["", "| clip workload | R@1 | R@5 | R@10 | zero-shot acc | linear probe acc | logit scale | train min |",
+             "|---|---|---|---|---|---|---|---|"]
+    verdicts, ref = [], None
+
+    def row(name, m, minutes=None):
+        def f(key):
+            v = m.get(key)
+            return "" if v is None else f"{v:.3f}"
+        mins = "" if minutes is None else f"{minutes:.1f}"
+        r = {k: f(f"image_to_report_recall_at_{k}") or f(f"r{k}") for k in (1, 5, 10)}
+        lines.append(f"| {name} | {r[1]} | {r[5]} | {r[10]} | {f('zero_shot_accuracy')} | "
+                     f"{f('linear_probe_accuracy')} | {f('logit_scale')} | {mins} |")
+
+    for name in WORKLOADS:
+        if name in results:
+            res = results[name]
+            ref = res.get("reference", ref)
+            row(name, res["metrics"], res["train_minutes"])
+    if ref:
+        row(f"chance (N={ref['n_test']})", {"r1": ref["chance_r1"], "r5": ref["chance_r5"],
+                                             "r10": ref["chance_r10"], "zero_shot_accuracy": ref["chance_zero_shot"]})
+        row("class-only matcher", {"r1": ref["class_only_r1"], "r5": ref["class_only_r5"],
+                                   "r10": ref["class_only_r10"]})
+        row("report-class prior", {"zero_shot_accuracy": ref["class_prior_accuracy"]})
+    if "clip" in results:
+        m = results["clip"]["metrics"]
+        r1, r5 = _get(m, "r1"), _get(m, "r5")
+        verdicts += [("clip image->text R@1", r1, f">= {TARGETS['r1']}", r1 >= TARGETS["r1"]),
+                     ("clip image->text R@5", r5, f">= {TARGETS['r5']}", r5 >= TARGETS["r5"])]
+        zs = m.get("zero_shot_accuracy", float("nan"))
+        want = ref["chance_zero_shot"] + TARGETS["zero_shot_margin"]
+        verdicts.append(("clip zero-shot accuracy", zs, f">= {want:.2f}", zs >= want))
+    if "clip-shuffled" in results and ref:
+        m = results["clip-shuffled"]["metrics"]
+        r5 = _get(m, "r5")
+        # "at chance": within ~2 binomial standard errors of k/N on N test studies
+        se = np.sqrt(ref["chance_r5"] * (1 - ref["chance_r5"]) / ref["n_test"])
+        verdicts.append(("clip-shuffled R@5", r5, f"<= {ref['chance_r5'] + 2 * se:.2f} (chance + 2 SE)",
+                         r5 <= ref["chance_r5"] + 2 * se))
+    return lines, verdicts
+
+
+def _get(metrics: dict, short: str) -> float:
+    for key in (f"image_to_report_recall_at_{short[1:]}", short):
+        if key in metrics:
+            return float(metrics[key])
+    return float("nan")
+
+
+def dump(results: dict, path: Path) -> None:
+    path.write_text(json.dumps(results, indent=2, default=str))
