@@ -400,6 +400,10 @@ def main(argv=None) -> int:
     parser.add_argument("--nuclei-seeds", default="0", help="comma-separated seeds of the nuclei MIM / probe runs")
     parser.add_argument("--nuclei-epochs", type=int, default=None,
                         help="fine-tuning epochs of nuclei / nuclei-shuffled (default 12 x 20 steps)")
+    parser.add_argument("--nuclei-mim-epochs", type=int, default=None,
+                        help="MIM pretraining epochs of nuclei-mim / nuclei-mim-noinst (default 10 x 20 steps)")
+    parser.add_argument("--nuclei-mim-checkpoint", choices=("best", "last"), default="best",
+                        help="the MIM checkpoint the nuclei probes start from (best: by val loss)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
     args = parser.parse_args(argv)
@@ -416,7 +420,9 @@ def main(argv=None) -> int:
                  args.prostate_cases if name.startswith("prostate") else args.cases)
         if name.startswith("nuclei"):
             seeds = [int(v) for v in args.nuclei_seeds.split(",")]
-            results[name] = quality_nuclei.runners(seeds, args.nuclei_epochs)[name](out, args.seed, ID_SALT)
+            run = quality_nuclei.runners(seeds, args.nuclei_epochs, args.nuclei_mim_epochs,
+                                         args.nuclei_mim_checkpoint)[name]
+            results[name] = run(out, args.seed, ID_SALT)
         else:
             results[name] = RUNNERS[name](out, cases, args.seed)
         text = report(results)  # after every workload: a long run that is stopped still leaves its figures

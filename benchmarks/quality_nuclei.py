@@ -38,7 +38,8 @@ WHOLE = ("data.patch_size=null", "data.val_patch_size=null")
 VIT = (f"model.args.image_size={TILE}", "model.args.position_embedding=xywh")
 BUDGETS = {  # CPU-sized (2 shared cores): epochs x steps of 8 tiles
     "finetune": ("train.epochs=12", "+train.steps_per_epoch=20", "data.batch_size=8"),
-    "tokenizer": ("train.epochs=10", "train.steps_per_epoch=20", "data.batch_size=8", "data.transforms=[]"),
+    "tokenizer": (),  # the experiment's own: 25 x 20 steps on 64 px crops with flips (10 steps on whole tiles
+    # without flips collapsed to perplexity 2.3); fully convolutional, so it tokenizes whole tiles for MIM
     "mim": ("train.epochs=10", "+train.steps_per_epoch=20", "data.batch_size=8", "data.transforms=[]"),
     "probe": ("train.epochs=8", "+train.steps_per_epoch=20", "data.batch_size=8"),
 }
@@ -67,12 +68,13 @@ def nuclei_sources(out: Path, seed: int, id_salt: str, tiles: int = TILES) -> Pa
     return shards
 
 
-def _train(experiment: str, shards: Path, run_dir: Path, overrides) -> float:
+def _train(experiment: str, shards: Path, run_dir: Path, overrides, whole: bool = True) -> float:
     from medtf.cli.demo import experiments_dir
     from medtf.training.config import load_config
     from medtf.training.engine import train
 
-    config = load_config(experiments_dir() / experiment, [f"data.dir={shards}", *QUIET, *WHOLE, *overrides])
+    config = load_config(experiments_dir() / experiment, [f"data.dir={shards}", *QUIET, *(WHOLE if whole else ()),
+                                                                *overrides])
     start = time.monotonic()
     if run_dir.exists():
         shutil.rmtree(run_dir)
@@ -185,43 +187,58 @@ def run_tokenizer(out: Path, seed: int, id_salt: str) -> dict:
     if (run / "eval-test" / "summary.json").exists():  # a MIM workload already made it
         return {"metrics": json.loads((run / "eval-test" / "summary.json").read_text())["metrics"],
                 "train_minutes": json.loads((run / "quality_minutes.json").read_text())}
-    minutes = _train("nuclei_tokenizer.yaml", shards, run, BUDGETS["tokenizer"])
+    minutes = _train("nuclei_tokenizer.yaml", shards, run, BUDGETS["tokenizer"], whole=False)
     (run / "quality_minutes.json").write_text(json.dumps(minutes))
     summary = get_task("tokenizer").evaluate(run, split="test", verbose=False)
     return {"metrics": summary["metrics"], "train_minutes": minutes}
 
 
-def run_probe(out: Path, seed: int, id_salt: str, pretrain: str | None, seeds=(0,)) -> dict:
-    """Linear probe per seed from MIM (``pretrain``: 'inst' or 'noinst', pretrained with that seed) or random."""
+def _trained(run_dir: Path, epochs: int) -> bool:
+    """A finished run of ``epochs`` epochs (reused instead of trained again)."""
+    history = run_dir / "history.csv"
+    return (run_dir / "checkpoints" / "last.keras").exists() and history.exists() and \
+        len(history.read_text().strip().splitlines()) == epochs + 1
+
+
+def run_probe(out: Path, seed: int, id_salt: str, pretrain: str | None, seeds=(0,), mim_epochs=None,
+              checkpoint: str = "best") -> dict:
+    """Linear probe per seed from MIM (``pretrain``: 'inst' or 'noinst', pretrained with that seed for
+    ``mim_epochs`` x 20 steps, default `BUDGETS`' 10; its ``checkpoint``: best by val loss, or last) or from a random
+    initialisation."""
     shards = nuclei_sources(out, seed, id_salt)
     tokenizer = run_tokenizer(out, seed, id_salt) if pretrain else None
     rows = []
     for s in seeds:
         init, mim_minutes = [], 0.0
         if pretrain:
-            mim = out / "runs" / f"nuclei-mim-{pretrain}-s{s}"
-            mim_minutes = _train("nuclei_mim_pretrain.yaml", shards, mim, (
+            tag = f"-e{mim_epochs}" if mim_epochs else ""
+            mim = out / "runs" / f"nuclei-mim-{pretrain}{tag}-s{s}"
+            mim_minutes = 0.0 if _trained(mim, mim_epochs or 10) else _train("nuclei_mim_pretrain.yaml", shards, mim, (
                 *VIT, "model.args.target=tokens", f"+model.args.vocab_size={VOCAB}",
                 f"+model.args.max_nuclei={MAX_NUCLEI}", f"+model.args.inst_loss={pretrain == 'inst'}",
-                "+train.image_panels=false", f"+targets={{tokenizer: {out / 'runs' / 'nuclei-tokenizer'}, cache: true}}",
-                f"seed={s}", *BUDGETS["mim"]))
-            init = [f"model.init_from={mim}"]
-        probe = out / "runs" / f"nuclei-probe-{pretrain or 'random'}-s{s}"
+                "+train.image_panels=false",
+                f"+targets={{tokenizer: {out / 'runs' / 'nuclei-tokenizer'}, cache: true}}",
+                f"seed={s}", *BUDGETS["mim"], *((f"train.epochs={mim_epochs}",) if mim_epochs else ())))
+            init = [f"model.init_from={mim / 'checkpoints' / f'{checkpoint}.keras'}"]
+            tag += "-last" if checkpoint == "last" else ""
+        probe = out / "runs" / f"nuclei-probe-{pretrain or 'random'}{tag if pretrain else ''}-s{s}"
         minutes = _train("nuclei_linear_probe.yaml", shards, probe, (
             *VIT, f"model.args.max_nuclei={MAX_NUCLEI}", f"seed={s}", *init, *BUDGETS["probe"]))
         rows.append({"seed": s, **evaluate_classifier(probe, shards), "mim_minutes": mim_minutes,
                      "probe_minutes": minutes})
     f1 = np.array([r["f1"] for r in rows])
     return {"seeds": rows, "f1_mean": float(f1.mean()), "f1_sd": float(f1.std(ddof=1)) if len(f1) > 1 else None,
-            "tokenizer": tokenizer}
+            "tokenizer": tokenizer, "mim_epochs": (mim_epochs or 10) if pretrain else None, "checkpoint": checkpoint}
 
 
-def runners(seeds, epochs: int | None = None) -> dict:
+def runners(seeds, epochs: int | None = None, mim_epochs: int | None = None, checkpoint: str = "best") -> dict:
     return {"nuclei": lambda *a: run_nuclei(*a, epochs=epochs),
             "nuclei-shuffled": lambda *a: run_nuclei(*a, shuffled=True, epochs=epochs),
             "nuclei-tokenizer": run_tokenizer,
-            "nuclei-mim": lambda *a: run_probe(*a, pretrain="inst", seeds=seeds),
-            "nuclei-mim-noinst": lambda *a: run_probe(*a, pretrain="noinst", seeds=seeds),
+            "nuclei-mim": lambda *a: run_probe(*a, pretrain="inst", seeds=seeds, mim_epochs=mim_epochs,
+                                                 checkpoint=checkpoint),
+            "nuclei-mim-noinst": lambda *a: run_probe(*a, pretrain="noinst", seeds=seeds, mim_epochs=mim_epochs,
+                                                               checkpoint=checkpoint),
             "nuclei-probe-random": lambda *a: run_probe(*a, pretrain=None, seeds=seeds)}
 
 
@@ -253,14 +270,17 @@ def report(results: dict) -> tuple[list[str], list[tuple]]:
                       res["f1"] - base["f1"] >= TARGETS["margin"])]
     if "nuclei-shuffled" in results:
         res = results["nuclei-shuffled"]
-        row(f"shuffled-label control ({res['epochs']} x 20 steps; {res['relabelled']['labels_changed']} of {res['relabelled']['train_nuclei']} "
-            f"training classes changed)", res, res["train_minutes"])
+        moved = res["relabelled"]
+        row(f"shuffled-label control ({res['epochs']} x 20 steps; {moved['labels_changed']} of "
+            f"{moved['train_nuclei']} training classes changed)", res, res["train_minutes"])
     probes = {}
     for name, label in (("nuclei-probe-random", "linear probe, random init"),
                         ("nuclei-mim-noinst", "linear probe, MIM without L_inst"),
                         ("nuclei-mim", "linear probe, MIM with L_inst")):
         if name in results:
             res = probes[name] = results[name]
+            if res.get("mim_epochs"):
+                label += f" ({res['mim_epochs']} x 20 MIM steps, {res.get('checkpoint', 'best')} checkpoint)"
             for r in res["seeds"]:
                 row(f"{label} (seed {r['seed']})", r, r["mim_minutes"] + r["probe_minutes"])
             if len(res["seeds"]) > 1:

@@ -18,7 +18,8 @@ in clusters; neoplastic larger, pleomorphic and vesicular (pale centre, dark rim
 connective (fibroblast) elongated spindles aligned with the fibres; dead cells fragmented specks in a pink halo
 next to the tumour; epithelial ovals in a ring around a lumen. Hematoxylin density is drawn from overlapping ranges
 for every class, with a per-tile stain shift, and sizes overlap, so mean colour + area classify only about half of
-the nuclei (issue #15: the class must come from shape, texture and neighbourhood). CoNSeP adds muscle (long, thick, blunt) and endothelial (thin, flat, lining a vessel) nuclei.
+the nuclei (issue #15: the class must come from shape, texture and neighbourhood). CoNSeP adds muscle (long, thick,
+blunt) and endothelial (thin, flat, lining a vessel) nuclei.
 PanNuke instance ids are unique per tile but not consecutive (as in the release).
 """
 
