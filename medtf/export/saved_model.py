@@ -167,6 +167,31 @@ def build_archive(model, preprocessor: Preprocessor, spatial_dims: int, in_chann
     return archive
 
 
+def plan_export(run_dir: str | os.PathLike, checkpoint: str = "best", output: str | os.PathLike | None = None,
+                version: int | None = None, name: str | None = None, default_name: str = "model"):
+    """``(config, checkpoint_path, model_base, target)`` of a run's export, shared by every task's exporter.
+
+    ``target`` is ``OUTPUT/NAME/VERSION`` (default ``RUN_DIR/export/<model.name or default_name>/<next version>``).
+    Raises `ExportError` for a bad name or version, and for an existing non-empty version: versions are never
+    overwritten, so a served model cannot change under its clients.
+    """
+    run_dir = Path(run_dir)
+    config = read_run(run_dir)
+    ckpt = Path(checkpoint) if checkpoint not in ("best", "last") else run_dir / "checkpoints" / f"{checkpoint}.keras"
+    name = name or str((config.get("model") or {}).get("name") or default_name)
+    if not name or "/" in name or name.startswith("."):
+        raise ExportError(f"invalid model name {name!r}")
+    model_base = (Path(output) if output is not None else run_dir / "export") / name
+    if version is None:
+        version = next_version(model_base)
+    elif int(version) < 1:
+        raise ExportError(f"version must be a positive integer, got {version}")
+    target = model_base / str(int(version))
+    if target.exists() and any(target.iterdir()):
+        raise ExportError(f"version {version} already exists in {model_base}; versions are never overwritten")
+    return config, ckpt, model_base, target
+
+
 def export_run(run_dir: str | os.PathLike, checkpoint: str = "best", output: str | os.PathLike | None = None,
                version: int | None = None, name: str | None = None, threshold: float = DEFAULT_THRESHOLD,
                data_dir: str | os.PathLike | None = None) -> Path:
@@ -192,21 +217,8 @@ def export_run(run_dir: str | os.PathLike, checkpoint: str = "best", output: str
     from medtf import __version__
 
     run_dir = Path(run_dir)
-    config = read_run(run_dir)
-    data, model_cfg = config["data"], dict(config.get("model") or {})
-    ckpt = Path(checkpoint) if checkpoint not in ("best", "last") else run_dir / "checkpoints" / f"{checkpoint}.keras"
-    name = name or str(model_cfg.get("name") or "model")
-    if not name or "/" in name or name.startswith("."):
-        raise ExportError(f"invalid model name {name!r}")
-    base = Path(output) if output is not None else run_dir / "export"
-    model_base = base / name
-    if version is None:
-        version = next_version(model_base)
-    elif int(version) < 1:
-        raise ExportError(f"version must be a positive integer, got {version}")
-    target = model_base / str(int(version))
-    if target.exists() and any(target.iterdir()):
-        raise ExportError(f"version {version} already exists in {model_base}; versions are never overwritten")
+    config, ckpt, model_base, target = plan_export(run_dir, checkpoint, output, version, name)
+    data = config["data"]
 
     model = load_checkpoint(ckpt)
     facts = model_facts(model)

@@ -325,20 +325,12 @@ def export_classifier(task: str, run_dir, checkpoint, output, version, name, thr
     import tensorflow as tf
 
     from medtf import __version__
-    from medtf.export.layout import ExportError, next_version
     from medtf.export.normalization import Preprocessor
-    from medtf.export.saved_model import load_checkpoint, read_run, sha256_file, write_archive
+    from medtf.export.saved_model import load_checkpoint, plan_export, sha256_file, write_archive
 
     run_dir = Path(run_dir)
-    config = read_run(run_dir)
+    config, ckpt, base, target = plan_export(run_dir, checkpoint, output, version, name, default_name="model")
     data = config["data"]
-    ckpt = Path(checkpoint) if checkpoint not in ("best", "last") else run_dir / "checkpoints" / f"{checkpoint}.keras"
-    name = name or str((config.get("model") or {}).get("name") or "model")
-    base = (Path(output) if output is not None else run_dir / "export") / name
-    version = next_version(base) if version is None else int(version)
-    target = base / str(version)
-    if target.exists() and any(target.iterdir()):
-        raise ExportError(f"version {version} already exists in {base}; versions are never overwritten")
     model = load_checkpoint(ckpt)
     served_model = image_model if image_model is not None else model  # e.g. a dual encoder's image tower
     preprocessor = Preprocessor(data["kind"], data.get("preprocess"))
