@@ -16,6 +16,8 @@ has), the baseline included.
 - ``nuclei-mim`` / ``nuclei-mim-noinst``: BEiT-style MIM with nucleus tokens on the tokenizer's token targets, with
   and without L_inst (``model.args.inst_loss``), then ``experiments/nuclei_linear_probe.yaml`` from each run, per
   seed of ``--nuclei-seeds`` (the spread); ``nuclei-probe-random``: the same probe from a random initialisation.
+  ``--nuclei-mim-epochs N --nuclei-mim-checkpoint last`` probes the last MIM checkpoint of longer runs: on 54
+  training tiles the MIM validation loss is lowest at epoch 3, so "best" hands every run length the same weights.
 
 Targets: fine-tuned F1 >= 0.85 and >= baseline + 0.05; MIM probe >= random probe + 0.10 F1; L_inst reported.
 """
