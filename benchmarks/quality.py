@@ -404,6 +404,8 @@ def main(argv=None) -> int:
                         help="MIM pretraining epochs of nuclei-mim / nuclei-mim-noinst (default 10 x 20 steps)")
     parser.add_argument("--nuclei-mim-checkpoint", choices=("best", "last"), default="best",
                         help="the MIM checkpoint the nuclei probes start from (best: by val loss)")
+    parser.add_argument("--nuclei-init", default=None,
+                        help="fine-tune nuclei from this MIM run or checkpoint (default: random initialisation)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
     args = parser.parse_args(argv)
@@ -421,7 +423,7 @@ def main(argv=None) -> int:
         if name.startswith("nuclei"):
             seeds = [int(v) for v in args.nuclei_seeds.split(",")]
             run = quality_nuclei.runners(seeds, args.nuclei_epochs, args.nuclei_mim_epochs,
-                                         args.nuclei_mim_checkpoint)[name]
+                                         args.nuclei_mim_checkpoint, args.nuclei_init)[name]
             results[name] = run(out, args.seed, ID_SALT)
         else:
             results[name] = RUNNERS[name](out, cases, args.seed)

@@ -166,15 +166,20 @@ def relabel_training_classes(shards: Path, out: Path, seed: int) -> dict:
     return {"train_nuclei": int(len(old)), "labels_changed": int((new != old).sum())}
 
 
-def run_nuclei(out: Path, seed: int, id_salt: str, shuffled: bool = False, epochs: int | None = None) -> dict:
-    """Fine-tune (``epochs``: instead of `BUDGETS`' 12, in its own run folder) and evaluate; the baseline beside."""
+def run_nuclei(out: Path, seed: int, id_salt: str, shuffled: bool = False, epochs: int | None = None,
+               init: str | None = None) -> dict:
+    """Fine-tune (``epochs``: instead of `BUDGETS`' 12; ``init``: a MIM run or checkpoint to start from, each in its
+    own run folder) and evaluate; the baseline beside."""
     shards = nuclei_sources(out, seed, id_salt)
     data, extra = shards, {}
     if shuffled:
         data = out / "shards" / "nuclei-he-shuffled"
         extra["relabelled"] = relabel_training_classes(shards, data, seed)
-    run = out / "runs" / (("nuclei-shuffled" if shuffled else "nuclei") + (f"-e{epochs}" if epochs else ""))
-    budget = BUDGETS["finetune"] + ((f"train.epochs={epochs}",) if epochs else ())
+    run = out / "runs" / (("nuclei-shuffled" if shuffled else "nuclei") + (f"-e{epochs}" if epochs else "")
+                          + ("-init" if init else ""))
+    budget = BUDGETS["finetune"] + ((f"train.epochs={epochs}",) if epochs else ()) + \
+        ((f"+model.init_from={init}",) if init else ())
+    extra["init_from"] = init
     minutes = _train("nuclei_finetune.yaml", data, run, (*VIT, f"model.args.max_nuclei={MAX_NUCLEI}", *budget))
     result = {**evaluate_classifier(run, shards), "train_minutes": minutes, "epochs": epochs or 12, **extra}
     if not shuffled:
@@ -233,8 +238,9 @@ def run_probe(out: Path, seed: int, id_salt: str, pretrain: str | None, seeds=(0
             "tokenizer": tokenizer, "mim_epochs": (mim_epochs or 10) if pretrain else None, "checkpoint": checkpoint}
 
 
-def runners(seeds, epochs: int | None = None, mim_epochs: int | None = None, checkpoint: str = "best") -> dict:
-    return {"nuclei": lambda *a: run_nuclei(*a, epochs=epochs),
+def runners(seeds, epochs: int | None = None, mim_epochs: int | None = None, checkpoint: str = "best",
+            init: str | None = None) -> dict:
+    return {"nuclei": lambda *a: run_nuclei(*a, epochs=epochs, init=init),
             "nuclei-shuffled": lambda *a: run_nuclei(*a, shuffled=True, epochs=epochs),
             "nuclei-tokenizer": run_tokenizer,
             "nuclei-mim": lambda *a: run_probe(*a, pretrain="inst", seeds=seeds, mim_epochs=mim_epochs,
@@ -263,7 +269,8 @@ def report(results: dict) -> tuple[list[str], list[tuple]]:
 
     if "nuclei" in results:
         res, base = results["nuclei"], results["nuclei"]["baseline"]
-        row(f"fine-tuned nucleus ViT ({res['epochs']} x 20 steps, random init; {res['n']} nuclei, {res['tiles']} "
+        start = f"from {res['init_from']}" if res.get("init_from") else "random init"
+        row(f"fine-tuned nucleus ViT ({res['epochs']} x 20 steps, {start}; {res['n']} nuclei, {res['tiles']} "
             f"test tiles)", res,
             res["train_minutes"])
         row(f"mean RGB + log area, logistic regression ({base['n_train']} training nuclei)", base, None)
