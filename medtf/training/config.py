@@ -5,7 +5,9 @@
 Overrides are ``dotted.key=value``; the value is parsed as YAML (``5`` -> int, ``1e-3`` -> float, ``[1, 2]`` ->
 list, ``null``, ``true``), so what a user types means what it would mean in the file. A key that does not exist
 in the file is an error unless the override adds a new key under an existing mapping with ``+`` (``+train.note=x``):
-typos must not silently create settings nobody reads (timm ``train.py`` / big_vision configs do the same).
+typos must not silently create settings nobody reads (timm ``train.py`` / big_vision configs do the same). A setting
+the typed experiment schema knows needs no ``+`` even when the file leaves it at its default
+(``--set train.steps_per_epoch=20``, ``--set data.service=auto``): `medtf.training.experiment.section_fields`.
 """
 
 from __future__ import annotations
@@ -79,6 +81,14 @@ def dotted_parent(config: dict, key: str, *, add: bool = False, context: str | N
     return node, parts[-1]
 
 
+def _schema_knows(dotted: str) -> bool:
+    """Whether ``section.field`` is a field of the typed experiment schema (so setting it cannot be a typo)."""
+    from medtf.training.experiment import section_fields  # experiment.py imports this module
+
+    parts = dotted.split(".")
+    return len(parts) == 2 and parts[1] in section_fields(parts[0])
+
+
 def apply_overrides(config: Mapping, overrides: Iterable[str]) -> dict:
     """A copy of ``config`` with ``dotted.key=value`` overrides applied (see the module docstring)."""
     result = copy.deepcopy(dict(config))
@@ -86,7 +96,8 @@ def apply_overrides(config: Mapping, overrides: Iterable[str]) -> dict:
         if "=" not in override:
             raise ConfigError(f"override {override!r} must look like key.subkey=value")
         key, text = override.split("=", 1)
-        node, last = dotted_parent(result, key.lstrip("+").strip(), add=key.startswith("+"),
+        dotted = key.lstrip("+").strip()
+        node, last = dotted_parent(result, dotted, add=key.startswith("+") or _schema_knows(dotted),
                                    context=f"override {override!r}")
         node[last] = _number_or_value(text)
     return result

@@ -503,6 +503,15 @@ def parse_config(raw: Mapping | ExperimentConfig, *, components: bool = True) ->
     return experiment
 
 
+def section_fields(section: str) -> frozenset[str]:
+    """The settings the typed schema has under a top-level section (empty for free-form or unknown sections)."""
+    from dataclasses import fields
+
+    cls = {"data": DataConfig, "model": ModelConfig, "loss": LossConfig, "optimizer": OptimizerConfig,
+           "train": TrainConfig}.get(section)
+    return frozenset(f.name for f in fields(cls)) if cls is not None else frozenset()
+
+
 def load_experiment(path: str | os.PathLike, overrides: Iterable[str] = ()) -> ExperimentConfig:
     """`medtf.training.config.load_config` (the file plus dotted overrides), parsed by `parse_config`."""
     return parse_config(load_config(path, overrides))

@@ -25,6 +25,16 @@ def test_unknown_keys_are_errors_unless_added_explicitly():
     assert apply_overrides(BASE, ["+train.note=first run"])["train"]["note"] == "first run"
 
 
+def test_settings_the_schema_knows_need_no_plus_when_the_file_leaves_them_out():
+    out = apply_overrides(BASE, ["train.steps_per_epoch=20", "data.val_split=null", "data.service=auto"])
+    assert out["train"]["steps_per_epoch"] == 20 and out["data"]["val_split"] is None
+    assert out["data"]["service"] == "auto"
+    with pytest.raises(ConfigError, match="unknown key 'train.steps_per_epok'"):  # a typo is still an error
+        apply_overrides(BASE, ["train.steps_per_epok=20"])
+    with pytest.raises(ConfigError, match="unknown key 'data.args'"):  # a field of another section is not this one's
+        apply_overrides(BASE, ["data.args=1"])
+
+
 def test_load_and_save_round_trip(tmp_path):
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(BASE))
