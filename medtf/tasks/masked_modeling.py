@@ -155,8 +155,10 @@ class MaskedModelingTask(Task):
         from medtf.models.vit.masking import (blockwise_mask, example_seed, normalize_patches, num_masking_patches,
                                               patchify)
 
-        if model is None:  # no model, no patch grid: diagnostics panels only (this task draws none)
-            return lambda example: (example["image"], example["image"])
+        if model is None:  # no model, no patch grid: the diagnostics' tiles (+ boxes) for the attention panels
+            from medtf.tasks.attention_panels import panel_inputs
+
+            return panel_inputs
         for attr in ("patch_size", "grid", "target", "mask_ratio"):
             if not hasattr(model, attr):
                 raise ValueError(f"task 'masked_modeling' needs a masked image model (e.g. mim_vit_tiny: "
@@ -202,6 +204,12 @@ class MaskedModelingTask(Task):
             return x, y
 
         return to_model
+
+    def diagnostics(self, data, train_cfg, paths, best, val_examples) -> list:
+        """[CLS] attention panels (`medtf.tasks.attention_panels`)."""
+        from medtf.tasks.attention_panels import attention_diagnostics
+
+        return attention_diagnostics(train_cfg, paths, val_examples)
 
     # === Compile ===
     def default_loss(self, model):

@@ -139,8 +139,10 @@ class NucleusClassificationTask(Task):
 
         from medtf.data.parsers import pad_boxes
 
-        if model is None:  # no model, no nucleus slots: the diagnostics take image pairs (this task draws none)
-            return lambda example: (example["image"], example["image"])
+        if model is None:  # no model, no nucleus slots: the diagnostics' tiles + boxes for the attention panels
+            from medtf.tasks.attention_panels import panel_inputs
+
+            return panel_inputs
         for attr in ("max_nuclei", "num_classes", "grid"):
             if not getattr(model, attr, None):
                 raise ValueError(f"task 'nucleus_classification' needs a nucleus classifier (e.g. nucleus_vit_tiny: "
@@ -179,6 +181,12 @@ class NucleusClassificationTask(Task):
                        "dropped": tf.shape(example["boxes"])[0] - n}
 
         return to_model
+
+    def diagnostics(self, data, train_cfg, paths, best, val_examples) -> list:
+        """[CLS] attention panels (`medtf.tasks.attention_panels`)."""
+        from medtf.tasks.attention_panels import attention_diagnostics
+
+        return attention_diagnostics(train_cfg, paths, val_examples)
 
     # === Compile ===
     def default_loss(self, model):

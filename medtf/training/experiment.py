@@ -31,7 +31,9 @@ Sections and defaults (``medtf/training/engine.py`` describes what each key does
                for segmentation, val_auc / max for classification, val_loss / min for contrastive),
                precision (float32), strategy (auto), keep_worker_outputs, jit_compile, remat (false),
                log_every_n_steps (100), image_panels, hparams (true), verbose (auto), warmup_image_epochs (0:
-               task contrastive trains the image tower alone for that many epochs, `medtf.tasks.clip_warmup`)
+               task contrastive trains the image tower alone for that many epochs, `medtf.tasks.clip_warmup`),
+               attention_every_n_epochs (1; 0: off) / attention_block (-1) / attention_per_head (false): [CLS]
+               attention panels of the ViT tasks (`medtf.tasks.attention_panels`)
     seed:      null
     tune:      null (checked by `medtf.tuning.settings.tune_settings`)
     transfer:  null, or {phases: [{name, <section overrides>}, ...], compare_scratch: false}: a transfer-learning
@@ -288,6 +290,10 @@ class TrainConfig(Config):
     hparams: bool = True
     verbose: int | str = "auto"
     layer_decay: float | None = None  # ViT fine-tuning: block i's lr x decay^(L - i) (medtf.training.layer_decay)
+    # ViT tasks: [CLS] attention panels every N epochs (0: off), of this block (-1: last), per head too
+    attention_every_n_epochs: int = 1
+    attention_block: int = -1
+    attention_per_head: bool = False
 
     def check(self, path: str) -> None:
         at_least(self.epochs, 1, f"{path}.epochs")
@@ -295,6 +301,7 @@ class TrainConfig(Config):
         at_least(self.validation_steps, 1, f"{path}.validation_steps")
         at_least(self.log_every_n_steps, 0, f"{path}.log_every_n_steps")
         at_least(self.warmup_image_epochs, 0, f"{path}.warmup_image_epochs")
+        at_least(self.attention_every_n_epochs, 0, f"{path}.attention_every_n_epochs")
         choice(self.mode, ("max", "min"), f"{path}.mode", "mode")
         choice(self.precision, PRECISIONS, f"{path}.precision", "precision")
         self.strategy = self.strategy.lower()
