@@ -31,13 +31,31 @@ def _valid(y_true):
     return ops.maximum(labels, 0), ops.cast(labels >= 0, "float32")
 
 
+def _global_count(count):
+    """``(nuclei of the global batch, replicas)``: ``count`` summed over the replicas of a distribution strategy
+    (inside a replica context, e.g. a Keras train / test step under MirroredStrategy), else ``(count, 1)``."""
+    if keras.backend.backend() != "tensorflow":
+        return count, 1
+    import tensorflow as tf
+
+    context = tf.distribute.get_replica_context()  # None in a cross-replica context: nothing to sum over
+    if context is None or context.num_replicas_in_sync == 1:
+        return count, 1
+    return context.all_reduce("sum", tf.stop_gradient(count)), context.num_replicas_in_sync
+
+
 @keras.saving.register_keras_serializable(package="medtf")
 class NucleusLoss(keras.losses.Loss):
     """Cross-entropy of probabilities ``y_pred (B, M, K)`` against labels ``y_true (B, M)`` (``-1``: padding),
-    pooled over the real nuclei of the batch: per-example values are scaled so their batch mean is the mean over
-    nuclei (a tile with many nuclei weighs more than one with few, as every nucleus is one sample). Under a
-    distribution strategy each replica pools its own nuclei, so replicas with fewer nuclei weigh their nuclei more
-    (equal to the global pool when the replicas hold as many nuclei; tests/models/_vit_nuclei_replicas_check.py)."""
+    pooled over the real nuclei of the *global* batch: per-example values are scaled so their batch mean is the
+    mean over nuclei (a tile with many nuclei weighs more than one with few, as every nucleus is one sample).
+
+    Under a distribution strategy each replica sees part of the batch; pooling per replica would weigh the nuclei
+    of a replica with few of them more (one MirroredStrategy step then differs from one device). So the nucleus
+    count is all-reduced over the replicas and each replica's summed cross-entropy is divided by it; Keras
+    divides a replica's loss by the replica count before the gradients are summed, which is undone here (factor
+    ``replicas``): the summed gradient is that of the global mean, and the logged loss (Keras unscales it and
+    averages it over the replicas) is the global mean too (tests/tasks/_nucleus_loss_replicas_check.py)."""
 
     def __init__(self, name="nucleus_loss", reduction="sum_over_batch_size", dtype="float32"):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
@@ -48,7 +66,8 @@ class NucleusLoss(keras.losses.Loss):
         probs = ops.reshape(ops.cast(y_pred, "float32"), (-1, shape[-1]))
         ce = keras.losses.sparse_categorical_crossentropy(labels, probs) * valid
         per_example = ops.sum(ops.reshape(ce, (shape[0], -1)), axis=-1)
-        return per_example * ops.cast(shape[0], "float32") / ops.maximum(ops.sum(valid), 1.0)
+        total, replicas = _global_count(ops.sum(valid))
+        return per_example * ops.cast(shape[0] * replicas, "float32") / ops.maximum(total, 1.0)
 
 
 @keras.saving.register_keras_serializable(package="medtf")
