@@ -72,6 +72,7 @@ from medtf.training.experiment import (ExperimentConfig, ModelConfig, OptimizerC
                                        optimizer_class, parse_config, section)
 from medtf.tasks import get_task
 from medtf.training.diagnostics import GradientStats
+from medtf.training.init_weights import write_report as write_init_report
 from medtf.training.inputs import build_datasets, build_preprocess, probe_batches, steps_per_epoch, training_transforms
 from medtf.training.schedules import build_learning_rate, schedule_callbacks
 from medtf.training.transfer import apply_freeze, load_initial_weights
@@ -224,7 +225,11 @@ def train(config: ExperimentConfig | Mapping, run_dir: str | os.PathLike) -> dic
         with strategy.scope():
             model = build_model(experiment.model, train_cfg.remat)
             if experiment.model.init_from:  # transfer learning (medtf.training.transfer); a backup overrides it
-                load_initial_weights(model, experiment.model.init_from, experiment.model.carry)
+                carried = load_initial_weights(model, experiment.model.init_from, experiment.model.carry,
+                                               strict=experiment.model.init_from_strict)
+                if paths.is_chief:  # the summary line, and the whole report in RUN_DIR/init_from.json
+                    print(carried["summary"], flush=True)
+                    write_init_report(carried, run_dir)
             apply_freeze(model, experiment.model.freeze_blocks, experiment.model.freeze_up_to)  # before compile
             if num_workers(strategy) > 1:  # else each worker keeps its own moving statistics
                 synchronize_batch_norm(model)

@@ -20,7 +20,7 @@ Sections and defaults (``medtf/training/engine.py`` describes what each key does
                service (null | grpc://host:port | auto: tf.data service for the training set, medtf.data.service),
                service_mode (distributed_epoch | parallel_epochs), service_timeout (300 s)
     model:     name (required), args ({}: the model's constructor arguments), init_from (null), carry (all |
-               backbone), freeze_blocks ([]), freeze_up_to (null)
+               backbone), init_from_strict (true), freeze_blocks ([]), freeze_up_to (null)
     task:      segmentation (default) | classification | contrastive | masked_modeling (`medtf.tasks`)
     loss:      name (auto: the task's default; a medtf loss or a Keras one such as binary_crossentropy), args ({})
     optimizer: name (adamw; any Keras optimizer: adam, sgd, rmsprop, ...), learning_rate (0.001),
@@ -163,14 +163,18 @@ class DataConfig(Config):
 class ModelConfig(Config):
     """``name`` + ``args``; transfer learning (`medtf.training.transfer`): ``init_from`` (a ``.keras`` checkpoint,
     a ``.weights.h5`` file or a run directory, meaning its ``checkpoints/best.keras``), ``carry`` (``all``: every
-    layer whose weights fit, the head too when the classes match; ``backbone``: all but the output layer) and the
-    layers frozen for training (``freeze_blocks: [block1, ...]`` or ``freeze_up_to: LAYER_OR_BLOCK``; frozen batch
-    norm runs in inference mode)."""
+    layer whose weights fit, the head too when the classes match; ``backbone``: all but the output layer),
+    ``init_from_strict`` (true: every layer but the head must carry over, paired by name;
+    `medtf.training.init_weights`) and the layers frozen for training (``freeze_blocks: [block1, ...]`` or
+    ``freeze_up_to: LAYER_OR_BLOCK``; frozen batch norm runs in inference mode)."""
 
     name: str
     args: dict = field(default_factory=dict)
     init_from: str | None = None
     carry: str = "all"
+    # false: copy what fits and report the rest (medtf.training.init_weights); true: a backbone layer that does
+    # not carry over is an error
+    init_from_strict: bool = True
     freeze_blocks: list[str] = field(default_factory=list)
     freeze_up_to: str | None = None
 

@@ -32,9 +32,9 @@ as many epochs as the chain spends on the target data (the summed ``train.epochs
 phase's shard folder: DS1 + DS4 frozen + DS4 full in the prostate chain). Equal exposure to the target data, so a
 gain comes from the other phases, not from more or better-tuned target training.
 
-Weights are carried layer by layer in network order (`medtf.models.freeze.leaf_layers`), where the layer type and
-every weight shape agree: auto-generated layer names differ between two builds of one architecture, the order does
-not. ``carry: backbone`` leaves the output layer (the head) at its initialisation.
+Weights are carried layer by layer, paired by name (auto-generated names by their class and rank), where the layer
+type and every weight shape agree (`medtf.training.init_weights`: the report, ``init_from_strict``).
+``carry: backbone`` leaves the output layer (the head) at its initialisation.
 """
 
 from __future__ import annotations
@@ -57,45 +57,8 @@ _SECTIONS = ("data", "model", "task", "loss", "optimizer", "schedule", "train", 
 
 # === Weights and freezing ===
 
-def _source_model(source: str | os.PathLike) -> keras.Model:
-    path = Path(source)
-    if path.is_dir():
-        path = path / "checkpoints" / "best.keras"
-    if not path.is_file():
-        raise FileNotFoundError(f"model.init_from: {path} does not exist (a .keras checkpoint, a .weights.h5 file "
-                                f"or a run directory with checkpoints/best.keras)")
-    return keras.saving.load_model(path, compile=False)
-
-
-def load_initial_weights(model: keras.Model, source: str | os.PathLike, carry: str = "all") -> dict:
-    """Copy weights from ``source`` into ``model``; returns ``{"copied": [...], "skipped": [...]}`` layer names.
-
-    ``.weights.h5`` files are loaded with Keras' own ``load_weights`` (same architecture required). Otherwise the
-    source model's layers are paired with ``model``'s in network order; a pair is copied when both layers have the
-    same type and weight shapes (``carry="backbone"`` skips ``model``'s output layer). Raises ValueError when
-    nothing fits: a wrong ``init_from`` must not silently train from scratch.
-    """
-    from medtf.models.freeze import leaf_layers
-
-    if str(source).endswith(".weights.h5"):
-        model.load_weights(source)
-        return {"copied": [layer.name for layer in leaf_layers(model) if layer.weights], "skipped": []}
-    src_layers = [layer for layer in leaf_layers(_source_model(source)) if layer.weights]
-    dst_layers = [layer for layer in leaf_layers(model) if layer.weights]
-    head = dst_layers[-1].name if dst_layers else None
-    copied, skipped = [], []
-    for src, dst in zip(src_layers, dst_layers):
-        fits = type(src) is type(dst) and [tuple(w.shape) for w in src.weights] == [tuple(w.shape) for w in
-                                                                                   dst.weights]
-        if fits and not (carry == "backbone" and dst.name == head):
-            dst.set_weights(src.get_weights())
-            copied.append(dst.name)
-        else:
-            skipped.append(dst.name)
-    skipped.extend(layer.name for layer in dst_layers[len(src_layers):])
-    if not copied:
-        raise ValueError(f"model.init_from: no layer of {source} fits model {model.name!r} (different architecture?)")
-    return {"copied": copied, "skipped": skipped}
+# Matched by layer name, with a report and a strict mode (medtf.training.init_weights); re-exported here.
+from medtf.training.init_weights import load_initial_weights  # noqa: E402
 
 
 def apply_freeze(model: keras.Model, blocks=(), up_to: str | None = None) -> list[str]:

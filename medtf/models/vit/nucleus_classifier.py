@@ -21,7 +21,7 @@ class NucleusClassifier(keras.Model):
 
     The backbone (layer ``"backbone"``) is a `ViTBackbone` with nucleus tokens, built with the [MASK] input (fed
     an all-zero mask) so its layers line up one to one with a `MaskedImageModel`'s backbone: ``model.init_from``
-    of a masked-modelling run carries every backbone weight (`medtf.training.transfer` pairs layers in order).
+    of a masked-modelling run carries every backbone weight (`medtf.training.init_weights` pairs layers by name).
     The head ``"nucleus_head"`` is one Dense + softmax on each nucleus token; freezing the backbone
     (``model.freeze_up_to: encoder_norm``) makes it a linear probe.
 
