@@ -155,5 +155,7 @@ def test_linear_probe_from_a_nucleus_token_mim_run_through_the_cli(tmp_path):
     probed = keras.saving.load_model(probe / "checkpoints" / "last.keras", compile=False)
     for a, b in zip(pretrained.get_weights(), probed.get_layer("backbone").get_weights()):
         np.testing.assert_array_equal(a, b)  # carried and frozen through the epoch
+    carried = json.loads((probe / "init_from.json").read_text())  # the run keeps the report (strict: all carried)
+    assert carried["skipped"] == ["nucleus_head"] and not carried["missing"] and carried["unused"] == ["mim_head"]
     assert run_medtf("evaluate", probe, "--split", "val", "--quiet") == 0
     assert json.loads((probe / "eval-val" / "summary.json").read_text())["metrics"]["n"] > 0
