@@ -21,6 +21,9 @@ def register(commands) -> None:
                         "classification the 8 in-plane flips/quarter turns (the thesis's enhanced prediction)")
     p.add_argument("--tta-shift", type=int, default=0, metavar="PIXELS",
                    help="classification with --tta: also average 4 shifts by PIXELS (default %(default)s: none)")
+    p.add_argument("--projector", action="store_true",
+                   help="nucleus_classification: also write the nucleus tokens of the split as a TensorBoard "
+                        "projector folder OUTPUT/projector (tensorboard --logdir it, tab Projector)")
     p.set_defaults(handler=run)
 
 
@@ -30,10 +33,14 @@ def run(args) -> int:
     from medtf.training.config import ConfigError
 
     try:  # the run's task evaluates (segmentation: per-case Dice/HD95; classification: AUC ... with CIs)
-        get_task(task_of_run(args.run_dir)).evaluate(args.run_dir, split=args.split, checkpoint=args.checkpoint,
-                                                      overlap=args.overlap, output=args.output,
-                                                      data_dir=args.data_dir, tta=args.tta,
-                                                      **({"tta_shift": args.tta_shift} if args.tta_shift else {}))
+        task = task_of_run(args.run_dir)
+        if args.projector and task != "nucleus_classification":
+            raise ValueError(f"--projector exports nucleus tokens: {args.run_dir} is a {task!r} run, not a "
+                             f"nucleus_classification one")
+        get_task(task).evaluate(args.run_dir, split=args.split, checkpoint=args.checkpoint, overlap=args.overlap,
+                                output=args.output, data_dir=args.data_dir, tta=args.tta,
+                                **({"tta_shift": args.tta_shift} if args.tta_shift else {}),
+                                **({"projector": True} if args.projector else {}))
     except (FileNotFoundError, ManifestError, ConfigError, ValueError) as exc:
         print(f"medtf evaluate: {exc}", file=sys.stderr)
         return 2

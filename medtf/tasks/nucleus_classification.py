@@ -216,12 +216,15 @@ class NucleusClassificationTask(Task):
 
     # === Evaluation ===
     def evaluate(self, run_dir, split: str = "test", checkpoint: str = "best", output=None, data_dir=None,
-                 verbose: bool = True, **_) -> dict:
+                 verbose: bool = True, projector: bool = False, **_) -> dict:
         """per_nucleus.csv (example, slot, box, label, prediction, probabilities), summary.json (`nucleus_scores`
         with the manifest's class names; ``nuclei_dropped``: nuclei beyond ``max_nuclei``, not evaluated) and the
-        confusion matrix / per-class curves in ``output/logs`` (default ``RUN_DIR/eval-SPLIT``)."""
+        confusion matrix / per-class curves in ``output/logs`` (default ``RUN_DIR/eval-SPLIT``). ``projector``:
+        also the nucleus tokens as a TensorBoard projector folder ``output/projector``
+        (`medtf.evaluation.projector`)."""
         from medtf.data import make_dataset
         from medtf.evaluation.report import write_summary
+        from medtf.evaluation.projector import export_nucleus_projector, nucleus_embedding_model
         from medtf.evaluation.run import build_preprocess, data_dir_of, load_run
         from medtf.tasks.classification import write_tensorboard
 
@@ -236,9 +239,11 @@ class NucleusClassificationTask(Task):
         ds = make_dataset(data, split, batch_size=8, training=False, repeat=False,
                           patch_size=config.data.val_patch_size, transforms=build_preprocess(config),
                           model_inputs=self.model_inputs(model, with_ids=True))
-        rows, labels, probs, dropped = [], [], [], 0
+        features = nucleus_embedding_model(model) if projector else None  # same layers, the tokens too
+        rows, labels, probs, dropped, embeddings, tiles, seen = [], [], [], 0, [], [], 0
         for x, y in ds:
-            p = np.asarray(model(x, training=False), np.float64)
+            tokens, p = features(x, training=False) if projector else (None, model(x, training=False))
+            p, tokens = np.asarray(p, np.float64), None if tokens is None else np.asarray(tokens, np.float32)
             for b in range(p.shape[0]):
                 ident = y["example_id"][b].numpy().decode()
                 dropped += int(y["dropped"][b])
@@ -248,6 +253,10 @@ class NucleusClassificationTask(Task):
                     probs.append(p[b, slot])
                     rows.append([ident, slot, *[f"{v:g}" for v in np.asarray(x["boxes"][b, slot])], label,
                                  int(p[b, slot].argmax()), *[f"{v:.6f}" for v in p[b, slot]]])
+                    if projector:
+                        embeddings.append(tokens[b, slot])
+                        tiles.append(seen + b)  # the tile's position in the split, not its id
+            seen += p.shape[0]
         if not labels:
             raise ValueError(f"{data}: split {split!r} has no nuclei to evaluate")
         probs = np.stack(probs)
@@ -259,6 +268,9 @@ class NucleusClassificationTask(Task):
             writer.writerows(rows)
         summary = {"task": self.name, "split": split, "checkpoint": str(ckpt), "nuclei_dropped": dropped,
                    "metrics": scores}
+        if projector:
+            summary["projector"] = str(export_nucleus_projector(out / "projector", embeddings, labels,
+                                                                probs.argmax(1), tiles, scores["class_names"]))
         write_summary(summary, out / "summary.json")
         write_tensorboard(out / "logs", np.asarray(labels), probs)
         if verbose:
