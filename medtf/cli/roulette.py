@@ -36,7 +36,8 @@ def add_arguments(p, array: bool = True) -> None:
     p.add_argument("--metric", default=None,
                    help="validation metric to maximise (losses are minimised; default: train.monitor, e.g. val_auc)")
     p.add_argument("--fold", type=int, default=None, metavar="K",
-                   help="score on cross-validation fold K (fold-K), warm up on the other folds: --set +data.fold=K")
+                   help="cross-validation round K (--set +data.fold=K): score on its selection fold (inner: "
+                        "fold-(K+1) mod N), warm up on its training folds; fold-K stays held out")
     p.add_argument("--keep-all", action="store_true", help="keep every candidate's weights, not just the best")
     if not array:
         return

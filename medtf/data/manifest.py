@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "medtf-tfrecords"
@@ -77,20 +77,61 @@ def fold_names(manifest: Mapping) -> list[str]:
     return sorted(folds, key=lambda name: int(name[5:]))
 
 
-def fold_splits(manifest: Mapping, k: int) -> tuple[list[str], str]:
-    """Cross-validation round ``k``: ``(train splits = every other fold, validation split = fold k)``.
+SELECTION_FOLDS = ("inner", "outer")
+
+
+class FoldSplits(NamedTuple):
+    """The three roles of cross-validation round ``k``: what trains, what chooses, what is scored."""
+
+    train: list[str]
+    selection: str
+    held_out: str
+
+
+def nested_fold_splits(manifest: Mapping, k: int, selection: str = "inner") -> FoldSplits:
+    """Cross-validation round ``k``: ``(training folds, selection fold, held-out fold-k)``.
+
+    The one place that says which fold does what; training inputs, roulette, transfer chains, their scratch
+    baseline, the tuner and the export fingerprint all ask here. ``selection`` is ``data.selection_fold``:
+
+    * ``inner`` (default): the fold after ``k`` in fold order, ``fold-((k + 1) mod K)``, chooses (best checkpoint,
+      early stopping, ReduceLROnPlateau, roulette); the other K-2 folds train; fold-k is touched only by the final
+      evaluation, so the cross-validated figure is not the one the choices were made on. Needs K >= 3.
+    * ``outer``: fold-k both chooses and is scored (the behaviour before nested selection; optimistic).
 
     Raises:
         ManifestError: the manifest has no ``fold-*`` splits.
-        ValueError: ``k`` is not one of its folds.
+        ValueError: ``k`` is not one of its folds, ``selection`` is unknown, or ``inner`` with fewer than 3 folds.
+
+    Example:
+        >>> nested_fold_splits({"splits": {f"fold-{j}": {} for j in range(5)}}, 4)
+        FoldSplits(train=['fold-1', 'fold-2', 'fold-3'], selection='fold-0', held_out='fold-4')
+    """
+    folds = fold_names(manifest)
+    if not folds:
+        raise ManifestError(f"not a K-fold manifest (splits: {list(manifest['splits'])})")
+    if selection not in SELECTION_FOLDS:
+        raise ValueError(f"selection_fold {selection!r}: one of {', '.join(SELECTION_FOLDS)}")
+    if isinstance(k, bool) or not 0 <= k < len(folds):
+        raise ValueError(f"fold {k} out of range: the manifest has {len(folds)} folds")
+    held_out = folds[k]
+    if selection == "outer":
+        return FoldSplits([f for f in folds if f != held_out], held_out, held_out)
+    if len(folds) < 3:
+        raise ValueError(f"selection_fold 'inner' needs at least 3 folds (training, selection, held-out), but the "
+                         f"manifest has {len(folds)}: convert with --folds 3 or more, or set data.selection_fold: "
+                         f"outer (chooses on the held-out fold itself: optimistic)")
+    chooser = folds[(k + 1) % len(folds)]
+    return FoldSplits([f for f in folds if f not in (held_out, chooser)], chooser, held_out)
+
+
+def fold_splits(manifest: Mapping, k: int, selection: str = "outer") -> tuple[list[str], str]:
+    """``(train splits, validation split)`` of round ``k``: `nested_fold_splits` without the held-out fold
+    (default ``outer``: every other fold trains, fold k validates).
 
     Example:
         >>> fold_splits({"splits": {"fold-0": {}, "fold-1": {}, "fold-2": {}}}, 1)
         (['fold-0', 'fold-2'], 'fold-1')
     """
-    folds = fold_names(manifest)
-    if not folds:
-        raise ManifestError(f"not a K-fold manifest (splits: {list(manifest['splits'])})")
-    if not 0 <= k < len(folds):
-        raise ValueError(f"fold {k} out of range: the manifest has {len(folds)} folds")
-    return [f for f in folds if f != f"fold-{k}"], f"fold-{k}"
+    roles = nested_fold_splits(manifest, k, selection)
+    return roles.train, roles.selection

@@ -36,7 +36,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from medtf.data.manifest import fold_splits
+from medtf.data.manifest import nested_fold_splits
 
 VERSION = 1
 MODALITY = {"brachy-ct": "CT", "lgg-mri": "MR", "prostate-mpmri": "MR", "mri-reports": "MR", "nuclei-he": "SM"}
@@ -64,9 +64,12 @@ def _range(values: Sequence[Sequence[float]]) -> dict:
 
 
 def training_splits(manifest: Mapping, data: Mapping) -> list[str]:
-    """The splits a run trained on: ``data.train_split`` (default train), or every fold but ``data.fold``."""
+    """The splits a run trained on: ``data.train_split`` (default train), or the training folds of round
+    ``data.fold`` (`medtf.data.manifest.nested_fold_splits`)."""
     if data.get("fold") is not None:
-        return fold_splits(manifest, int(data["fold"]))[0]
+        # A run's config.yaml without selection_fold was written before nested selection: it trained on every
+        # fold but k.
+        return nested_fold_splits(manifest, int(data["fold"]), data.get("selection_fold") or "outer").train
     split = data.get("train_split") or "train"
     return [split] if isinstance(split, str) else list(split)
 

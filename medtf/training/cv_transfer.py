@@ -4,8 +4,11 @@ optimizer and train settings, as many epochs as the chain's phases on the target
 
 `medtf train --folds K` on an experiment with ``transfer:`` phases (`medtf.training.transfer`) comes here. The
 **target** data set, the last phase's ``data.dir``, is the one folded: fold ``k`` trains the chain with fold ``k``
-of the target held out and evaluates the final model on it. Earlier phases on other data sets (brain, lung) use
-their data whole. Two leak guards, checked before anything trains:
+of the target held out and evaluates the final model on it. Every phase on the target folder, and the scratch
+baseline, splits round ``k`` as `medtf.data.manifest.nested_fold_splits` says for the chain's
+``data.selection_fold`` (``inner``: train on K-2 folds, choose on ``fold-((k+1) mod K)``; ``outer``: choose on
+``fold-k``); a target phase that sets another ``selection_fold`` is refused. Earlier phases on other data sets
+(brain, lung) use their data whole. Two leak guards, checked before anything trains:
 
 * a phase on the target's own shard folder (the thesis's DS1 prostate phase) is folded the same way: otherwise the
   held-out patients would be trained on in an earlier phase and reach the final model through its weights;
@@ -53,23 +56,29 @@ def _patients(manifest: dict, splits) -> set[str]:
 
 
 def _train_splits(raw_data: dict, manifest: dict) -> list[str]:
-    from medtf.data.manifest import fold_splits
+    from medtf.data.manifest import nested_fold_splits
 
     if raw_data.get("fold") is not None:
-        return fold_splits(manifest, int(raw_data["fold"]))[0]
+        return nested_fold_splits(manifest, int(raw_data["fold"]), raw_data.get("selection_fold", "inner")).train
     split = raw_data.get("train_split", "train")
     return list(split) if isinstance(split, (list, tuple)) else [split]
 
 
 def fold_transfer_experiment(experiment, k: int, folds: int):
     """The experiment whose chain trains fold ``k`` of ``folds``: phases on the target's folder get
-    ``data.fold=k``; raises `ConfigError` when another phase's training data holds held-out or test patients."""
-    from medtf.data.manifest import read_manifest
+    ``data.fold=k`` and the chain's ``data.selection_fold``; raises `ConfigError` when another phase's training
+    data holds held-out or test patients, or a target phase selects another way (or inner on < 3 folds)."""
+    from medtf.data.manifest import nested_fold_splits, read_manifest
     from medtf.training.transfer import transfer_phases
 
     phases = transfer_phases(experiment)
     target = _abs(phases[-1][1]["data"]["dir"])
     target_manifest = read_manifest(target)
+    selection = phases[-1][1]["data"].get("selection_fold", "inner")
+    try:
+        nested_fold_splits(target_manifest, int(k), selection)
+    except ValueError as exc:
+        raise ConfigError(f"transfer chain, fold {k} of {target}: {exc}") from None
     held_out = _patients(target_manifest, [f"fold-{k}", "test"])
     settings = copy.deepcopy(experiment.transfer)
     for (name, raw), phase in zip(phases, settings["phases"]):
@@ -77,7 +86,12 @@ def fold_transfer_experiment(experiment, k: int, folds: int):
             raise ConfigError(f"transfer phase {name}: data.fold={raw['data']['fold']} is set; under --folds the "
                               f"folds are chosen per fold run (drop it)")
         if _abs(raw["data"]["dir"]) == target:
-            phase["data"] = {**(phase.get("data") or {}), "fold": int(k), "folds": int(folds)}
+            if raw["data"].get("selection_fold", "inner") != selection:
+                raise ConfigError(f"transfer phase {name}: data.selection_fold={raw['data']['selection_fold']}, but "
+                                  f"the chain's last phase selects {selection!r}; every phase on {target} must "
+                                  f"choose on the same fold")
+            phase["data"] = {**(phase.get("data") or {}), "fold": int(k), "folds": int(folds),
+                             "selection_fold": selection}
             continue
         # explicitly whole: the experiment's own data.fold (set below when it is the target) merges into phases
         phase["data"] = {**(phase.get("data") or {}), "fold": None, "folds": None}
@@ -90,7 +104,7 @@ def fold_transfer_experiment(experiment, k: int, folds: int):
                               f"folder (it is then folded too) or drop those patients")
     data = experiment.data
     if _abs(data.dir) == target:
-        data = data.replace(fold=int(k), folds=int(folds))
+        data = data.replace(fold=int(k), folds=int(folds), selection_fold=selection)
     return experiment.replace(data=data, transfer=settings)
 
 

@@ -15,7 +15,9 @@ the ``schedule``, ...). ``ExperimentConfig.as_dict()`` is the plain resolved con
 Sections and defaults (``medtf/training/engine.py`` describes what each key does)::
 
     data:      dir (required), batch_size (required), kind (null: the manifest's), train_split (train),
-               val_split (val; null: no validation), fold, folds (null), patch_size, val_patch_size (null),
+               val_split (val; null: no validation), fold, folds (null), selection_fold (inner | outer: with
+               ``fold: k``, which fold chooses checkpoints, `medtf.data.manifest.nested_fold_splits`),
+               patch_size, val_patch_size (null),
                val_batch_size (null: batch_size), transforms ([]), preprocess ([]), seed (null: the top-level seed),
                service (null | grpc://host:port | auto: tf.data service for the training set, medtf.data.service),
                service_mode (distributed_epoch | parallel_epochs), service_timeout (300 s)
@@ -131,6 +133,9 @@ class DataConfig(Config):
     val_split: str | None = "val"
     fold: int | None = None
     folds: int | None = None
+    # With ``fold: k``: ``inner`` chooses on fold (k+1) mod K and trains on the other K-2 folds, so fold k is
+    # scored by a model never chosen on it; ``outer`` chooses on fold k itself (optimistic; the old behaviour).
+    selection_fold: str = "inner"
     patch_size: Any = field(default=None, metadata={"parse": _patch_size})
     val_patch_size: Any = field(default=None, metadata={"parse": _patch_size})
     val_batch_size: int | None = None
@@ -152,6 +157,9 @@ class DataConfig(Config):
         from medtf.data.service import SERVICE_MODES, normalize_address
 
         choice(self.service_mode, SERVICE_MODES, f"{path}.service_mode", "service mode")
+        from medtf.data.manifest import SELECTION_FOLDS
+
+        choice(self.selection_fold, SELECTION_FOLDS, f"{path}.selection_fold", "selection fold")
         if self.service not in (None, "auto"):
             try:
                 normalize_address(self.service)

@@ -4,7 +4,7 @@ Run directory layout::
 
     run_dir/cv_config.yaml                  the resolved base config (data.fold is set per fold)
     run_dir/fold_<k>/                       an ordinary `medtf train` run with ``data.fold=k`` (resumable on its own)
-    run_dir/fold_<k>/eval-fold-<k>/         the run's task evaluates the best checkpoint on split ``fold-k``
+    run_dir/fold_<k>/eval-fold-<k>/         the run's task evaluates the best checkpoint on the held-out ``fold-k``
                                             (``get_task(config.task).evaluate``: segmentation whole volumes,
                                             classification AUC ..., contrastive retrieval)
     run_dir/cv_report.json, cv_report.csv   per metric: the value of every fold, mean, sample sd (ddof=1), 95% CI
@@ -15,11 +15,17 @@ A SLURM array (`medtf slurm CONFIG --array 0-4`, task id -> ``data.fold``) write
 that is missing, still training, interrupted or not evaluated is listed in the report (``fold_status``,
 ``missing``) and its values are ``null``: means over fewer folds are never passed off as complete.
 
+Nested selection (``data.selection_fold``, `medtf.data.manifest.nested_fold_splits`): with ``inner`` (default)
+fold ``k`` trains on K-2 folds and chooses its best checkpoint, early stopping and learning-rate drops on
+``fold-((k+1) mod K)``; the held-out ``fold-k`` is read once, by the evaluation, so ``eval/*`` is not the figure
+the choices were made on. ``outer`` (the behaviour before) chooses on ``fold-k`` itself: its ``eval/*`` is
+optimistic. The report says which (``selection_fold``, each fold's ``selection_split``).
+
 Two kinds of numbers per fold:
 
-* ``history/<metric>``: the validation metrics Keras logged (history.csv) at the best epoch by ``train.monitor`` /
+* ``history/<metric>``: the selection fold's metrics Keras logged (history.csv) at the best epoch by ``train.monitor`` /
   ``train.mode`` (the epoch of ``checkpoints/best.keras``), plus ``history/best_epoch``;
-* ``eval/<metric>``: the task's evaluation of the fold's validation split, every number its ``summary.json``
+* ``eval/<metric>``: the task's evaluation of the fold's held-out split ``fold-k``, every number its ``summary.json``
   reports (`medtf.training.cv_report.summary_values`): segmentation the mean over cases, classification the
   point estimates (AUC, sensitivity ...), contrastive recall@k and median ranks; ``eval_extra/<name>``: the
   summary's pooled extras (e.g. lgg-mri ``dice_tumour_slices`` over all tumour slices).
@@ -58,7 +64,7 @@ def fold_dir(run_dir: str | os.PathLike, k: int) -> Path:
 
 
 def eval_summary_path(run_dir: str | os.PathLike, k: int) -> Path:
-    """The task's evaluation summary of fold ``k`` on its validation split (every task's default output)."""
+    """The task's evaluation summary of fold ``k`` on its held-out split ``fold-k`` (every task's default output)."""
     return fold_dir(run_dir, k) / f"eval-fold-{int(k)}" / "summary.json"
 
 
@@ -229,11 +235,11 @@ def aggregate_folds(run_dir: str | os.PathLike, folds: int | None = None, *, wri
     if extra_dirs:
         notes.append(f"ignored fold directories beyond {k_total} folds: {extra_dirs}")
 
-    status, history_values, eval_values, tasks = [], {}, {}, set()
+    status, history_values, eval_values, tasks, selections = [], {}, {}, set(), set()
     for k in range(k_total):
         path = fold_dir(run_dir, k)
         record = {"fold": k, "dir": str(path), "status": "ok", "detail": "", "best_epoch": None,
-                  "epochs": None, "monitor": None, "eval_summary": None}
+                  "epochs": None, "monitor": None, "selection_split": None, "eval_summary": None}
         finished, why = training_state(path)
         if not finished:
             record.update(status="missing" if not path.is_dir() else "unfinished", detail=why)
@@ -242,6 +248,8 @@ def aggregate_folds(run_dir: str | os.PathLike, folds: int | None = None, *, wri
         config = read_run_config(path / "config.yaml")  # training_state parsed it already
         train_cfg = config.train
         tasks.add(config.task)
+        record["selection_split"] = _selection_split(config.data, k, k_total, notes)
+        selections.add(config.data.selection_fold)
         monitor, mode = train_cfg.monitor, train_cfg.mode
         rows = read_history(path / "history.csv")
         best = best_row(rows, monitor, mode)
@@ -270,11 +278,31 @@ def aggregate_folds(run_dir: str | os.PathLike, folds: int | None = None, *, wri
     if len(tasks) > 1:
         notes.append(f"the folds were trained for different tasks: {sorted(tasks)}")
     task = sorted(tasks)[0] if tasks else str((_read_yaml(run_dir / BASE_CONFIG) or {}).get("task") or "segmentation")
+    selection = "/".join(sorted(selections)) or None
+    if selection == "inner":
+        notes.append("nested selection: each fold chose its checkpoint on fold (k+1) mod K; eval/* is on the "
+                     "held-out fold k")
+    elif selection:  # outer, or folds trained both ways
+        notes.append(f"selection_fold {selection}: folds with outer selection chose their checkpoint on the fold "
+                     f"eval/* scores (optimistic)")
     report = {"run_dir": str(run_dir), "folds": k_total, "task": task, "complete": not missing,
-              "fold_status": status, "missing": missing, "metrics": metrics, "notes": notes}
+              "selection_fold": selection, "fold_status": status, "missing": missing, "metrics": metrics,
+              "notes": notes}
     if write:
         write_report(report, run_dir)
     return report
+
+
+def _selection_split(data, k: int, k_total: int, notes: list[str]) -> str | None:
+    """The fold that chose fold ``k``'s checkpoint, from its config (no manifest needed: folds are 0..K-1)."""
+    from medtf.data.manifest import nested_fold_splits
+
+    try:
+        names = {"splits": {f"fold-{j}": {} for j in range(k_total)}}
+        return nested_fold_splits(names, k, data.selection_fold).selection
+    except ValueError as exc:
+        notes.append(f"fold {k}: {exc}")
+        return None
 
 
 # === Writing (the report's arithmetic and table: medtf.training.cv_report) ===
@@ -318,7 +346,7 @@ def run_cross_validation(config, run_dir: str | os.PathLike, folds: int | None =
         config: the experiment (`ExperimentConfig` or its mapping) on a K-fold shard folder (no ``data.fold``).
         run_dir: cross-validation run directory.
         folds: expected number of folds; must equal the manifest's (None: take the manifest's).
-        evaluate: evaluate each fold's validation split with the task's evaluator (`evaluate_folds`).
+        evaluate: evaluate each fold's held-out split with the task's evaluator (`evaluate_folds`).
         overlap: sliding-window overlap of a segmentation evaluation.
         verbose: print progress and the evaluation tables.
 
@@ -327,7 +355,8 @@ def run_cross_validation(config, run_dir: str | os.PathLike, folds: int | None =
         later folds did not run; re-run the same command to resume).
 
     Raises:
-        ConfigError: not a K-fold shard folder, ``folds`` / ``data.folds`` differ from it, or ``data.fold`` set.
+        ConfigError: not a K-fold shard folder, ``folds`` / ``data.folds`` differ from it, ``data.fold`` set, or
+            ``data.selection_fold: inner`` on fewer than 3 folds.
 
     Example:
         >>> report = run_cross_validation(load_config("experiments/lgg_unet2d.yaml"), "runs/lgg-cv")
@@ -343,6 +372,9 @@ def run_cross_validation(config, run_dir: str | os.PathLike, folds: int | None =
     for given, what in ((folds, "--folds"), (data.folds, "data.folds")):
         if given is not None and int(given) != k_total:
             raise ConfigError(f"{what}={given}, but {data.dir} has {k_total} folds (fold-0 .. fold-{k_total - 1})")
+    from medtf.training.inputs import fold_roles
+
+    roles = [fold_roles(fold_config(config, k, k_total).data) for k in range(k_total)]  # K < 3 with inner: refused
     run_dir = Path(run_dir)
     save_resolved(config.as_dict(), run_dir, BASE_CONFIG)
     epochs = config.train.epochs
@@ -353,7 +385,8 @@ def run_cross_validation(config, run_dir: str | os.PathLike, folds: int | None =
                 print(f"fold {k}/{k_total}: finished earlier ({path})")
         else:
             if verbose:
-                print(f"fold {k}/{k_total}: training in {path}")
+                print(f"fold {k}/{k_total}: training in {path} on {', '.join(roles[k].train)}, choosing on "
+                      f"{roles[k].selection}, held out {roles[k].held_out}")
             result = train(fold_config(config, k, k_total), path)
             if result["preempted"]:
                 report = aggregate_folds(run_dir, k_total)

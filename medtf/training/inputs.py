@@ -16,8 +16,10 @@ Example:
     >>> out = pre({"image": ct, "mask": mask}, tf.constant([0, 0]))
 
 Cross-validation: ``data.fold: k`` (with an optional ``data.folds: K`` that must match the manifest) replaces
-``train_split`` / ``val_split`` on a K-fold shard folder (``medtf convert ... --folds K``): training reads every
-``fold-j`` with ``j != k``, validation reads ``fold-k`` (see `split_names`).
+``train_split`` / ``val_split`` on a K-fold shard folder (``medtf convert ... --folds K``). With
+``data.selection_fold: inner`` (default) validation - what picks the best checkpoint, stops early, lowers the
+learning rate - reads ``fold-((k+1) mod K)``, training the other K-2 folds, and ``fold-k`` is left for the final
+evaluation only; ``outer`` validates on ``fold-k`` itself and trains on every other fold (see `fold_roles`).
 """
 
 from __future__ import annotations
@@ -34,38 +36,60 @@ def _data(data: DataConfig | Mapping) -> DataConfig:
     return section(DataConfig, data, "data")
 
 
-def split_names(data: DataConfig | Mapping) -> tuple[str | list[str], str | None]:
-    """``(training split(s), validation split or None)`` of the ``data`` section.
-
-    Without ``data.fold``: ``data.train_split`` (default ``"train"``) and ``data.val_split`` (default ``"val"``).
-    With ``data.fold: k``: ``(["fold-j" for every j != k], "fold-k")`` from the manifest's ``fold-*`` splits;
-    ``data.folds: K``, when given, must equal the manifest's number of folds.
+def fold_roles(data: DataConfig | Mapping):
+    """``FoldSplits(train, selection, held_out)`` of the ``data`` section's ``data.fold`` on its manifest
+    (`medtf.data.manifest.nested_fold_splits`, with ``data.selection_fold``).
 
     Raises:
-        ConfigError: the manifest has no ``fold-*`` splits, ``k`` is out of range, or ``data.folds`` disagrees.
+        ConfigError: ``data.fold`` is unset, the manifest has no ``fold-*`` splits, ``k`` is out of range,
+            ``data.folds`` disagrees, or ``inner`` selection on fewer than 3 folds (names the folder and count).
 
     Example:
-        >>> split_names(DataConfig(dir="shards/lgg-5fold", batch_size=8, fold=2))
-        (['fold-0', 'fold-1', 'fold-3', 'fold-4'], 'fold-2')
+        >>> fold_roles(DataConfig(dir="shards/lgg-5fold", batch_size=8, fold=2))
+        FoldSplits(train=['fold-0', 'fold-1', 'fold-4'], selection='fold-3', held_out='fold-2')
     """
-    data = _data(data)
-    if data.fold is None:
-        return data.train_split, data.val_split
-    from medtf.data.manifest import fold_names, read_manifest
+    from medtf.data.manifest import fold_names, nested_fold_splits, read_manifest
 
+    data = _data(data)
     k = data.fold
+    if k is None:
+        raise ConfigError("data.fold is not set: no cross-validation round to split")
     manifest = read_manifest(data.dir)
     splits, folds = list(manifest["splits"]), fold_names(manifest)
     if not folds:
         raise ConfigError(f"data.fold={k}, but {data.dir} is not a K-fold shard folder (splits: {splits}); "
-                            f"convert it with `medtf convert KIND ... --folds K`")
+                          f"convert it with `medtf convert KIND ... --folds K`")
     if data.folds is not None and data.folds != len(folds):
         raise ConfigError(f"data.folds={data.folds}, but {data.dir} has {len(folds)} folds "
-                            f"(splits: {splits})")
+                          f"(splits: {splits})")
     if f"fold-{k}" not in folds:
         raise ConfigError(f"data.fold={k} is out of range: {data.dir} has {len(folds)} folds "
-                            f"(splits: {splits})")
-    return [f for f in folds if f != f"fold-{k}"], f"fold-{k}"
+                          f"(splits: {splits})")
+    try:
+        return nested_fold_splits(manifest, k, data.selection_fold)
+    except ValueError as exc:
+        raise ConfigError(f"data.fold={k} on {data.dir}: {exc}") from None
+
+
+def split_names(data: DataConfig | Mapping) -> tuple[str | list[str], str | None]:
+    """``(training split(s), validation split or None)`` of the ``data`` section.
+
+    Without ``data.fold``: ``data.train_split`` (default ``"train"``) and ``data.val_split`` (default ``"val"``).
+    With ``data.fold: k``: the training folds and the selection fold of `fold_roles` (``inner``: K-2 folds and
+    ``fold-((k+1) mod K)``; ``outer``: every fold but k and ``fold-k``).
+
+    Raises:
+        ConfigError: as `fold_roles`.
+
+    Example:
+        >>> split_names(DataConfig(dir="shards/lgg-5fold", batch_size=8, fold=2))
+        (['fold-0', 'fold-1', 'fold-4'], 'fold-3')
+    """
+    data = _data(data)
+    if data.fold is None:
+        return data.train_split, data.val_split
+    roles = fold_roles(data)
+    return roles.train, roles.selection
 
 
 def build_preprocess(data: DataConfig | Mapping) -> Any:
@@ -129,7 +153,7 @@ def build_datasets(data: DataConfig | Mapping, strategy=None, *, seed: int | Non
                             transforms=training_transforms(data), strategy=strategy if distribute else None,
                             model_inputs=model_inputs, class_balance=data.class_balance,
                             service=data.service, service_mode=data.service_mode,
-                            service_timeout=data.service_timeout)
+                            service_timeout=data.service_timeout, mosaic=data.mosaic)
     val_ds = None
     if val_split:
         val_batch = data.val_batch_size or data.batch_size

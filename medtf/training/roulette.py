@@ -14,9 +14,11 @@ leaks it into the reported result, the thesis's mistake). Results go to ``OUT``:
 Candidates split across processes by ``num_tasks`` / ``task_index`` (local ``--workers W`` or a SLURM array:
 ``medtf slurm roulette``); `select_best` then ranks whatever is scored.
 
-Per cross-validation fold (``data.fold: k``, ``medtf roulette --fold k``) the candidates are scored on ``fold-k``
-and warmed up on the other folds, as ``medtf train --set +data.fold=k`` splits them (`medtf.training.inputs.
-split_names`); on a transfer chain the fold is planned as for training (`medtf.training.cv_transfer.
+Per cross-validation fold (``data.fold: k``, ``medtf roulette --fold k``) the candidates are scored on the round's
+selection fold and warmed up on its training folds, as ``medtf train --set +data.fold=k`` splits them
+(`medtf.training.inputs.fold_roles`): with ``data.selection_fold: inner`` (default) scored on ``fold-((k+1) mod K)``,
+warmed up on the other K-2 folds, and the held-out ``fold-k`` (and its patients) is refused for both; with
+``outer`` scored on ``fold-k`` (the old, optimistic choice). On a transfer chain the fold is planned as for training (`medtf.training.cv_transfer.
 fold_transfer_experiment`: a phase whose data holds held-out-fold or test patients is refused). Every record
 names its split, metric and warm-up, and one output folder holds one setting: a fold's roulette never ranks
 another fold's scores.
@@ -38,14 +40,16 @@ __all__ = ["run_candidates", "select_best", "run_roulette", "check_split"]
 
 
 def check_split(experiment, warmup_steps: int = 0) -> str:
-    """The split candidates are scored on: ``data.val_split``, or ``fold-k`` with ``data.fold: k``.
+    """The split candidates are scored on: ``data.val_split``, or with ``data.fold: k`` the round's selection fold
+    (`medtf.training.inputs.fold_roles`: ``inner`` ``fold-((k+1) mod K)``, ``outer`` ``fold-k``).
 
     Refused (`ConfigError`): no validation split, a test split as the validation split or hidden among the training
     splits (`medtf.training.selection.check_selection_split`), a validation split holding test patients, warm-up
-    training data holding validation or test patients, and on a transfer chain with ``data.fold`` a phase whose
+    training data holding validation or test patients, with inner selection a scoring or warm-up split holding
+    patients of the held-out ``fold-k``, and on a transfer chain with ``data.fold`` a phase whose
     data holds held-out-fold or test patients (the chain's own fold planning).
     """
-    from medtf.training.inputs import split_names
+    from medtf.training.inputs import fold_roles, split_names
     from medtf.training.selection import check_selection_split
 
     data = experiment.data
@@ -57,10 +61,28 @@ def check_split(experiment, warmup_steps: int = 0) -> str:
         # +data.fold=k`): refuse here what it would refuse there, before any candidate is scored.
         fold_transfer_experiment(experiment.replace(data=data.replace(fold=None, folds=None)), data.fold,
                                  data.folds or manifest_folds(data.dir))
-    train, val = split_names(data)  # with data.fold: the other folds and fold-k, as `medtf train` splits them
-    split = check_selection_split(experiment, "medtf roulette") if data.fold is None else val
-    _check_patients(data.dir, [train] if isinstance(train, str) else list(train), split, warmup_steps)
+    train, _ = split_names(data)  # with data.fold: the round's training and selection folds, as `medtf train`
+    split = check_selection_split(experiment, "medtf roulette")  # == val: one split resolution for both
+    train = [train] if isinstance(train, str) else list(train)
+    _check_patients(data.dir, train, split, warmup_steps)
+    if data.fold is not None and data.selection_fold == "inner":
+        _check_held_out(data.dir, fold_roles(data).held_out, train if warmup_steps else [], split)
     return split
+
+
+def _check_held_out(data_dir, held_out: str, train: list[str], split: str) -> None:
+    """Inner selection: the held-out fold is scored once, by the final evaluation; never by a chooser."""
+    from medtf.data.manifest import read_manifest
+
+    splits = read_manifest(data_dir)["splits"]
+    used = [split, *train]
+    if held_out in used:
+        raise ConfigError(f"medtf roulette: {data_dir}: {held_out!r} is the held-out fold of this round; it may not "
+                          f"be scored on or trained on")
+    hidden = set(splits[held_out].get("patients", ())) & {p for s in used for p in splits[s].get("patients", ())}
+    if hidden:
+        raise ConfigError(f"medtf roulette: {data_dir}: splits {used} hold {len(hidden)} patient(s) of the held-out "
+                          f"fold {held_out!r}; choosing on them leaks it into the cross-validated result")
 
 
 def _check_patients(data_dir, train: list[str], val: str, warmup_steps: int) -> None:

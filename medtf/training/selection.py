@@ -19,9 +19,14 @@ def is_test_split(name) -> bool:
 
 
 def check_selection_split(experiment, who: str) -> str:
-    """The split ``who`` may select on (``data.val_split``); raises ConfigError for none, a test split, or a test
-    split among the training splits (which would train on it)."""
+    """The split ``who`` may select on (``data.val_split``, or with ``data.fold`` the round's selection fold,
+    `medtf.training.inputs.fold_roles`); raises ConfigError for none, a test split, or a test split among the
+    training splits (which would train on it)."""
     data = experiment.data
+    if data.fold is not None:  # the folds replace train_split / val_split
+        from medtf.training.inputs import fold_roles
+
+        return fold_roles(data).selection
     split = data.val_split
     if not split:
         raise ConfigError(f"{who} selects on data.val_split, which is null: set a validation split")

@@ -23,8 +23,9 @@ in their own run directory (no warm start from the earlier trial's weights).
 Trials are compared on the validation split only: an experiment whose ``data.val_split`` (or a training split,
 or a ``tune.space`` value for either) is a test split is refused before the search starts
 (`medtf.training.selection`, as `medtf roulette` does). The test split is evaluated once, at the end, on the model
-trained from ``best.yaml`` (``medtf evaluate RUN_DIR --split test``); with ``data.fold`` the search selects on that
-validation fold.
+trained from ``best.yaml`` (``medtf evaluate RUN_DIR --split test``); with ``data.fold: k`` the search selects on
+the round's selection fold (``data.selection_fold: inner``: ``fold-((k+1) mod K)``, `medtf.training.inputs.fold_roles`)
+and never reads the held-out ``fold-k``.
 
 A trial that raises is recorded as FAILED (its error in results.csv) and the search goes on;
 ``tune.max_consecutive_failed_trials`` failures in a row stop it (results.csv is still written; `medtf tune` exits 1).

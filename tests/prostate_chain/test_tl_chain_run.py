@@ -31,14 +31,15 @@ def test_fold_plan_folds_the_target_folder_and_refuses_shared_patients(tmp_path)
     from medtf.training.cv_transfer import fold_transfer_experiment
     from medtf.training.experiment import parse_config
 
-    folds = {"fold-0": ["p1", "p2"], "fold-1": ["p3", "p4"], "test": ["p5"]}
+    folds = {"fold-0": ["p1", "p2"], "fold-1": ["p3", "p4"], "fold-2": ["p6", "p7"], "test": ["p5"]}
     prostate = _manifest(tmp_path / "prostate", "prostate-mpmri", folds)
     brain = _manifest(tmp_path / "brain", "image-folders", {"train": ["b1"], "val": ["b2"]})
     lung = _manifest(tmp_path / "lung", "lung-nodules", {"train": ["l1"], "val": ["l2"]})
     experiment = parse_config(chain_config(prostate, brain, lung))
 
-    plan = fold_transfer_experiment(experiment, 1, 2)
-    from medtf.training.transfer import transfer_phases
+    plan = fold_transfer_experiment(experiment, 1, 3)
+    from medtf.training.inputs import fold_roles
+    from medtf.training.transfer import scratch_config, transfer_phases
 
     phases = dict(transfer_phases(plan))
     assert [n for n in phases] == PHASES
@@ -46,20 +47,49 @@ def test_fold_plan_folds_the_target_folder_and_refuses_shared_patients(tmp_path)
     assert folded == {"ds1-prostate", "ds4-prostate-frozen", "ds4-prostate-full"}  # DS1 too: same patients
     assert {phases[n]["data"]["fold"] for n in folded} == {1} and plan.data.fold == 1
     assert phases["ds2-brain-full"]["data"].get("fold") is None
+    # nested selection in every folded phase and in the scratch baseline: train fold-0, choose fold-2, hold out fold-1
+    for data in [*(phases[n]["data"] for n in folded), scratch_config(plan)["data"]]:
+        assert tuple(fold_roles(data)) == (["fold-0"], "fold-2", "fold-1")
 
     # a "brain" conversion that holds a held-out prostate patient (same hashing key): refused, named
     leaky = _manifest(tmp_path / "leaky", "image-folders", {"train": ["b1", "p3"], "val": ["b2"]})
     experiment = parse_config(chain_config(prostate, leaky, lung))
-    fold_transfer_experiment(experiment, 0, 2)  # p3 is in fold-1: fine for fold 0
+    fold_transfer_experiment(experiment, 0, 3)  # p3 is in fold-1: fine for fold 0
     with pytest.raises(ConfigError, match=r"ds2-brain-frozen.*1 patient\(s\) of the target's held-out fold-1"):
-        fold_transfer_experiment(experiment, 1, 2)
+        fold_transfer_experiment(experiment, 1, 3)
     # the target's test patients may not be trained on either, in any fold
     test_leak = _manifest(tmp_path / "test_leak", "lung-nodules", {"train": ["l1", "p5"], "val": ["l2"]})
     with pytest.raises(ConfigError, match="ds3-lung-frozen"):
-        fold_transfer_experiment(parse_config(chain_config(prostate, brain, test_leak)), 0, 2)
+        fold_transfer_experiment(parse_config(chain_config(prostate, brain, test_leak)), 0, 3)
     # a validation-only overlap is not training: allowed
     val_only = _manifest(tmp_path / "val_only", "lung-nodules", {"train": ["l1"], "val": ["p1"]})
-    fold_transfer_experiment(parse_config(chain_config(prostate, brain, val_only)), 0, 2)
+    fold_transfer_experiment(parse_config(chain_config(prostate, brain, val_only)), 0, 3)
+
+
+def test_fold_plan_selection_is_one_setting_for_the_chain(tmp_path):
+    """Every target phase chooses on the same fold; inner selection needs 3 folds, outer keeps the old split."""
+    from medtf.training.config import ConfigError
+    from medtf.training.cv_transfer import fold_transfer_experiment
+    from medtf.training.experiment import parse_config
+    from medtf.training.inputs import fold_roles
+    from medtf.training.transfer import transfer_phases
+
+    three = _manifest(tmp_path / "p3", "prostate-mpmri", {f"fold-{k}": [f"p{k}"] for k in range(3)})
+    two = _manifest(tmp_path / "p2", "prostate-mpmri", {f"fold-{k}": [f"p{k}"] for k in range(2)})
+    brain = _manifest(tmp_path / "brain", "image-folders", {"train": ["b1"], "val": ["b2"]})
+    lung = _manifest(tmp_path / "lung", "lung-nodules", {"train": ["l1"], "val": ["l2"]})
+    config = chain_config(three, brain, lung)
+    config["transfer"]["phases"][-1].setdefault("data", {})["selection_fold"] = "outer"
+    with pytest.raises(ConfigError, match=r"ds1-prostate: data.selection_fold=inner, but the chain's last phase "
+                                          r"selects 'outer'"):
+        fold_transfer_experiment(parse_config(config), 0, 3)
+    with pytest.raises(ConfigError, match=r"fold 0 of .*p2: selection_fold 'inner' needs at least 3 folds"):
+        fold_transfer_experiment(parse_config(chain_config(two, brain, lung)), 0, 2)
+    config = chain_config(two, brain, lung)
+    config["data"]["selection_fold"] = "outer"  # the old split: train on fold-0, choose and score on fold-1
+    plan = fold_transfer_experiment(parse_config(config), 1, 2)
+    assert tuple(fold_roles(dict(transfer_phases(plan))["ds4-prostate-full"]["data"])) == (["fold-0"], "fold-1",
+                                                                                             "fold-1")
 
 
 def test_scratch_metrics_are_per_fold_differences(tmp_path):
@@ -104,7 +134,9 @@ def test_chain_end_to_end_through_medtf_train(chain_sources, tmp_path):
 @pytest.mark.slow
 def test_chain_cross_validation_reports_chain_scratch_and_gain(chain_sources, tmp_path):
     dirs = convert_all(chain_sources, tmp_path / "shards", ["--folds", "2"])
-    config = write_config(chain_config(dirs["prostate"], dirs["brain"], dirs["lung"]), tmp_path / "chain.yaml")
+    config = chain_config(dirs["prostate"], dirs["brain"], dirs["lung"])
+    config["data"]["selection_fold"] = "outer"  # two folds of 10 patients: no room for an inner fold
+    config = write_config(config, tmp_path / "chain.yaml")
     run = tmp_path / "cv"
     assert run_medtf("train", config, "--run-dir", run, "--folds", "2", "--quiet") == 0
     report = json.loads((run / "cv_report.json").read_text())
@@ -138,7 +170,7 @@ def test_chain_cross_validation_reports_chain_scratch_and_gain(chain_sources, tm
 def test_a_fold_of_a_chain_as_an_array_task_is_planned_and_guarded(tmp_path, capsys):
     """`medtf train CHAIN --set +data.fold=k` (what a SLURM array task runs) applies the same leak guard as
     `--folds` before anything trains (exit 2, the phase named)."""
-    folds = {"fold-0": ["p1", "p2"], "fold-1": ["p3", "p4"]}
+    folds = {"fold-0": ["p1", "p2"], "fold-1": ["p3", "p4"], "fold-2": ["p5", "p6"]}
     prostate = _manifest(tmp_path / "prostate", "prostate-mpmri", folds)
     leaky = _manifest(tmp_path / "brain", "image-folders", {"train": ["b1", "p3"], "val": ["b2"]})
     lung = _manifest(tmp_path / "lung", "lung-nodules", {"train": ["l1"], "val": ["l2"]})

@@ -1,4 +1,5 @@
-"""K-fold cross-validation: ``data.fold`` selection, `aggregate_folds` arithmetic and bookkeeping, ``--folds``."""
+"""K-fold cross-validation: ``data.fold`` splits (nested ``inner`` selection and the old ``outer`` one),
+`aggregate_folds` arithmetic and bookkeeping, ``--folds``."""
 
 from __future__ import annotations
 
@@ -33,6 +34,12 @@ def lgg_folds3(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def lgg_folds5(tmp_path_factory) -> Path:
+    """5 patients x 4 slices of 32x32, one patient in each of fold-0 .. fold-4."""
+    return _convert_folds(tmp_path_factory.mktemp("folds5"), 5, 5)
+
+
+@pytest.fixture(scope="module")
 def lgg_folds2(tmp_path_factory) -> Path:
     """4 patients x 4 slices of 32x32 in fold-0, fold-1."""
     return _convert_folds(tmp_path_factory.mktemp("folds2"), 4, 2)
@@ -53,7 +60,8 @@ def _patients(data_dir, splits) -> list[str]:
     return [p.decode() for batch in ds for p in batch["patient_id"].numpy()]
 
 
-def test_fold_k_validates_on_fold_k_and_trains_on_the_others(lgg_folds3):
+def test_outer_selection_validates_on_fold_k_and_trains_on_the_others(lgg_folds3):
+    """``selection_fold: outer`` keeps the splits of before nested selection."""
     from medtf.data.manifest import read_manifest
     from medtf.training.inputs import build_datasets, split_names, steps_per_epoch
 
@@ -61,7 +69,7 @@ def test_fold_k_validates_on_fold_k_and_trains_on_the_others(lgg_folds3):
     everyone = {p for k in range(3) for p in splits[f"fold-{k}"]["patients"]}
     assert len(everyone) == 6
     for k in range(3):
-        config = _fold_config(lgg_folds3, fold=k)
+        config = _fold_config(lgg_folds3, fold=k, selection_fold="outer")
         train_splits, val_split = split_names(config["data"])
         assert train_splits == [f"fold-{j}" for j in range(3) if j != k] and val_split == f"fold-{k}"
         train_patients, val_patients = set(_patients(lgg_folds3, train_splits)), set(_patients(lgg_folds3, val_split))
@@ -78,6 +86,75 @@ def test_fold_k_validates_on_fold_k_and_trains_on_the_others(lgg_folds3):
         np.testing.assert_array_equal(got, want)
         config["train"]["steps_per_epoch"] = None  # from the manifest: 16 training slices // batch 2
         assert steps_per_epoch(config["data"], config["train"]) == 8
+
+
+def test_nested_selection_roles_are_disjoint_and_cover_every_fold(lgg_folds5):
+    """K=5, rounds 0..4: train / selection / held-out folds are disjoint and cover the folds, by split name and by
+    the patients in the manifest and in the records the datasets read; fold k is held out, fold (k+1) mod 5
+    selects."""
+    from medtf.data.manifest import read_manifest
+    from medtf.training.inputs import fold_roles, split_names
+
+    splits = read_manifest(lgg_folds5)["splits"]
+    patients = {name: set(splits[name]["patients"]) for name in splits}
+    everyone = set().union(*patients.values())
+    assert len(everyone) == 5 and all(len(p) == 1 for p in patients.values())
+    selections = []
+    for k in range(5):
+        data = _fold_config(lgg_folds5, fold=k)["data"]
+        roles = fold_roles(data)
+        assert roles.held_out == f"fold-{k}" and roles.selection == f"fold-{(k + 1) % 5}"
+        assert split_names(data) == (roles.train, roles.selection) and len(roles.train) == 3
+        names = [*roles.train, roles.selection, roles.held_out]
+        assert sorted(names) == [f"fold-{j}" for j in range(5)]  # disjoint (no repeats) and complete
+        train = set().union(*(patients[s] for s in roles.train))
+        chooser, held_out = patients[roles.selection], patients[roles.held_out]
+        assert not train & chooser and not train & held_out and not chooser & held_out
+        assert train | chooser | held_out == everyone
+        # What is really read: the records' patient ids, not only the split names.
+        assert set(_patients(lgg_folds5, roles.train)) == train
+        assert set(_patients(lgg_folds5, roles.selection)) == chooser
+        selections.append(roles.selection)
+    assert sorted(selections) == [f"fold-{j}" for j in range(5)]  # every fold selects exactly once
+
+
+def test_inner_selection_validates_on_the_next_fold(lgg_folds3):
+    """Default ``inner``: what validation (checkpoint, early stopping) reads is fold (k+1) mod 3, and training
+    reads only the remaining fold."""
+    from medtf.data import make_dataset
+    from medtf.training.inputs import build_datasets, steps_per_epoch
+
+    for k in range(3):
+        config = _fold_config(lgg_folds3, fold=k)
+        _, val = build_datasets({**config["data"], "transforms": []})
+        got = np.concatenate([x.numpy() for x, _ in val])
+        want = np.concatenate([x.numpy() for x, _ in make_dataset(lgg_folds3, f"fold-{(k + 1) % 3}", batch_size=2,
+                                                                   training=False)])
+        held = np.concatenate([x.numpy() for x, _ in make_dataset(lgg_folds3, f"fold-{k}", batch_size=2,
+                                                                   training=False)])
+        assert got.shape == want.shape == (8, 32, 32, 3)
+        np.testing.assert_array_equal(got, want)
+        assert not np.array_equal(got, held)
+        config["train"]["steps_per_epoch"] = None  # one training fold: 8 slices // batch 2
+        assert steps_per_epoch(config["data"], config["train"]) == 4
+
+
+def test_inner_selection_refuses_two_folds(lgg_folds2, tmp_path, capsys):
+    from medtf.training.config import ConfigError
+    from medtf.training.experiment import parse_config
+    from medtf.training.inputs import split_names
+
+    with pytest.raises(ConfigError, match=r"data.fold=0 on .*: selection_fold 'inner' needs at least 3 folds .*"
+                                          r"manifest has 2.*data.selection_fold: outer"):
+        split_names(_fold_config(lgg_folds2, fold=0)["data"])
+    assert split_names(_fold_config(lgg_folds2, fold=0, selection_fold="outer")["data"]) == (["fold-1"], "fold-0")
+    with pytest.raises(ConfigError, match=r"data.selection_fold: unknown selection fold 'nested'"):
+        parse_config(_fold_config(lgg_folds2, selection_fold="nested"), components=False)
+    # medtf train --folds refuses before anything is written.
+    path = tmp_path / "cv.yaml"
+    path.write_text(yaml.safe_dump(_fold_config(lgg_folds2)))
+    assert run_medtf("train", path, "--run-dir", tmp_path / "run", "--folds", 2) == 2
+    assert "needs at least 3 folds" in capsys.readouterr().err and not (tmp_path / "run").exists()
 
 
 def test_without_data_fold_the_named_splits_are_used(lgg_folds3):
@@ -98,7 +175,7 @@ def test_bad_fold_settings_name_the_folder_and_its_splits(lgg_folds3, lgg_tiny):
         split_names(_fold_config(lgg_folds3, fold=-1)["data"])
     with pytest.raises(ConfigError, match=r"data.folds=5, but .* has 3 folds"):
         split_names(_fold_config(lgg_folds3, fold=0, folds=5)["data"])
-    assert split_names(_fold_config(lgg_folds3, fold=1, folds=3)["data"])[1] == "fold-1"
+    assert split_names(_fold_config(lgg_folds3, fold=1, folds=3)["data"])[1] == "fold-2"
     with pytest.raises(ConfigError, match=r"data.fold: expected an integer or null, got True"):
         split_names(_fold_config(lgg_folds3, fold=True)["data"])
     with pytest.raises(ConfigError, match=rf"{lgg_tiny} is not a K-fold shard folder \(splits: \['train', 'val', "
@@ -153,6 +230,10 @@ def test_aggregate_matches_hand_computed_mean_and_sample_sd(tmp_path):
     report = aggregate_folds(tmp_path)
     assert report["folds"] == 3 and report["complete"] and report["missing"] == []
     assert [r["best_epoch"] for r in report["fold_status"]] == [1, 0, 0]
+    # The configs leave selection_fold at its default: each fold chose on the next one, and the report says so.
+    assert report["selection_fold"] == "inner"
+    assert [r["selection_split"] for r in report["fold_status"]] == ["fold-1", "fold-2", "fold-0"]
+    assert any("nested selection" in note for note in report["notes"])
     m = report["metrics"]
     assert m["history/val_dice"]["values"] == [0.5, 0.7, 0.6]
     assert m["history/val_dice"]["mean"] == pytest.approx(0.6, rel=1e-12)
@@ -224,31 +305,62 @@ def test_more_folds_in_the_manifest_than_directories(tmp_path, lgg_folds3):
 
 # === medtf train --folds, end to end ===
 
-def test_train_folds_end_to_end(tmp_path, lgg_folds2, capsys):
-    config = _fold_config(lgg_folds2)
+def _evaluate_loss(run_dir: Path, splits: list[str]) -> list[float]:
+    """The compiled loss of ``run_dir``'s best checkpoint on each split, as validation reads it (one pass)."""
+    import keras
+
+    from medtf.tasks import get_task
+    from medtf.training.experiment import load_experiment
+    from medtf.training.inputs import build_datasets
+
+    experiment = load_experiment(run_dir / "config.yaml")
+    model = keras.saving.load_model(run_dir / "checkpoints" / "best.keras", compile=False)
+    task = get_task(experiment.task)
+    task.compile(model, keras.optimizers.SGD(), loss=experiment.loss.as_dict())
+    losses = []
+    for split in splits:
+        data = experiment.data.replace(fold=None, folds=None, train_split=split, val_split=split)
+        _, val = build_datasets(data, None, seed=experiment.data_seed, model_inputs=task.model_inputs(model))
+        losses.append(float(model.evaluate(val, return_dict=True, verbose=0)["loss"]))
+    return losses
+
+
+def test_train_folds_end_to_end(tmp_path, lgg_folds3, capsys):
+    """``--folds 3`` with nested selection: each fold's logged validation (what chose its best checkpoint) is the
+    inner fold (k+1) mod 3, not the held-out fold k that its evaluation scores."""
+    config = _fold_config(lgg_folds3)
     config["train"].update(epochs=1, steps_per_epoch=2, image_panels=False, log_every_n_steps=0, hparams=False)
     path = tmp_path / "cv.yaml"
     path.write_text(yaml.safe_dump(config))
     run_dir = tmp_path / "run"
 
-    assert run_medtf("train", path, "--run-dir", run_dir, "--folds", 3) == 2
-    assert "--folds=3, but" in capsys.readouterr().err and not run_dir.exists()
+    assert run_medtf("train", path, "--run-dir", run_dir, "--folds", 2) == 2
+    assert "--folds=2, but" in capsys.readouterr().err and not run_dir.exists()
 
-    assert run_medtf("train", path, "--run-dir", run_dir, "--folds", 2) == 0
+    assert run_medtf("train", path, "--run-dir", run_dir, "--folds", 3) == 0
     out = capsys.readouterr().out
+    assert "fold 0/3: training in" in out and "on fold-2, choosing on fold-1, held out fold-0" in out
     report = json.loads((run_dir / "cv_report.json").read_text())
-    assert report["folds"] == 2 and report["complete"] and "cross-validation" in out
+    assert report["folds"] == 3 and report["complete"] and "cross-validation" in out
+    assert report["selection_fold"] == "inner"
     for name in ("history/val_dice", "history/val_loss", "eval/dice", "eval/hd95", "eval_extra/dice_tumour_slices"):
-        assert report["metrics"][name]["n"] + report["metrics"][name]["n_nan"] == 2, name
-    for k in range(2):
+        assert report["metrics"][name]["n"] + report["metrics"][name]["n_nan"] == 3, name
+    for k in range(3):
         fold = run_dir / f"fold_{k}"
         resolved = yaml.safe_load((fold / "config.yaml").read_text())
-        assert resolved["data"]["fold"] == k and resolved["data"]["folds"] == 2
+        assert resolved["data"]["fold"] == k and resolved["data"]["folds"] == 3
+        assert resolved["data"]["selection_fold"] == "inner"
+        assert report["fold_status"][k]["selection_split"] == f"fold-{(k + 1) % 3}"
         with open(fold / "history.csv", newline="") as f:
             (row,) = list(csv.DictReader(f))  # one epoch
         assert report["metrics"]["history/val_dice"]["values"][k] == float(row["val_dice"])
+        # The loss that chose the checkpoint is the inner fold's, and not the held-out fold's.
+        val_loss = float(row["val_loss"])
+        inner, held_out = _evaluate_loss(fold, [f"fold-{(k + 1) % 3}", f"fold-{k}"])
+        assert inner == pytest.approx(val_loss, rel=1e-5)
+        assert abs(held_out - val_loss) > 1e-4 * val_loss  # 2 steps of training: close, yet 10x the tolerance apart
         summary = json.loads((fold / f"eval-fold-{k}" / "summary.json").read_text())
-        assert summary["split"] == f"fold-{k}" and summary["n_cases"] == 2  # two patients per fold
+        assert summary["split"] == f"fold-{k}" and summary["n_cases"] == 2  # the held-out fold: two patients
         assert report["metrics"]["eval/dice"]["values"][k] == summary["metrics"]["dice"]["mean"]
     values = report["metrics"]["eval/dice"]["values"]
     assert report["metrics"]["eval/dice"]["mean"] == pytest.approx(np.mean(values), rel=1e-12)
@@ -256,8 +368,8 @@ def test_train_folds_end_to_end(tmp_path, lgg_folds2, capsys):
 
     # Re-running skips the finished folds (no training, no evaluation): the files stay as they were.
     before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file() and not p.name.startswith("cv_")}
-    assert run_medtf("train", path, "--run-dir", run_dir, "--folds", 2) == 0
-    assert capsys.readouterr().out.count("finished earlier") == 2
+    assert run_medtf("train", path, "--run-dir", run_dir, "--folds", 3) == 0
+    assert capsys.readouterr().out.count("finished earlier") == 3
     assert {p: p.stat().st_mtime_ns for p in before} == before
 
 
@@ -277,7 +389,7 @@ def test_killed_cross_validation_resumes_the_interrupted_fold(tmp_path, lgg_fold
     from medtf.training.folds import training_state
 
     epochs = 4
-    config = _fold_config(lgg_folds2)
+    config = _fold_config(lgg_folds2, selection_fold="outer")  # two folds: only outer selection
     config["train"].update(epochs=epochs, steps_per_epoch=25, image_panels=False, log_every_n_steps=0,
                            hparams=False)
     path = tmp_path / "cv.yaml"
@@ -306,3 +418,15 @@ def test_killed_cross_validation_resumes_the_interrupted_fold(tmp_path, lgg_fold
         assert [int(r["epoch"]) for r in csv.DictReader(f)] == list(range(epochs))
     report = json.loads((run_dir / "cv_report.json").read_text())
     assert report["complete"] and report["metrics"]["eval/dice"]["n"] == 2
+
+
+def test_export_fingerprint_reads_the_run_s_training_folds():
+    """An exported model's fingerprint describes the folds its run trained on: K-2 with inner selection, K-1 with
+    outer or in a config.yaml written before nested selection (no selection_fold key)."""
+    from medtf.export.fingerprint import training_splits
+
+    manifest = {"splits": {f"fold-{j}": {} for j in range(5)}}
+    assert training_splits(manifest, {"fold": 2, "selection_fold": "inner"}) == ["fold-0", "fold-1", "fold-4"]
+    assert training_splits(manifest, {"fold": 2, "selection_fold": "outer"}) == ["fold-0", "fold-1", "fold-3",
+                                                                                 "fold-4"]
+    assert training_splits(manifest, {"fold": 2}) == ["fold-0", "fold-1", "fold-3", "fold-4"]

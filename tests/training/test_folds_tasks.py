@@ -65,7 +65,8 @@ def test_classification_cross_validation_report(lgg_two_folds, tmp_path, capsys)
 
     run_dir = tmp_path / "cv"
     overrides = [f"data.dir={lgg_two_folds}", "train.epochs=1", "+train.steps_per_epoch=2", "data.batch_size=4",
-                 "model.args.base_filters=4", "+train.log_every_n_steps=0", "+train.hparams=false"]
+                 "model.args.base_filters=4", "+train.log_every_n_steps=0", "+train.hparams=false",
+                 "data.selection_fold=outer"]  # two folds: no room for an inner selection fold
     assert run_medtf("train", REPO / "experiments/lgg_classifier2d.yaml", "--run-dir", run_dir, "--folds", 2,
                      *[a for o in overrides for a in ("--set", o)], "--quiet") == 0
     out = capsys.readouterr().out

@@ -1,7 +1,7 @@
 """Model roulette: the argmax of the recorded validation scores is kept, the test split is refused (also hidden among
 the training splits or as patients under another split's name), work is split across tasks and continues after a
-kill, `medtf train --init-from` starts from the winner's weights, and per cross-validation fold it scores on that
-fold only and refuses held-out-fold / test patients."""
+kill, `medtf train --init-from` starts from the winner's weights, and per cross-validation round it scores on the
+round's inner selection fold only and refuses held-out-fold / test patients."""
 
 from __future__ import annotations
 
@@ -106,23 +106,25 @@ def test_roulette_refuses_test_patients_under_another_split_name(lgg_tiny, tmp_p
 
 @pytest.fixture(scope="module")
 def lgg_folds(tmp_path_factory) -> dict[str, Path]:
-    """6 tiny patients: 2 test + 2 folds of 2 (``folded``), and the same patients converted whole as ``train``
+    """8 tiny patients: 2 test + 3 folds of 2 (``folded``), and the same patients converted whole as ``train``
     (``whole``, same ID salt: its hashed patients are the folded set's)."""
     from medtf.synth.lgg_mri import generate_lgg_mri
 
     from tests.conftest import TEST_SALT
 
     root = tmp_path_factory.mktemp("roulette_folds")
-    generate_lgg_mri(root / "src", cases=6, seed=11, num_slices=4, size=32)
+    generate_lgg_mri(root / "src", cases=8, seed=11, num_slices=4, size=32)
     out = {"folded": root / "folded", "whole": root / "whole"}
-    assert run_medtf("convert", "lgg-mri", "--input", root / "src", "--output", out["folded"], "--folds", 2,
-                     "--split", "0.67,0,0.33", "--id-salt", TEST_SALT) == 0
+    assert run_medtf("convert", "lgg-mri", "--input", root / "src", "--output", out["folded"], "--folds", 3,
+                     "--split", "0.75,0,0.25", "--id-salt", TEST_SALT) == 0
     assert run_medtf("convert", "lgg-mri", "--input", root / "src", "--output", out["whole"], "--split", "1,0,0",
                      "--id-salt", TEST_SALT) == 0
     return out
 
 
-def test_roulette_on_a_fold_scores_that_fold_only(lgg_folds, tmp_path, capsys):
+def test_roulette_on_a_fold_scores_its_inner_fold_only(lgg_folds, tmp_path, capsys):
+    """``--fold 1``: scored on the inner fold-2 (what `medtf train` of fold 1 chooses its checkpoint on), never on
+    the held-out fold-1."""
     from medtf.data.manifest import read_manifest
     from medtf.tasks import get_task
     from medtf.training.experiment import load_experiment
@@ -130,19 +132,20 @@ def test_roulette_on_a_fold_scores_that_fold_only(lgg_folds, tmp_path, capsys):
 
     folded, out = lgg_folds["folded"], tmp_path / "fold1"
     splits = read_manifest(folded)["splits"]
-    assert sorted(splits) == ["fold-0", "fold-1", "test"] and all(splits[s]["patients"] for s in splits)
+    assert sorted(splits) == ["fold-0", "fold-1", "fold-2", "test"] and all(splits[s]["patients"] for s in splits)
     tiny = _tiny(folded)
     assert run_medtf("roulette", EXPERIMENT, *tiny, "--fold", 1, "--candidates", 1, "--metric", "val_loss",
                      "--out", out, "--quiet") == 0
     assert "--set +data.fold=1 --init-from" in capsys.readouterr().out
     summary = json.loads((out / "roulette.json").read_text())
-    assert summary["split"] == "fold-1" and summary["best"]["seed"] == 0
+    assert summary["split"] == "fold-2" and summary["best"]["seed"] == 0
 
-    # The recorded score is the candidate's binary cross-entropy on fold-1 (NumPy), and not on fold-0's patients.
+    # The recorded score is the candidate's binary cross-entropy on fold-2 (NumPy), not on the held-out fold-1.
     model = keras.saving.load_model(out / "best.keras", compile=False)
 
-    def loss(fold: int) -> float:
-        experiment = load_experiment(EXPERIMENT, [a for a in tiny if a != "--set"] + [f"+data.fold={fold}"])
+    def loss(split: str) -> float:
+        experiment = load_experiment(EXPERIMENT, [a for a in tiny if a != "--set"] + [f"+data.val_split={split}",
+                                                                                "+data.train_split=fold-0"])
         _, val = build_datasets(experiment.data, None, seed=0,
                                 model_inputs=get_task("classification").model_inputs(model))
         batches = list(val.as_numpy_iterator())
@@ -152,26 +155,51 @@ def test_roulette_on_a_fold_scores_that_fold_only(lgg_folds, tmp_path, capsys):
         return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
     score = summary["best"]["score"]
-    assert loss(1) == pytest.approx(score, rel=1e-6)
-    assert abs(loss(0) - score) > 1e-5 * score  # untrained: ~ln 2 on both folds, yet 10x the tolerance apart
+    assert loss("fold-2") == pytest.approx(score, rel=1e-6)
+    assert abs(loss("fold-1") - score) > 1e-5 * score  # untrained: ~ln 2 on both folds, yet 10x the tolerance apart
 
-    # One folder holds one fold: another fold's roulette or merge into it is refused, naming the record.
+    # One folder holds one round: another round's roulette or merge into it is refused, naming the record.
     assert run_medtf("roulette", EXPERIMENT, *tiny, "--fold", 0, "--candidates", 1, "--metric", "val_loss",
                      "--out", out) == 2
-    assert "scored with {'metric': 'loss', 'mode': 'min', 'split': 'fold-1'" in capsys.readouterr().err
+    assert "scored with {'metric': 'loss', 'mode': 'min', 'split': 'fold-2'" in capsys.readouterr().err
     assert run_medtf("roulette", EXPERIMENT, *tiny, "--fold", 0, "--candidates", 1, "--out", out, "--merge") == 2
-    assert "scored on 'fold-1', but this roulette scores on 'fold-0'" in capsys.readouterr().err
+    assert "scored on 'fold-2', but this roulette scores on 'fold-1'" in capsys.readouterr().err
+
+
+def test_roulette_fold_splits_inner_and_outer(lgg_folds, tmp_path):
+    """`check_split` per round: inner scores on fold (k+1) mod 3 and refuses held-out patients hidden in the
+    scoring or warm-up folds; outer scores on fold k itself (the old choice)."""
+    from medtf.training.config import ConfigError
+    from medtf.training.experiment import load_experiment
+    from medtf.training.roulette import check_split
+
+    def experiment(data_dir, k, *extra):
+        return load_experiment(EXPERIMENT, [f"data.dir={data_dir}", f"+data.fold={k}", *extra])
+
+    folded = lgg_folds["folded"]
+    assert [check_split(experiment(folded, k), 1) for k in range(3)] == ["fold-1", "fold-2", "fold-0"]
+    outer = [check_split(experiment(folded, k, "data.selection_fold=outer"), 1) for k in range(3)]
+    assert outer == ["fold-0", "fold-1", "fold-2"]
+    # A held-out (fold-0) patient also listed in fold-1 (round 0's scoring fold): refused, with or without warm-up.
+    data = _manifest_copy(folded, tmp_path / "inner_holds_held_out", {"fold-0": "fold-1"})
+    with pytest.raises(ConfigError, match=r"splits \['fold-1'\] hold 1 patient\(s\) of the held-out fold 'fold-0'"):
+        check_split(experiment(data, 0), 0)
+    # ... listed in fold-2 (round 0's training fold): refused for a warm-up, which trains on it; untrained, allowed.
+    data = _manifest_copy(folded, tmp_path / "train_holds_held_out", {"fold-0": "fold-2"})
+    with pytest.raises(ConfigError, match=r"\['fold-1', 'fold-2'\] hold 1 patient\(s\) of the held-out fold"):
+        check_split(experiment(data, 0), 1)
+    assert check_split(experiment(data, 0), 0) == "fold-1"
 
 
 def test_roulette_on_a_fold_refuses_held_out_and_test_patients(lgg_folds, tmp_path, capsys):
     folded = lgg_folds["folded"]
-    # A test patient inside fold-0: scoring on fold 0, or warming up on it for fold 1, is refused.
-    data = _manifest_copy(folded, tmp_path / "fold_holds_test", {"test": "fold-0"})
+    # A test patient inside fold-1: scoring on it (round 0), or warming up on it (round 2), is refused.
+    data = _manifest_copy(folded, tmp_path / "fold_holds_test", {"test": "fold-1"})
     base = ["roulette", EXPERIMENT, "--set", f"data.dir={data}", "--candidates", 2, "--out", tmp_path / "r"]
     assert run_medtf(*base, "--fold", 0) == 2
-    assert "validation split 'fold-0' holds 1 patient(s) of the test split" in capsys.readouterr().err
-    assert run_medtf(*base, "--fold", 1, "--warmup-steps", 1) == 2
-    assert "warm-up training splits ['fold-0'] hold 1 patient(s)" in capsys.readouterr().err
+    assert "validation split 'fold-1' holds 1 patient(s) of the test split" in capsys.readouterr().err
+    assert run_medtf(*base, "--fold", 2, "--warmup-steps", 1) == 2
+    assert "warm-up training splits ['fold-1'] hold 1 patient(s)" in capsys.readouterr().err
 
     # A transfer chain for fold 0 whose first phase trains on the same patients converted whole: refused as
     # `medtf train CHAIN --set +data.fold=0` refuses it (medtf.training.cv_transfer's fold planning).
