@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ import tensorflow as tf
 
 from medtf.evaluation.projector import TENSOR_NAME, read_projector, write_projector
 from tests.conftest import TEST_SALT, run_medtf
+from tests.hpc.test_tensorboard import _free_port  # the scalars test's server setup, reused
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -105,13 +105,7 @@ def test_training_panels_and_projector_rows_align(nucleus_run):
     np.testing.assert_allclose(probs, written, atol=2e-6)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _get(port: int, path: str, **query) -> bytes:
+def _get(port: int, path: str, **query) -> bytes:  # raw bytes: the projector's tensor route is binary
     url = f"http://127.0.0.1:{port}{path}" + (f"?{urllib.parse.urlencode(query)}" if query else "")
     with urllib.request.urlopen(url, timeout=10) as response:
         return response.read()
