@@ -50,6 +50,9 @@ Config keys (beyond ``model``, ``loss``, ``optimizer``; everything below is opti
                                 (nothing with medtf --quiet); or 0 / 1 / 2 as Keras' fit(verbose=)
       layer_decay: null         ViT fine-tuning: block i of L at lr x decay^(L - i), embeddings decay^(L + 1),
                                 head lr (medtf.training.layer_decay; BEiT uses 0.65-0.75)
+      attention_every_n_epochs: 1  masked_modeling / nucleus_classification (needs image_panels): [CLS] attention
+                                panels every N epochs (0: off) of block attention_block (-1: the last), per head
+                                too with attention_per_head: false (medtf.tasks.attention_panels)
 """
 
 from __future__ import annotations
