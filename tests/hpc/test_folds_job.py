@@ -29,6 +29,7 @@ def lgg_two_folds(hpc_root) -> Path:
 def test_array_folds_then_cv_report(slurm, lgg_two_folds, cpu_cluster_config, hpc_root, capsys):
     config = tiny_config(lgg_two_folds, epochs=1, steps_per_epoch=2, image_panels=False, log_every_n_steps=0,
                          hparams=False)
+    config["data"]["selection_fold"] = "outer"  # 2 folds: no room for an inner selection fold
     path = hpc_root / "cv.yaml"
     path.write_text(yaml.safe_dump(config))
     run_dir = hpc_root / "runs" / "cv-folds"

@@ -35,7 +35,7 @@ def prostate_config(hpc_root) -> Path:
                      "--id-salt", TEST_SALT, "--patch-mm", SIZE, "--patch-size", SIZE, "--no-alignment-pngs",
                      "--folds", 2, "--split", "1") == 0
     config = yaml.safe_load((REPO / "experiments/prostate_vgg_elu.yaml").read_text())
-    config["data"].update(dir=str(data), batch_size=4)
+    config["data"].update(dir=str(data), batch_size=4, selection_fold="outer")  # 2 folds: no inner selection fold
     config["model"]["args"]["input_shape"] = [SIZE, SIZE]
     path = hpc_root / "prostate_roulette.yaml"
     path.write_text(yaml.safe_dump(config))
