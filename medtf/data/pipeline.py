@@ -153,6 +153,7 @@ def make_dataset(
     service: str | None = None,
     service_mode: str = "distributed_epoch",
     service_timeout: float | None = None,
+    mosaic: Mapping | None = None,
 ):
     """A batched, prefetched ``tf.data.Dataset`` over one or more splits of a medtf shard folder.
 
@@ -192,6 +193,8 @@ def make_dataset(
             ``service_timeout`` s (default 300) for a registered worker.
         service_mode: ``"distributed_epoch"`` (each example once per epoch over all workers and trainers) or
             ``"parallel_epochs"`` (every worker reads everything; see `medtf.data.service`).
+        mosaic: ``nuclei-he`` training on overlapping crops from 2 x 2 neighbouring tiles of one source image
+            (``{"size": ..., "min_visible": ...}``, `medtf.data.mosaic`); before the transforms and patch.
 
     Returns:
         ``tf.data.Dataset`` of batches, e.g. lgg-mri: ``((B, H, W, 3) float32, (B, H, W, 1) float32)``;
@@ -232,6 +235,14 @@ def make_dataset(
     if seed is None and not training:
         seed = 0  # evaluation is reproducible by default (only matters when transforms are given)
 
+    if mosaic is not None:  # {} too: every setting at its default
+        from medtf.data import mosaic as mosaic_lib
+
+        mosaic = mosaic_lib.settings(mosaic, manifest, data_dir)
+    if mosaic:
+        if not training or service is not None or balance is not None:
+            raise ValueError("data.mosaic: overlapping crops are for training, without the tf.data service and "
+                             "class_balance")
     parse = parsers.parse_fn(kind, training, manifest)
     keep = parsers.keep_fn(kind, training)
     augment = _augment_fn(_build_transform(transforms),
@@ -282,6 +293,12 @@ def make_dataset(
                           deterministic=deterministic)
     if keep is not None:
         dataset = dataset.filter(keep)
+    if mosaic:  # one element per source image: its tiles stacked (this pipeline's files, see medtf.data.mosaic)
+        if shard_records:
+            raise ValueError(f"data.mosaic: {data_dir} has fewer shard files ({len(files)}) than input pipelines "
+                             f"({pipelines}); tiles of one image must stay in one pipeline")
+        dataset = mosaic_lib.group_tiles(dataset, mosaic_lib.tile_counts(files[pipeline_id::pipelines],
+                                                                         compression))
     if cache is not None:
         dataset = dataset.cache("" if cache == "memory" else os.fspath(cache))
 
@@ -296,9 +313,13 @@ def make_dataset(
         if balance is not None:
             dataset = balance_lib.augmentation_factor(dataset, balance)
         if training:
-            dataset = dataset.shuffle(shuffle_buffer, seed=_seed(seed, 3), reshuffle_each_iteration=True)
+            buffer = mosaic_lib.GROUP_SHUFFLE if mosaic else shuffle_buffer
+            dataset = dataset.shuffle(buffer, seed=_seed(seed, 3), reshuffle_each_iteration=True)
         if repeat:
             dataset = dataset.repeat()
+        if mosaic:  # each source -> as many crops as tiles, shuffled
+            dataset = mosaic_lib.crops(dataset, mosaic, seed=_seed(seed, 5), shuffle_buffer=shuffle_buffer,
+                                       deterministic=deterministic)
 
     # === Per-example seed -> augmentation -> model inputs ===
     if augment is not None and augment.seeded:

@@ -20,7 +20,8 @@ Sections and defaults (``medtf/training/engine.py`` describes what each key does
                patch_size, val_patch_size (null),
                val_batch_size (null: batch_size), transforms ([]), preprocess ([]), seed (null: the top-level seed),
                service (null | grpc://host:port | auto: tf.data service for the training set, medtf.data.service),
-               service_mode (distributed_epoch | parallel_epochs), service_timeout (300 s)
+               service_mode (distributed_epoch | parallel_epochs), service_timeout (300 s), mosaic (null |
+               {size, min_visible}: nuclei-he training crops across 2 x 2 neighbouring tiles, medtf.data.mosaic)
     model:     name (required), args ({}: the model's constructor arguments), init_from (null), carry (all |
                backbone), init_from_strict (true), freeze_blocks ([]), freeze_up_to (null)
     task:      segmentation (default) | classification | contrastive | masked_modeling (`medtf.tasks`)
@@ -146,6 +147,8 @@ class DataConfig(Config):
     service: str | None = None  # training set only; validation stays in-process (no augmentation to move)
     service_mode: str = "distributed_epoch"
     service_timeout: float = 300.0
+    # training split only: nuclei-he crops from 2 x 2 neighbouring tiles, {size, min_visible} (medtf.data.mosaic)
+    mosaic: dict | None = None
 
     def __post_init__(self):
         # Stored absolute: a run directory's config.yaml must work from any working directory.
@@ -157,6 +160,12 @@ class DataConfig(Config):
         from medtf.data.service import SERVICE_MODES, normalize_address
 
         choice(self.service_mode, SERVICE_MODES, f"{path}.service_mode", "service mode")
+        if self.mosaic is not None:
+            from medtf.data.mosaic import KEYS
+
+            unknown = sorted(set(self.mosaic) - set(KEYS))
+            if unknown:
+                raise ConfigError(f"{path}.mosaic.{unknown[0]}: unknown key; mosaic takes {', '.join(KEYS)}")
         from medtf.data.manifest import SELECTION_FOLDS
 
         choice(self.selection_fold, SELECTION_FOLDS, f"{path}.selection_fold", "selection fold")
