@@ -248,8 +248,9 @@ def aggregate_folds(run_dir: str | os.PathLike, folds: int | None = None, *, wri
         config = read_run_config(path / "config.yaml")  # training_state parsed it already
         train_cfg = config.train
         tasks.add(config.task)
-        record["selection_split"] = _selection_split(config.data, k, k_total, notes)
-        selections.add(config.data.selection_fold)
+        selection = _selection_fold(path / "config.yaml")
+        record["selection_split"] = _selection_split(selection, k, k_total, notes)
+        selections.add(selection)
         monitor, mode = train_cfg.monitor, train_cfg.mode
         rows = read_history(path / "history.csv")
         best = best_row(rows, monitor, mode)
@@ -293,13 +294,20 @@ def aggregate_folds(run_dir: str | os.PathLike, folds: int | None = None, *, wri
     return report
 
 
-def _selection_split(data, k: int, k_total: int, notes: list[str]) -> str | None:
-    """The fold that chose fold ``k``'s checkpoint, from its config (no manifest needed: folds are 0..K-1)."""
+def _selection_fold(path: Path) -> str:
+    """A run's ``data.selection_fold``. A run's config.yaml has every default filled in, so one without the key was
+    written before nested selection existed: it chose on the held-out fold (outer)."""
+    data = (_read_yaml(path) or {}).get("data") or {}
+    return str(data.get("selection_fold") or "outer")
+
+
+def _selection_split(selection: str, k: int, k_total: int, notes: list[str]) -> str | None:
+    """The fold that chose fold ``k``'s checkpoint (no manifest needed: folds are 0..K-1)."""
     from medtf.data.manifest import nested_fold_splits
 
     try:
         names = {"splits": {f"fold-{j}": {} for j in range(k_total)}}
-        return nested_fold_splits(names, k, data.selection_fold).selection
+        return nested_fold_splits(names, k, selection).selection
     except ValueError as exc:
         notes.append(f"fold {k}: {exc}")
         return None

@@ -18,10 +18,10 @@ Per cross-validation fold (``data.fold: k``, ``medtf roulette --fold k``) the ca
 selection fold and warmed up on its training folds, as ``medtf train --set +data.fold=k`` splits them
 (`medtf.training.inputs.fold_roles`): with ``data.selection_fold: inner`` (default) scored on ``fold-((k+1) mod K)``,
 warmed up on the other K-2 folds, and the held-out ``fold-k`` (and its patients) is refused for both; with
-``outer`` scored on ``fold-k`` (the old, optimistic choice). On a transfer chain the fold is planned as for training (`medtf.training.cv_transfer.
-fold_transfer_experiment`: a phase whose data holds held-out-fold or test patients is refused). Every record
-names its split, metric and warm-up, and one output folder holds one setting: a fold's roulette never ranks
-another fold's scores.
+``outer`` scored on ``fold-k`` (the old, optimistic choice). On a transfer chain the fold is planned as for
+training (`medtf.training.cv_transfer.fold_transfer_experiment`: a phase whose data holds held-out-fold or test
+patients is refused). Every record names its split, metric and warm-up, and one output folder holds one setting:
+a fold's roulette never ranks another fold's scores.
 """
 
 from __future__ import annotations

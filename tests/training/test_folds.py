@@ -194,11 +194,13 @@ EVAL_DICE = {0: 0.55, 1: 0.75, 2: 0.62}
 EVAL_HD95 = {0: 4.0, 1: None, 2: 6.0}  # fold 1: HD95 undefined in every case (null in summary.json)
 
 
-def _fake_fold(run_dir: Path, k: int, folds: int = 3, evaluated: bool = True) -> Path:
+def _fake_fold(run_dir: Path, k: int, folds: int = 3, evaluated: bool = True,
+               selection: str | None = "inner") -> Path:
     path = run_dir / f"fold_{k}"
     (path / "checkpoints").mkdir(parents=True)
+    selection = {} if selection is None else {"selection_fold": selection}  # None: a config.yaml from before it
     (path / "config.yaml").write_text(yaml.safe_dump(
-        {"data": {"dir": str(run_dir / "nowhere"), "batch_size": 2, "fold": k, "folds": folds},
+        {"data": {"dir": str(run_dir / "nowhere"), "batch_size": 2, "fold": k, "folds": folds, **selection},
          "model": {"name": "unet2d_small"}, "loss": {"name": "dice_focal"},
          "train": {"epochs": 2, "monitor": "val_dice", "mode": "max"}}))
     with open(path / "history.csv", "w", newline="") as f:
@@ -230,7 +232,7 @@ def test_aggregate_matches_hand_computed_mean_and_sample_sd(tmp_path):
     report = aggregate_folds(tmp_path)
     assert report["folds"] == 3 and report["complete"] and report["missing"] == []
     assert [r["best_epoch"] for r in report["fold_status"]] == [1, 0, 0]
-    # The configs leave selection_fold at its default: each fold chose on the next one, and the report says so.
+    # Inner selection: each fold chose on the next one, and the report says so.
     assert report["selection_fold"] == "inner"
     assert [r["selection_split"] for r in report["fold_status"]] == ["fold-1", "fold-2", "fold-0"]
     assert any("nested selection" in note for note in report["notes"])
@@ -254,6 +256,18 @@ def test_aggregate_matches_hand_computed_mean_and_sample_sd(tmp_path):
         rows = {r["metric"]: r for r in csv.DictReader(f)}
     assert [float(rows["history/val_dice"][f"fold_{k}"]) for k in range(3)] == [0.5, 0.7, 0.6]
     assert float(rows["history/val_dice"]["sd"]) == pytest.approx(0.1) and rows["history/val_dice"]["n"] == "3"
+
+
+def test_a_cross_validation_from_before_nested_selection_is_reported_as_outer(tmp_path, capsys):
+    """Fold configs without ``selection_fold`` (written before it existed) chose on the scored fold: said so."""
+    from medtf.training.folds import aggregate_folds, format_report
+
+    for k in range(3):
+        _fake_fold(tmp_path, k, selection=None)
+    report = aggregate_folds(tmp_path, write=False)
+    assert report["selection_fold"] == "outer"
+    assert [r["selection_split"] for r in report["fold_status"]] == ["fold-0", "fold-1", "fold-2"]
+    assert "chose their checkpoint on the fold eval/* scores (optimistic)" in format_report(report)
 
 
 def test_missing_unfinished_and_unevaluated_folds_are_reported(tmp_path, capsys):
