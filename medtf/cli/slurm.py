@@ -311,7 +311,7 @@ def run(args) -> int:
             if args.workers is not None and not args.tune:
                 print("medtf slurm: --workers goes with --tune", file=sys.stderr)
                 return 2
-            _check_config(args.target, args.overrides, args.tune)
+            _check_config(args.target, args.overrides, args.tune, array=args.array)
             stem = Path(args.target).stem + ("-tune" if args.tune else "")
             spec = JobSpec(config=args.target, run_dir=args.run_dir or f"runs/{stem}",
                            nodes=args.nodes, gpus_per_node=args.gpus_per_node,
@@ -337,7 +337,7 @@ def run(args) -> int:
         return 2
 
 
-def _check_config(config: str, overrides, tune: bool) -> None:
+def _check_config(config: str, overrides, tune: bool, array: str | None = None) -> None:
     """A bad experiment (or tune section) fails here, at submission, rather than after waiting in the queue."""
     from medtf.training.experiment import load_experiment
     from medtf.tuning.settings import tune_settings
@@ -345,3 +345,19 @@ def _check_config(config: str, overrides, tune: bool) -> None:
     experiment = load_experiment(config, overrides)  # the tune section too, when the file has one
     if tune:
         tune_settings(experiment)  # --tune without a tune section
+    if array:
+        _check_fold_selection(experiment.data)
+
+
+def _check_fold_selection(data) -> None:
+    """``--array`` (task id -> data.fold) on a K-fold folder its selection cannot split (inner on K < 3): refused
+    now, not in every task. A folder that is not readable here (another file system) is left to the tasks."""
+    from medtf.data.manifest import ManifestError, fold_names, read_manifest
+    from medtf.training.inputs import fold_roles
+
+    try:
+        folds = fold_names(read_manifest(data.dir))
+    except (ManifestError, OSError, ValueError):
+        return
+    if folds:
+        fold_roles(data.replace(fold=0, folds=None))

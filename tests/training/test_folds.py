@@ -444,3 +444,17 @@ def test_export_fingerprint_reads_the_run_s_training_folds():
     assert training_splits(manifest, {"fold": 2, "selection_fold": "outer"}) == ["fold-0", "fold-1", "fold-3",
                                                                                  "fold-4"]
     assert training_splits(manifest, {"fold": 2}) == ["fold-0", "fold-1", "fold-3", "fold-4"]
+
+
+def test_slurm_array_refuses_inner_selection_on_two_folds(lgg_folds2, lgg_folds3, tmp_path, capsys):
+    """`medtf slurm CONFIG --array` (task id -> data.fold) refuses at submission what every task would refuse."""
+    for data_dir, selection, code in ((lgg_folds2, "inner", 2), (lgg_folds2, "outer", 0), (lgg_folds3, "inner", 0)):
+        path = tmp_path / f"{data_dir.parent.name}-{selection}.yaml"
+        path.write_text(yaml.safe_dump(_fold_config(data_dir, selection_fold=selection)))
+        capsys.readouterr()
+        assert run_medtf("slurm", path, "--array", "0-2", "--run-dir", tmp_path / "cv") == code
+        out, err = capsys.readouterr()
+        if code:
+            assert "selection_fold 'inner' needs at least 3 folds" in err and "has 2" in err
+        else:
+            assert '--set +data.fold="${FOLD}"' in out
