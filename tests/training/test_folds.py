@@ -458,3 +458,18 @@ def test_slurm_array_refuses_inner_selection_on_two_folds(lgg_folds2, lgg_folds3
             assert "selection_fold 'inner' needs at least 3 folds" in err and "has 2" in err
         else:
             assert '--set +data.fold="${FOLD}"' in out
+
+
+def test_choosers_select_on_the_inner_fold(lgg_folds3, lgg_folds2):
+    """`medtf tune` / `medtf roulette` ask `check_selection_split`: with data.fold it is the round's selection fold."""
+    from medtf.training.config import ConfigError
+    from medtf.training.experiment import parse_config
+    from medtf.training.selection import check_selection_split
+
+    def chosen(data_dir, **data):
+        return check_selection_split(parse_config(_fold_config(data_dir, **data), components=False), "medtf tune")
+
+    assert [chosen(lgg_folds3, fold=k) for k in range(3)] == ["fold-1", "fold-2", "fold-0"]
+    assert [chosen(lgg_folds3, fold=k, selection_fold="outer") for k in range(3)] == ["fold-0", "fold-1", "fold-2"]
+    with pytest.raises(ConfigError, match="needs at least 3 folds"):
+        chosen(lgg_folds2, fold=1)
