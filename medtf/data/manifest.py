@@ -112,16 +112,16 @@ def nested_fold_splits(manifest: Mapping, k: int, selection: str = "inner") -> F
         raise ManifestError(f"not a K-fold manifest (splits: {list(manifest['splits'])})")
     if selection not in SELECTION_FOLDS:
         raise ValueError(f"selection_fold {selection!r}: one of {', '.join(SELECTION_FOLDS)}")
-    if isinstance(k, bool) or not 0 <= k < len(folds):
+    held_out = f"fold-{k}"
+    if isinstance(k, bool) or held_out not in folds:
         raise ValueError(f"fold {k} out of range: the manifest has {len(folds)} folds")
-    held_out = folds[k]
     if selection == "outer":
         return FoldSplits([f for f in folds if f != held_out], held_out, held_out)
     if len(folds) < 3:
         raise ValueError(f"selection_fold 'inner' needs at least 3 folds (training, selection, held-out), but the "
                          f"manifest has {len(folds)}: convert with --folds 3 or more, or set data.selection_fold: "
                          f"outer (chooses on the held-out fold itself: optimistic)")
-    chooser = folds[(k + 1) % len(folds)]
+    chooser = folds[(folds.index(held_out) + 1) % len(folds)]  # the next fold in fold order, wrapping around
     return FoldSplits([f for f in folds if f not in (held_out, chooser)], chooser, held_out)
 
 
