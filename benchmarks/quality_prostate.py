@@ -47,8 +47,13 @@ PROSTATE_SPLIT = "0.6,0.2,0.2"
 # class seen 3 times per epoch with its own augmentation draws (the thesis's augmentation factor).
 PROSTATE_OVERRIDES = ("data.batch_size=16", "train.epochs=24", "+train.verbose=0", "+train.log_every_n_steps=0",
                       "data.class_balance={method: augmentation_factor, factor: 3, minority: 1}")
-ROULETTE_CANDIDATES, ROULETTE_WARMUP = 4, 5
-SHUFFLED_PERMUTATIONS = 3
+PROSTATE_SEEDS = (0, 1, 2)  # model seeds (offsets to --seed) of the `prostate` workload: mean, sd, each with its CI
+# One epoch of warm-up: scores after 5 steps measured how the initialisation happens to rank conspicuous lesions,
+# not how it trains (at 60 patients the 5-step winner trained to the worst of 4).
+ROULETTE_CANDIDATES, ROULETTE_WARMUP = 8, "epoch"
+SHUFFLED_PERMUTATIONS = 5
+SYNTH_WORKERS = 3  # processes writing the synthetic patients (a 150-patient cohort: ~25 min in one)
+UNTRAINED_SEEDS = 32  # untrained networks scored on the test findings beside the shuffled control
 ROI_RADIUS_MM = 3.0
 TARGETS = {"auc": 0.90, "margin": 0.05, "shuffled_max": 0.60}
 WORKLOADS = ("prostate", "prostate-shuffled", "prostate-roulette", "prostate-tl", "prostate-tl-prostate-only")
@@ -68,7 +73,12 @@ def _cli(*args) -> None:
 def prostate_sources(out: Path, cases: int, seed: int, id_salt: str) -> Path:
     source, shards = out / "source" / "prostate-mpmri", out / "shards" / "prostate-mpmri"
     if not (shards / "manifest.json").exists():
-        _cli("synth", "prostate-mpmri", "--out", source, "--cases", cases, "--seed", seed)
+        from medtf.synth.prostate_mpmri import CSV_FOLDERS, generate_prostate_mpmri
+
+        if not (source / CSV_FOLDERS["Train"] / "ProstateX-Findings-Train.csv").is_file():  # written last
+            # `medtf synth prostate-mpmri --cases N --seed S`, in worker processes (~9 s a patient in one)
+            print(f"synth prostate-mpmri: {cases} patients, seed {seed}, {SYNTH_WORKERS} workers", flush=True)
+            generate_prostate_mpmri(source, cases=cases, seed=seed, workers=SYNTH_WORKERS)
         _cli("convert", "prostate-mpmri", "--input", source, "--output", shards, "--split", PROSTATE_SPLIT,
              "--seed", seed, "--id-salt", id_salt, "--workers", 2, "--no-alignment-pngs")
     return shards
@@ -119,82 +129,195 @@ def train_and_evaluate(shards: Path, run_dir: Path, eval_data: Path, overrides=(
 
 
 def relabel_training_shards(shards: Path, out: Path, seed: int, splits=("train", "val")) -> dict:
-    """Copy ``shards`` to ``out`` with the labels of each of ``splits`` permuted (seeded, within the split);
-    returns what moved. The validation labels are permuted too: the best epoch is chosen on them, and choosing it
-    on true labels would hand the control the label information it must not have."""
-    import tensorflow as tf
+    """Copy ``shards`` to ``out`` with the known labels (0 / 1; unknown -1 stays where it is) of each of ``splits``
+    permuted (seeded, within the split); returns what moved. The validation labels are permuted too: the best
+    epoch is chosen on them, and choosing it on true labels would hand the control the label information it must
+    not have. Only ``label`` changes: images, ids, manifest split assignment and counts are the conversion's."""
+    from _shards import rewrite_splits
 
-    from medtf.data.manifest import read_manifest, write_manifest
-    from medtf.data.shards import write_shard
+    def permute(n, split, examples):
+        labels = np.array([ex.features.feature["label"].int64_list.value[0] for ex in examples])
+        known = np.flatnonzero(labels >= 0)
+        new = labels.copy()
+        new[known] = labels[known][np.random.default_rng([seed, n]).permutation(len(known))]
+        for ex, value in zip(examples, new):
+            ex.features.feature["label"].int64_list.value[:] = [int(value)]
+        return {"findings": int(len(known)), "labels_changed": int((new != labels).sum()),
+                "positives": int((labels == 1).sum())}
 
-    if out.exists():
-        shutil.rmtree(out)
-    shutil.copytree(shards, out)
-    manifest = read_manifest(out)
-    compression = manifest.get("compression") or ""
-    moved = {}
-    for n, split in enumerate(splits):
-        entries = manifest["splits"][split]["shards"]
-        records = [[tf.train.Example.FromString(r.numpy()) for r in
-                    tf.data.TFRecordDataset(str(out / s["file"]), compression_type=compression)] for s in entries]
-        labels = np.array([ex.features.feature["label"].int64_list.value[0] for shard in records for ex in shard])
-        new = labels[np.random.default_rng([seed, n]).permutation(len(labels))]
-        i = 0
-        for entry, shard in zip(entries, records):
-            for ex in shard:
-                ex.features.feature["label"].int64_list.value[:] = [int(new[i])]
-                i += 1
-            entry.update(write_shard(out / entry["file"], [ex.SerializeToString() for ex in shard],
-                                     manifest.get("compression")))
-        moved[split] = {"findings": int(len(labels)), "labels_changed": int((new != labels).sum()),
-                        "positives": int(labels.sum())}
-    write_manifest(out, manifest)
+    moved = rewrite_splits(shards, out, splits, permute)
     return {"train_findings": moved["train"]["findings"], "labels_changed": moved["train"]["labels_changed"],
             "positives": moved["train"]["positives"], "splits": moved}
 
 
+def _stats(values) -> dict:
+    v = np.asarray(values, float)
+    return {"mean": float(np.mean(v)), "sd": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, "n": int(len(v))}
+
+
+def _seed_job(out: Path, shards: Path, model_seed: int) -> dict:
+    name = "prostate" if model_seed == 0 else f"prostate-seed-{model_seed}"
+    result = train_and_evaluate(shards, out / "runs" / name, shards, overrides=(f"seed={model_seed}",))
+    print(f"prostate seed {model_seed}: test AUC {result['auc']:.3f}", flush=True)
+    return {**result, "model_seed": model_seed}
+
+
+def _shuffled_job(out: Path, shards: Path, k: int, seed: int) -> dict:
+    suffix = "" if k == 0 else f"-{k}"
+    shuffled = out / "shards" / f"prostate-mpmri-shuffled{suffix}"
+    moved = relabel_training_shards(shards, shuffled, seed + k)
+    # each permutation with its own initialisation too: an untrained network's score already ranks the test
+    # findings (AUC far from 0.5 either way, sign set by the initialisation); one shared seed would repeat it
+    result = train_and_evaluate(shuffled, out / "runs" / f"prostate-shuffled{suffix}", eval_data=shards,
+                                overrides=(f"seed={seed + k}",))
+    print(f"shuffled permutation {seed + k}: test AUC {result['auc']:.3f}", flush=True)
+    return {**result, "permutation_seed": seed + k, "model_seed": seed + k, "relabelled": moved}
+
+
+def _roulette_job(out: Path, shards: Path) -> dict:
+    from medtf.cli.demo import experiments_dir
+
+    folder, steps = out / "roulette", warmup_steps(shards)
+    _cli("roulette", experiments_dir() / "prostate_vgg_elu.yaml", "--set", f"data.dir={shards}",
+         *[a for o in PROSTATE_OVERRIDES for a in ("--set", o)], "--candidates", ROULETTE_CANDIDATES,
+         "--warmup-steps", steps, "--metric", "val_auc", "--out", folder, "--keep-all", "--quiet")
+    return {**json.loads((folder / "roulette.json").read_text()), "warmup_steps": steps}
+
+
+def _candidate_job(out: Path, shards: Path, entry: dict) -> dict:
+    weights = out / "roulette" / "candidates" / f"seed-{entry['seed']}.keras"
+    res = train_and_evaluate(shards, out / "runs" / f"roulette-seed-{entry['seed']}", shards, init_from=weights)
+    print(f"roulette seed {entry['seed']}: score {entry['score']:.3f}, test AUC {res['auc']:.3f}", flush=True)
+    return {"seed": entry["seed"], "val_score": entry["score"], **res}
+
+
+def prostate_jobs(out: Path, seed: int) -> list[tuple[Path, object]]:
+    """Every training of the `prostate*` workloads (but TL) as (result JSON, job): `_once.help_out` processes
+    take them beside ``quality.py`` on the same ``--out`` (after the conversion). Candidates wait for roulette."""
+    from functools import partial
+
+    shards, jobs = out / "shards" / "prostate-mpmri", out / "jobs"
+    todo = [(jobs / f"prostate-seed-{seed + k}.json", partial(_seed_job, out, shards, seed + k))
+            for k in PROSTATE_SEEDS]
+    todo.append((jobs / "roulette.json", partial(_roulette_job, out, shards)))
+    todo += [(jobs / f"shuffled-{k}.json", partial(_shuffled_job, out, shards, k, seed))
+             for k in range(SHUFFLED_PERMUTATIONS)]
+    todo.append((jobs / "untrained.json", partial(untrained_scores, shards, range(seed, seed + UNTRAINED_SEEDS))))
+    if (jobs / "roulette.json").is_file():
+        scored = json.loads((jobs / "roulette.json").read_text())["scores"]
+        todo += [(jobs / f"roulette-seed-{e['seed']}.json", partial(_candidate_job, out, shards, e)) for e in scored]
+    else:
+        todo.append((jobs / "roulette-candidates", None))  # not ready: listed again once roulette.json exists
+    return todo
+
+
+def help_prostate(out: Path, seed: int = 0) -> int:
+    """A helper process: ``python -c 'import quality_prostate as q; q.help_prostate(Path(OUT))'`` (benchmarks/
+    on sys.path) beside ``quality.py --only prostate,... --out OUT``, once OUT's conversion exists."""
+    from _once import help_out
+
+    return help_out(lambda: prostate_jobs(out, seed))
+
+
 def run_prostate(out: Path, cases: int, seed: int, id_salt: str) -> dict:
+    """VGG-ELU from `PROSTATE_SEEDS` model seeds (one seed's test AUC is too noisy a figure: the seeds spread by
+    ~0.2 at 60 patients), each with its bootstrap CI; verdict on the mean."""
+    from _once import once
+
     shards = prostate_sources(out, cases, seed, id_salt)
-    result = train_and_evaluate(shards, out / "runs" / "prostate", shards)
-    return {**result, "overrides": list(PROSTATE_OVERRIDES), "baseline": adc_baseline(shards)}
+    runs = [once(out / "jobs" / f"prostate-seed-{seed + k}.json", lambda k=k: _seed_job(out, shards, seed + k))
+            for k in PROSTATE_SEEDS]
+    return {**runs[0], "runs": runs, "auc_stats": _stats([r["auc"] for r in runs]),
+            "mean_auc": _stats([r["auc"] for r in runs])["mean"], "overrides": list(PROSTATE_OVERRIDES),
+            "baseline": adc_baseline(shards)}
 
 
 def run_prostate_shuffled(out: Path, cases: int, seed: int, id_salt: str) -> dict:
-    """`SHUFFLED_PERMUTATIONS` seeded permutations, each trained once from its own seed: one permutation scored on
-    ~24 test findings is too noisy a control (its AUC has a standard error of ~0.12); the verdict is on their mean."""
+    """`SHUFFLED_PERMUTATIONS` seeded permutations, each trained once from its own seed: one permutation's AUC is a
+    noisy figure (standard error ~0.12 on 24 test findings, ~0.07 on 60); the verdict is on their mean, set beside
+    the untrained networks' AUCs on the same test findings (`untrained_scores`)."""
+    from _once import once
+
     shards = prostate_sources(out, cases, seed, id_salt)
-    runs = []
-    for k in range(SHUFFLED_PERMUTATIONS):
-        suffix = "" if k == 0 else f"-{k}"
-        shuffled = out / "shards" / f"prostate-mpmri-shuffled{suffix}"
-        moved = relabel_training_shards(shards, shuffled, seed + k)
-        # each permutation with its own initialisation too: an untrained or noise-trained network's score already
-        # tracks lesion conspicuity (roulette's untrained candidates score val AUC 0.3-0.9), with a sign set by its
-        # initialisation; one shared seed would repeat that sign in every permutation
-        result = train_and_evaluate(shuffled, out / "runs" / f"prostate-shuffled{suffix}", eval_data=shards,
-                                    overrides=(f"seed={seed + k}",))
-        runs.append({**result, "permutation_seed": seed + k, "model_seed": seed + k, "relabelled": moved})
+    runs = [once(out / "jobs" / f"shuffled-{k}.json", lambda k=k: _shuffled_job(out, shards, k, seed))
+            for k in range(SHUFFLED_PERMUTATIONS)]
+    untrained = once(out / "jobs" / "untrained.json",
+                     lambda: untrained_scores(shards, range(seed, seed + UNTRAINED_SEEDS)))
     return {**runs[0], "runs": runs, "mean_auc": float(np.mean([r["auc"] for r in runs])),
-            "overrides": list(PROSTATE_OVERRIDES)}
+            "auc_stats": _stats([r["auc"] for r in runs]), "overrides": list(PROSTATE_OVERRIDES),
+            "untrained": untrained}
+
+
+def untrained_scores(shards: Path, seeds, split: str = "test") -> dict:
+    """Test AUC of the experiment's network straight after initialisation (``keras.utils.set_random_seed(s)``,
+    as roulette's candidate ``s``), one per seed, on the true labels of ``split``: the distribution a label-free
+    network already reaches on these findings. Also the AUC of two label-free image statistics (crop standard
+    deviation, mean |z| inside 5 px of the centre), i.e. how much "conspicuity" alone ranks the classes, and how
+    strongly each network's score follows them (Spearman)."""
+    import keras
+    from scipy.stats import spearmanr
+
+    from medtf.cli.demo import experiments_dir
+    from medtf.evaluation.cases import iter_examples
+    from medtf.tasks.base import main_output
+    from medtf.tasks.classification import _auc
+    from medtf.training.config import load_config
+    from medtf.training.engine import build_model
+    from medtf.training.experiment import parse_config
+
+    config = parse_config(load_config(experiments_dir() / "prostate_vgg_elu.yaml",
+                                      [f"data.dir={shards}", *PROSTATE_OVERRIDES]))
+    examples = [ex for ex in iter_examples(shards, split) if int(ex["label"]) >= 0]
+    x = np.stack([ex["image"] for ex in examples]).astype(np.float32)
+    y = np.array([int(ex["label"]) for ex in examples])
+    c = x.shape[1] // 2
+    stats = {"crop_sd": x.std(axis=(1, 2, 3)), "centre_abs_z": np.abs(x[:, c - 5:c + 6, c - 5:c + 6]).mean((1, 2, 3))}
+    aucs, follow = [], []
+    for s in seeds:
+        keras.utils.set_random_seed(int(s))
+        model = build_model(config.model)
+        score = np.asarray(main_output(model(x, training=False)), np.float64)[:, -1]
+        aucs.append(_auc(y, score))
+        follow.append(float(spearmanr(score, stats["crop_sd"]).statistic))
+        keras.backend.clear_session()
+    aucs = np.asarray(aucs)
+    return {"seeds": [int(s) for s in seeds], "aucs": aucs.tolist(), **_stats(aucs),
+            "share_above_half": float(np.mean(aucs > 0.5)), "mean_abs_dev": float(np.mean(np.abs(aucs - 0.5))),
+            "findings": int(len(y)), "positives": int(y.sum()),
+            "stat_aucs": {k: _auc(y, v) for k, v in stats.items()},
+            "spearman_with_crop_sd": {"mean": float(np.mean(follow)), "mean_abs": float(np.mean(np.abs(follow)))}}
+
+
+def warmup_steps(shards: Path) -> int:
+    """`ROULETTE_WARMUP` steps, or with "epoch" one training epoch as `medtf train` counts it."""
+    if ROULETTE_WARMUP != "epoch":
+        return int(ROULETTE_WARMUP)
+    from medtf.cli.demo import experiments_dir
+    from medtf.training.config import load_config
+    from medtf.training.inputs import steps_per_epoch
+
+    config = load_config(experiments_dir() / "prostate_vgg_elu.yaml", [f"data.dir={shards}", *PROSTATE_OVERRIDES])
+    return steps_per_epoch(config["data"], config["train"])
 
 
 def run_prostate_roulette(out: Path, cases: int, seed: int, id_salt: str) -> dict:
-    from medtf.cli.demo import experiments_dir
+    """`ROULETTE_CANDIDATES` candidates scored after the warm-up, each then trained the same way from its
+    (warmed-up) weights; the winner's test AUC vs the seeds' mean, and how well the roulette score predicts the
+    trained test AUC (Spearman over the candidates)."""
+    from scipy.stats import spearmanr
+
+    from _once import once
 
     shards = prostate_sources(out, cases, seed, id_salt)
-    folder = out / "roulette"
-    _cli("roulette", experiments_dir() / "prostate_vgg_elu.yaml", "--set", f"data.dir={shards}",
-         *[a for o in PROSTATE_OVERRIDES for a in ("--set", o)], "--candidates", ROULETTE_CANDIDATES,
-         "--warmup-steps", ROULETTE_WARMUP, "--metric", "val_auc", "--out", folder, "--keep-all", "--quiet")
-    summary = json.loads((folder / "roulette.json").read_text())
-    trained = []
-    for entry in summary["scores"]:
-        weights = folder / "candidates" / f"seed-{entry['seed']}.keras"
-        res = train_and_evaluate(shards, out / "runs" / f"roulette-seed-{entry['seed']}", shards, init_from=weights)
-        trained.append({"seed": entry["seed"], "val_score": entry["score"], **res})
+    summary = once(out / "jobs" / "roulette.json", lambda: _roulette_job(out, shards))
+    trained = [once(out / "jobs" / f"roulette-seed-{e['seed']}.json", lambda e=e: _candidate_job(out, shards, e))
+               for e in summary["scores"]]
     best = next(t for t in trained if t["seed"] == summary["best"]["seed"])
-    return {"candidates": ROULETTE_CANDIDATES, "warmup_steps": ROULETTE_WARMUP, "runs": trained, "best": best,
-            "mean_auc": float(np.nanmean([t["auc"] for t in trained])),
+    scores, aucs = [t["val_score"] for t in trained], [t["auc"] for t in trained]
+    return {"candidates": ROULETTE_CANDIDATES, "warmup_steps": summary["warmup_steps"], "runs": trained,
+            "best": best, "mean_auc": float(np.nanmean(aucs)), "auc_stats": _stats(aucs),
+            "spearman_score_test_auc": float(spearmanr(scores, aucs).statistic),
+            "spearman_score_best_val_auc": float(spearmanr(scores, [t["best_val_auc"] for t in trained]).statistic),
             "train_minutes": float(sum(t["train_minutes"] for t in trained))}
 
 
@@ -263,33 +386,53 @@ def report(results: dict) -> tuple[list[str], list[tuple]]:
     verdicts = []
     if "prostate" in results:
         res, base = results["prostate"], results["prostate"]["baseline"]
-        lines.append(f"| VGG-ELU (vgg_elu_small) | {_f(res['auc'])} [{_f(res['auc_ci'][0])}, {_f(res['auc_ci'][1])}] "
-                     f"| {_f(res['best_val_auc'])} | {_f(res['train_minutes'], 1)} |")
+        for run in res.get("runs", [res]):
+            lines.append(f"| VGG-ELU (vgg_elu_small), model seed {run.get('model_seed', 0)} | {_f(run['auc'])} "
+                         f"[{_f(run['auc_ci'][0])}, {_f(run['auc_ci'][1])}] | {_f(run['best_val_auc'])} | "
+                         f"{_f(run['train_minutes'], 1)} |")
+        st = res.get("auc_stats", {"mean": res["auc"], "sd": 0.0, "n": 1})
+        lines.append(f"| VGG-ELU, mean ± sd over {st['n']} seeds | {_f(st['mean'])} ± {_f(st['sd'])} | | |")
         lines.append(f"| mean ADC in a {ROI_RADIUS_MM:g} mm disc + logistic regression (train AUC "
                      f"{_f(base['train_auc'])}; {base['n_train']} train / {base['n_test']} test findings, "
                      f"{base['test_positives']} test positives) | {_f(base['test_auc'])} | | |")
-        verdicts += [("prostate VGG-ELU test AUC", res["auc"], f">= {TARGETS['auc']}", res["auc"] >= TARGETS["auc"]),
-                     ("prostate VGG-ELU - ADC baseline", res["auc"] - base["test_auc"], f">= {TARGETS['margin']}",
-                      res["auc"] - base["test_auc"] >= TARGETS["margin"])]
+        verdicts += [("prostate VGG-ELU test AUC (mean over seeds)", st["mean"], f">= {TARGETS['auc']}",
+                      st["mean"] >= TARGETS["auc"]),
+                     ("prostate VGG-ELU - ADC baseline", st["mean"] - base["test_auc"], f">= {TARGETS['margin']}",
+                      st["mean"] - base["test_auc"] >= TARGETS["margin"])]
     if "prostate-shuffled" in results:
         res = results["prostate-shuffled"]
         for run in res.get("runs", [res]):
-            lines.append(f"| shuffled-label control, permutation seed {run.get('permutation_seed', 0)} "
+            lines.append(f"| shuffled-label control, permutation / model seed {run.get('permutation_seed', 0)} "
                          f"({run['relabelled']['labels_changed']} of {run['relabelled']['train_findings']} training "
                          f"labels changed) | {_f(run['auc'])} [{_f(run['auc_ci'][0])}, {_f(run['auc_ci'][1])}] | "
                          f"{_f(run['best_val_auc'])} | {_f(run['train_minutes'], 1)} |")
         mean = res.get("mean_auc", res["auc"])
-        lines.append(f"| shuffled-label control, mean over {len(res.get('runs', [res]))} permutations | {_f(mean)} | "
-                     f"| |")
+        sd = res.get("auc_stats", {}).get("sd")
+        lines.append(f"| shuffled-label control, mean ± sd over {len(res.get('runs', [res]))} permutations | "
+                     f"{_f(mean)} ± {_f(sd)} | | |")
+        if "untrained" in res:
+            u = res["untrained"]
+            lines.append(f"| untrained networks (no training), {u['n']} seeds, on the same {u['findings']} test "
+                         f"findings: mean ± sd (share > 0.5 {_f(u['share_above_half'], 2)}, mean abs(AUC - 0.5) "
+                         f"{_f(u['mean_abs_dev'])}) | {_f(u['mean'])} ± {_f(u['sd'])} | | |")
+            lines.append(f"| label-free statistics of the test crops: crop sd / mean abs(z) near the centre | "
+                         f"{_f(u['stat_aucs']['crop_sd'])} / {_f(u['stat_aucs']['centre_abs_z'])} | | |")
         verdicts.append(("prostate shuffled-label AUC (mean over permutations)", mean,
                          f"<= {TARGETS['shuffled_max']}", mean <= TARGETS["shuffled_max"]))
     if "prostate-roulette" in results:
         res = results["prostate-roulette"]
-        seeds = ", ".join(f"{t['seed']}: {_f(t['auc'])}" for t in res["runs"])
+        seeds = ", ".join(f"{t['seed']}: {_f(t['val_score'])} -> {_f(t['auc'])}" for t in res["runs"])
         lines.append(f"| roulette winner (seed {res['best']['seed']} of {res['candidates']}, {res['warmup_steps']} "
-                     f"warm-up steps) trained | {_f(res['best']['auc'])} | {_f(res['best']['best_val_auc'])} | |")
-        lines.append(f"| every candidate trained, mean (seed: test AUC {seeds}) | {_f(res['mean_auc'])} | | "
-                     f"{_f(res['train_minutes'], 1)} |")
+                     f"warm-up steps, val AUC {_f(res['best']['val_score'])}) trained | {_f(res['best']['auc'])} "
+                     f"[{_f(res['best']['auc_ci'][0])}, {_f(res['best']['auc_ci'][1])}] | "
+                     f"{_f(res['best']['best_val_auc'])} | |")
+        st = res.get("auc_stats", {"mean": res["mean_auc"], "sd": float("nan")})
+        lines.append(f"| every candidate trained, mean ± sd (seed: roulette score -> test AUC: {seeds}) | "
+                     f"{_f(st['mean'])} ± {_f(st['sd'])} | | {_f(res['train_minutes'], 1)} |")
+        if "spearman_score_test_auc" in res:
+            lines.append(f"| Spearman(roulette score, trained test AUC) / (score, trained best val AUC) | "
+                         f"{_f(res['spearman_score_test_auc'], 2)} / {_f(res['spearman_score_best_val_auc'], 2)} "
+                         f"| | |")
         verdicts.append(("roulette winner - mean of its seeds", res["best"]["auc"] - res["mean_auc"], "> 0",
                          res["best"]["auc"] - res["mean_auc"] > 0))
     if "prostate-tl" in results:

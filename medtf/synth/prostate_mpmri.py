@@ -348,6 +348,7 @@ def generate_prostate_case(
 def generate_prostate_mpmri(
     out_dir: str | os.PathLike, cases: int = 4, seed: int = 0, test_cases: int = 0, fov_mm: float = 96.0,
     t2_spacing: float = 0.5, dwi_spacing: float = 2.0, t2_slices: int = 12, sagittal: bool = True,
+    workers: int = 1,
 ) -> list[Path]:
     """Write ``cases`` labelled (training) and ``test_cases`` unlabelled (challenge test) synthetic patients.
 
@@ -360,6 +361,8 @@ def generate_prostate_mpmri(
         t2_spacing / dwi_spacing: in-plane pixel size in mm (T2 slices are 3 mm, DWI/ADC 3.6 mm).
         t2_slices: number of transverse T2 slices.
         sagittal: also write a sagittal T2 series (PROSTATEx has one; the converter must not pick it).
+        workers: patients written in this many spawned processes (each patient is a function of (seed, index)
+            alone, so the output is the same for any count; a 200-patient cohort takes ~30 min in one).
 
     Returns:
         The patient folders, in ProxID order.
@@ -377,13 +380,26 @@ def generate_prostate_mpmri(
         labels[rng.integers(len(labels))] = not labels.all()
     options = dict(seed=seed, fov_mm=fov_mm, t2_spacing=t2_spacing, dwi_spacing=dwi_spacing, t2_slices=t2_slices,
                    sagittal=sagittal)
-    folders, start = [], 0
-    sets = {"Train": ([], []), "Test": ([], [])}
+    jobs, start = [], 0
     for i in range(cases + test_cases):
         subset = "Train" if i < cases else "Test"
         case_labels = list(labels[start:start + counts[i]]) if subset == "Train" else [False] * int(counts[i])
         start += counts[i] if subset == "Train" else 0
-        folder, findings, images = generate_prostate_case(out_dir / "PROSTATEx", i, case_labels, **options)
+        jobs.append((subset, i, case_labels))
+    if workers > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+        from functools import partial
+
+        # spawn, not fork: the caller may have TensorFlow loaded, and forking its threads can deadlock
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            done = list(pool.map(partial(generate_prostate_case, out_dir / "PROSTATEx", **options),
+                                 [i for _, i, _ in jobs], [lab for _, _, lab in jobs]))
+    else:
+        done = [generate_prostate_case(out_dir / "PROSTATEx", i, lab, **options) for _, i, lab in jobs]
+    folders = []
+    sets = {"Train": ([], []), "Test": ([], [])}
+    for (subset, _, _), (folder, findings, images) in zip(jobs, done):
         sets[subset][0].extend(findings)
         sets[subset][1].extend(images)
         folders.append(folder)
