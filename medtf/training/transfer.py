@@ -13,11 +13,17 @@ with some blocks frozen or none. In an experiment::
           optimizer: {learning_rate: 1.0e-4}
         - name: brain-full
           model: {freeze_up_to: null}
+          min_val_metric: 0.8        # optional gate: stop the chain unless this phase's best val metric reaches it
 
 What a phase inherits: every section it does not override, except that ``model.init_from`` of the experiment
 (``medtf train --init-from``, e.g. a roulette winner) starts the first phase only (later phases start from the
 previous phase), and ``data.fold`` / ``data.folds`` stay with the experiment's own shard folder (a phase on another
 folder uses its train / val splits unless it sets them).
+
+The gate ``min_val_metric`` guards against transferring from noise: after the phase (or when a finished phase is
+found again on resume) its best validation score of ``train.monitor`` must be at least this value, else the chain
+stops with `TransferGateError` naming the phase, the score and its ``history.csv`` (``transfer.json`` is written
+with the phases so far and ``"stopped"``). It needs a monitor that is maximised (``val_auc``, ``val_accuracy``...).
 
 `medtf train` runs the chain in ``RUN_DIR/phases/NN-NAME/`` (each a normal run directory with its TensorBoard
 logs), resumably: a finished phase (``phase.json`` written) is not run again and a preempted one resumes from its
@@ -50,9 +56,16 @@ import keras
 
 from medtf.training.config import ConfigError
 
-__all__ = ["apply_freeze", "load_initial_weights", "run_transfer", "scratch_config", "transfer_phases"]
+__all__ = ["TransferGateError", "apply_freeze", "load_initial_weights", "run_transfer", "scratch_config",
+           "transfer_phases"]
 
 _SECTIONS = ("data", "model", "task", "loss", "optimizer", "schedule", "train", "seed")
+_GATE = "min_val_metric"
+
+
+class TransferGateError(ConfigError):
+    """A phase with ``min_val_metric`` did not reach it: the chain stops instead of transferring from noise (a user
+    error, exit code 2 on the CLI: train the phase longer, fix its data, or lower the gate)."""
 
 
 # === Weights and freezing ===
@@ -111,10 +124,13 @@ def transfer_phases(experiment) -> list[tuple[str, dict]]:
         if name in names or "/" in name:
             raise ConfigError(f"{key}.name: {name!r} is used twice or has a '/'")
         names.add(name)
-        extra = sorted(set(phase) - {"name", *_SECTIONS})
+        extra = sorted(set(phase) - {"name", _GATE, *_SECTIONS})
         if extra:
-            raise ConfigError(f"{key}.{extra[0]}: a phase overrides only {', '.join(_SECTIONS)}")
-        raw = _merge(base, {k: v for k, v in phase.items() if k != "name"})
+            raise ConfigError(f"{key}.{extra[0]}: a phase overrides only {', '.join(_SECTIONS)} (and sets {_GATE})")
+        gate = phase.get(_GATE)
+        if gate is not None and (isinstance(gate, bool) or not isinstance(gate, (int, float))):
+            raise ConfigError(f"{key}.{_GATE}: a number (the least best validation score), got {gate!r}")
+        raw = _merge(base, {k: v for k, v in phase.items() if k not in ("name", _GATE)})
         if "task" in phase and "monitor" not in (phase.get("train") or {}):
             raw["train"].pop("monitor", None), raw["train"].pop("mode", None)  # the phase's task's defaults
         given = phase.get("data") or {}
@@ -128,9 +144,12 @@ def transfer_phases(experiment) -> list[tuple[str, dict]]:
         if i > 0 and "init_from" not in (phase.get("model") or {}):
             raw["model"]["init_from"] = None  # the experiment's init_from starts the chain; later phases chain
         try:
-            parse_config(raw)
+            parsed = parse_config(raw)
         except ConfigError as exc:
             raise ConfigError(f"{key} ({name}): {exc}") from None
+        if gate is not None and parsed.train.mode != "max":
+            raise ConfigError(f"{key}.{_GATE}: needs a monitor that is maximised (e.g. val_auc); phase {name!r} "
+                              f"monitors {parsed.train.monitor} (mode {parsed.train.mode})")
         out.append((name, raw))
     return out
 
@@ -193,6 +212,7 @@ def run_transfer(experiment, run_dir: str | os.PathLike) -> dict:
     ``RUN_DIR/transfer.json``, or ``{"preempted": PHASE}`` when a phase was preempted (run again to resume)."""
     run_dir = Path(run_dir)
     phases = transfer_phases(experiment)
+    gates = [p.get(_GATE) for p in experiment.transfer["phases"]]
     records, previous = [], None
     for i, (name, raw) in enumerate(phases):
         if previous is not None and not raw["model"].get("init_from"):
@@ -200,7 +220,16 @@ def run_transfer(experiment, run_dir: str | os.PathLike) -> dict:
         record = _run_phase(name, raw, run_dir / "phases" / f"{i + 1:02d}-{name}")
         if record is None:
             return {"preempted": name}
+        record = _gate(record, gates[i])
         records.append(record)
+        if record.get("passed") is False:  # checked on resume too: a finished phase below its gate stays refused
+            _write_summary(run_dir, {"phases": records, "final": None, "scratch": None, "stopped": name})
+            best = "no value" if record["best"] is None else f"{record['best']:.4f}"
+            raise TransferGateError(
+                f"transfer.phases[{i}] ({name}): best {record['monitor']} {best} < {_GATE} {gates[i]} in "
+                f"{record['run_dir']}/history.csv: this phase did not learn its task, so the chain stops before "
+                f"transferring from it. Train it longer or fix its data (delete {record['run_dir']} to re-run "
+                f"it), or lower {_GATE}")
         previous = Path(record["run_dir"]) / "checkpoints" / "best.keras"
     summary = {"phases": records, "final": records[-1]["run_dir"], "scratch": None}
     if (experiment.transfer or {}).get("compare_scratch"):
@@ -215,7 +244,18 @@ def run_transfer(experiment, run_dir: str | os.PathLike) -> dict:
     shutil.copy2(final / "config.yaml", run_dir / "config.yaml")
     shutil.copy2(final / "history.csv", run_dir / "history.csv")  # RUN_DIR reads as a finished run (folds, cv-report)
     shutil.copytree(final / "checkpoints", run_dir / "checkpoints", dirs_exist_ok=True)
+    _write_summary(run_dir, summary)
+    return summary
+
+
+def _gate(record: dict, gate: float | None) -> dict:
+    """``record`` with the phase's gate and whether its best score reached it (``passed``: None without a gate)."""
+    passed = None if gate is None else record["best"] is not None and record["best"] >= gate
+    return {**record, _GATE: gate, "passed": passed}
+
+
+def _write_summary(run_dir: Path, summary: dict) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
     tmp = run_dir / "transfer.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, run_dir / "transfer.json")
-    return summary

@@ -132,3 +132,54 @@ def test_chain_of_phases_freezes_carries_and_resumes(lgg_tiny, tmp_path):
     assert run_medtf("train", path, "--run-dir", run, "--quiet") == 0
     assert all((d / "history.csv").stat().st_mtime_ns == stamps[d] for d in phase_dirs[:2])
     assert (phase_dirs[2] / "phase.json").is_file()
+
+
+def _finished_phase(folder: Path, name: str, best: float) -> None:
+    """A phase that finished before (its marker, history and checkpoint folder): the chain does not train it
+    again, so the gate is checked on its recorded score in milliseconds."""
+    folder.mkdir(parents=True)
+    (folder / "checkpoints").mkdir()
+    (folder / "history.csv").write_text(f"epoch,val_auc\n0,{best}\n")
+    (folder / "config.yaml").write_text("task: classification\n")
+    (folder / "phase.json").write_text(json.dumps({
+        "name": name, "run_dir": str(folder), "init_from": None, "freeze_blocks": [], "freeze_up_to": None,
+        "data_dir": "x", "monitor": "val_auc", "mode": "max", "best": best, "epochs": 1}))
+
+
+def test_a_source_phase_below_its_gate_stops_the_chain(lgg_tiny, tmp_path, capsys):
+    from medtf.training.config import ConfigError, load_config
+    from medtf.training.experiment import parse_config
+    from medtf.training.transfer import TransferGateError, run_transfer
+
+    raw = load_config(REPO / "experiments/lgg_classifier2d.yaml", [f"data.dir={lgg_tiny}"])
+
+    def chain(gate):
+        return {**raw, "transfer": {"phases": [{"name": "source", "min_val_metric": gate}, {"name": "target"}]}}
+
+    run = tmp_path / "run"
+    _finished_phase(run / "phases" / "01-source", "source", best=0.55)
+    path = tmp_path / "chain.yaml"
+    path.write_text(yaml.safe_dump(chain(0.8)))
+    assert run_medtf("train", path, "--run-dir", run, "--quiet") == 2  # a user error, not a bug
+    err = capsys.readouterr().err
+    assert "transfer.phases[0] (source): best val_auc 0.5500 < min_val_metric 0.8" in err
+    assert str(run / "phases" / "01-source" / "history.csv") in err
+    summary = json.loads((run / "transfer.json").read_text())
+    assert summary["stopped"] == "source" and summary["final"] is None
+    assert summary["phases"][0]["best"] == 0.55 and summary["phases"][0]["passed"] is False
+    assert not (run / "phases" / "02-target").exists()  # nothing was trained from the unlearned phase
+    with pytest.raises(TransferGateError):  # resuming does not slip past the gate
+        run_transfer(parse_config(chain(0.8)), run)
+
+    _finished_phase(run / "phases" / "02-target", "target", best=0.9)
+    summary = run_transfer(parse_config(chain(0.55)), run)  # the gate is inclusive
+    assert [p["passed"] for p in summary["phases"]] == [True, None] and "stopped" not in summary
+    assert [p["min_val_metric"] for p in summary["phases"]] == [0.55, None]
+    assert json.loads((run / "transfer.json").read_text())["final"] == str(run / "phases" / "02-target")
+
+    with pytest.raises(ConfigError, match=r"transfer.phases\[0\].min_val_metric: a number"):
+        parse_config(chain("high"))
+    lossy = chain(0.5)
+    lossy["transfer"]["phases"][0]["train"] = {"monitor": "val_loss", "mode": "min"}
+    with pytest.raises(ConfigError, match=r"min_val_metric: needs a monitor that is maximised.*val_loss"):
+        parse_config(lossy)
