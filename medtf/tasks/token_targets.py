@@ -127,11 +127,12 @@ def _cache(tokenizer: Tokenizer, data) -> Callable:
     from medtf.data import make_dataset
     from medtf.training.inputs import build_preprocess
 
-    if data.transforms or data.patch_size is not None or data.val_patch_size is not None:
+    # data.mosaic crops carry their anchor tile's example_id: a lookup would give that tile's tokens
+    if data.transforms or data.patch_size is not None or data.val_patch_size is not None or data.mosaic:
         raise ValueError("targets.cache: true tokenizes each stored tile once, so training must see the tiles as "
-                         f"stored: data.transforms [] and data.patch_size / val_patch_size null (got "
-                         f"{data.transforms}, {data.patch_size}, {data.val_patch_size}); use cache: false to "
-                         f"tokenize every augmented view")
+                         f"stored: data.transforms [], data.patch_size / val_patch_size null and no data.mosaic "
+                         f"(got {data.transforms}, {data.patch_size}, {data.val_patch_size}, {data.mosaic}); use "
+                         f"cache: false to tokenize every augmented view")
     splits = [data.train_split] if isinstance(data.train_split, str) else list(data.train_split)
     splits += [data.val_split] if data.val_split else []
     ds = make_dataset(data.dir, splits, batch_size=8, training=False, repeat=False, transforms=build_preprocess(data),

@@ -202,8 +202,8 @@ def test_nucleus_tokens_under_mirrored_strategy_and_xla_match_one_device():
     result = json.loads(proc.stdout.split("RESULT", 1)[1])
     assert result["replicas"] == 2 and result["roi_max_diff"] < 1e-5
     assert result["moved"] > 1e-3  # the step changed the weights, so equal weights mean equal updates
-    # Each replica pools the loss over its own nuclei; with 5 nuclei on each (tiles of 5 + 0 and 2 + 3) the mean
-    # over replicas is the global pooled loss, so the step is the one-device step.
+    # NucleusLoss pools over the global batch (uneven counts: tests/tasks/test_nucleus_loss_replicas.py); here
+    # 5 nuclei on each replica (tiles of 5 + 0 and 2 + 3), so the step is the one-device step either way.
     assert result["loss_mirrored"] == pytest.approx(result["loss_one"], rel=1e-5)
     assert result["weights_mirrored"] < 1e-5
     assert result["loss_xla"] == pytest.approx(result["loss_one"], rel=1e-4) and result["weights_xla"] < 1e-4

@@ -190,6 +190,9 @@ def test_mim_token_targets_refuse_what_cannot_match(shards, tok_run):
     with pytest.raises(ValueError, match=r"cache: true .* data.transforms \[\]"):
         task.configure(_mim(shards, f"+targets={{tokenizer: {tok_run}, cache: true}}",
                             "data.transforms=[{name: random_flip, prob: 0.5}]")).model_inputs(_mim_model())
+    with pytest.raises(ValueError, match=r"no data.mosaic \(got \[\], None, None, \{'min_visible': 0.5\}\)"):
+        task.configure(_mim(shards, f"+targets={{tokenizer: {tok_run}, cache: true}}",  # crops: the anchor's id
+                            "data.mosaic={min_visible: 0.5}")).model_inputs(_mim_model())
     with pytest.raises(ValueError, match="neither a tokenizer run directory"):
         task.configure(_mim(shards, f"+targets={{tokenizer: {shards}}}")).model_inputs(_mim_model())
     with pytest.raises(ConfigError, match=r"targets.cahce: unknown key \(did you mean cache\?\)"):
