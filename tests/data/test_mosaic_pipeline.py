@@ -42,6 +42,7 @@ def test_crops_across_tiles_equal_the_source_image_and_keep_the_epoch_size(tiled
         np.testing.assert_array_equal(np.rint(c["image"] * 255), sources[0][y:y + 32, x:x + 32])
         for (y0, x0, y1, x1), i in zip(c["boxes"].astype(int), c["instance_ids"]):
             assert 0 <= y0 < y1 <= 32 and 0 <= x0 < x1 <= 32 and (c["instances"][y0:y1, x0:x1] == i).any()
+        assert set(np.unique(c["instances"])) - {0} == set(c["instance_ids"].tolist())  # map and boxes agree
     assert across > len(crops) // 2  # not tile-aligned: crops span neighbouring tiles
     again = [b["tile_origin"].numpy()[0].tolist() for b in make_dataset(root / "consep", "train", **kwargs)]
     assert again == [c["tile_origin"].tolist() for c in crops]  # one seed, one sequence
