@@ -1,53 +1,62 @@
 """Image-report retrieval quality (issue #16) on held-out synthetic brain MRI studies, CPU size.
 
-Workloads of ``benchmarks/quality.py --only clip,clip-shuffled,clip-untrained`` (same conventions as the other
-quality modules: one fixed ID key so every conversion splits the patients identically, figures on the **test**
-patients, nothing chosen on them):
+Workloads of ``benchmarks/quality.py --only clip,clip-shuffled,...`` (same conventions as the other quality
+modules: one fixed ID key so every conversion splits the patients identically, figures on the **test** patients,
+nothing chosen on them):
 
 - ``clip``: ``medtf synth mri-reports`` (`CLIP_CASES` studies; report wording names the class, side, lobe and size
   of the finding that is drawn in the volumes, with paraphrases), converted at `TARGET_SIZE`, then
-  ``experiments/brain_clip.yaml`` scaled down by `CLIP_OVERRIDES` (keras-hub DistilBERT report tower, 1 layer,
-  32 wide, trained from scratch with a vocabulary from the training split; 3D U-Net encoder with 8 base filters).
-  ``medtf evaluate`` on the test split: image->text R@1/5/10, zero-shot accuracy from the experiment's class
-  prompts, a linear probe on the frozen image embeddings.
+  ``experiments/brain_clip.yaml`` scaled down by `CLIP_OVERRIDES` (keras-hub DistilBERT report tower of
+  report_mlm.yaml's size, trained from scratch with a vocabulary from the training split; 3D U-Net encoder with
+  8 base filters, avg+max pooling, coordinate channels). ``medtf evaluate`` on the test split: image->text
+  R@1/5/10, zero-shot accuracy from the experiment's class prompts, a linear probe on the frozen image embeddings.
 - ``clip-shuffled``: the same training with the training and validation pairs permuted (each image gets another
   study's report; seeded derangement within each split, written as a copy of the shards, test untouched),
   evaluated on the true test shards. Anything above chance would mean a leak.
 - ``clip-untrained``: the same model after one epoch at learning rate 1e-12 (random image tower, random text
   tower over the training vocabulary): what the architecture gives without learning.
+- ``clip-baselines``: text-only (bag of words -> class) and image-only (the image tower's encoder as a 5-class
+  classifier) baselines and the finding matcher, on the same test studies (`quality_clip_probes`).
+- ``clip-frozen-mlm`` / ``clip-frozen-random``: the study's frozen text tower: ``experiments/report_mlm.yaml``
+  trained on the training reports, then ``clip`` with ``text.preset`` = that run and ``text.trainable`` false,
+  vs the same tower (size, vocabulary) frozen at its random initialisation; only the projections and the image
+  tower train.
 
 The study count is `CLIP_CASES` (``quality.py --cases`` is the brachy one and is ignored here).
 Reference figures computed, not trained: chance (R@k = k/N, zero-shot = 1/classes), the report-class prior
 (always the most frequent training class), and a **class-only matcher** (knows each test image's class exactly
 and ranks that class's reports first in random order: R@k = mean of min(1, k / n_class)); R@1 above it needs the
 side / lobe / size wording, i.e. both towers.
-
-Not measured here: MLM-pretrained frozen vs random frozen text tower (needs ``experiments/report_mlm.yaml`` runs).
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 
-CLIP_CASES = 150                 # 0.6/0.2/0.2 by patient: ~30 test studies, as the issue's targets assume
-CLIP_SPLIT = "0.6,0.2,0.2"
+CLIP_CASES = 300                 # 0.8/0.1/0.1 by patient: ~240 training pairs, ~30 test studies (the issue's N)
+CLIP_SPLIT = "0.8,0.1,0.1"
 SYNTH_SIZE = (64, 64, 16)          # FLAIR grid; DWI / T2* a little coarser
 TARGET_SIZE = "48,48,12"         # ~4.8 mm in-plane: the smallest finding (6 mm radius) still spans 2-3 voxels
+TEXT_SIZE = ("model.args.text.num_layers=2", "model.args.text.num_heads=2", "model.args.text.hidden_dim=64",
+             "model.args.text.intermediate_dim=128")   # = experiments/report_mlm.yaml's tower (frozen comparison)
 CLIP_OVERRIDES = (
     "model.args.depth=3", "model.args.base_filters=8", "model.args.embed_dim=32",
-    "model.args.text.num_layers=1", "model.args.text.num_heads=2", "model.args.text.hidden_dim=32",
-    "model.args.text.intermediate_dim=64", "model.args.text.dropout=0.0", "model.args.text.vocabulary_size=500",
+    *TEXT_SIZE, "model.args.text.dropout=0.1", "model.args.text.vocabulary_size=500",
     "data.transforms=[]", "data.batch_size=16", "optimizer.learning_rate=0.001", "train.epochs=30",
     "+train.verbose=0", "+train.log_every_n_steps=0",
 )
 UNTRAINED_OVERRIDES = ("train.epochs=1", "optimizer.learning_rate=1e-12")
+FROZEN_OVERRIDES = ("model.args.text.trainable=false",)
+LABEL_AWARE_OVERRIDES = ("model.args.label_aware=true",)
+MLM_OVERRIDES = ("model.args.text.vocabulary_size=500", "train.epochs=60", "optimizer.learning_rate=0.002",
+                 "+train.verbose=0", "+train.log_every_n_steps=0")
 TARGETS = {"r1": 0.5, "r5": 0.9, "zero_shot_margin": 0.30}
-WORKLOADS = ("clip", "clip-shuffled", "clip-untrained")
+WORKLOADS = ("clip", "clip-shuffled", "clip-untrained", "clip-baselines", "clip-frozen-mlm", "clip-frozen-random",
+             "clip-label-aware")
 
 
 def _cli(*args) -> None:
@@ -118,34 +127,18 @@ def _derangement(n: int, rng) -> np.ndarray:
 def shuffle_pairs(shards: Path, out: Path, seed: int, splits=("train", "val")) -> dict:
     """Copy ``shards`` to ``out`` with every report (and its class label, which travels with the report) of
     ``splits`` moved to another study of the same split. Validation too: the best epoch is chosen on val loss."""
-    import tensorflow as tf
+    from _shards import rewrite_splits
 
-    from medtf.data.manifest import read_manifest, write_manifest
-    from medtf.data.shards import write_shard
-
-    if out.exists():
-        shutil.rmtree(out)
-    shutil.copytree(shards, out)
-    manifest = read_manifest(out)
-    compression = manifest.get("compression") or ""
-    moved = {}
-    for n, split in enumerate(splits):
-        entries = manifest["splits"][split]["shards"]
-        records = [[tf.train.Example.FromString(r.numpy()) for r in
-                    tf.data.TFRecordDataset(str(out / s["file"]), compression_type=compression)] for s in entries]
-        flat = [ex for shard in records for ex in shard]
+    def move(n, split, flat):
         reports = [bytes(ex.features.feature["report"].bytes_list.value[0]) for ex in flat]
         labels = [list(ex.features.feature["label"].int64_list.value) for ex in flat]
         perm = _derangement(len(flat), np.random.default_rng([seed, n]))
         for ex, j in zip(flat, perm):
             ex.features.feature["report"].bytes_list.value[:] = [reports[j]]
             ex.features.feature["label"].int64_list.value[:] = labels[j]
-        for entry, shard in zip(entries, records):
-            entry.update(write_shard(out / entry["file"], [ex.SerializeToString() for ex in shard],
-                                     manifest.get("compression")))
-        moved[split] = {"pairs": len(flat), "reports_moved": int(np.sum(perm != np.arange(len(flat))))}
-    write_manifest(out, manifest)
-    return moved
+        return {"pairs": len(flat), "reports_moved": int(np.sum(perm != np.arange(len(flat))))}
+
+    return rewrite_splits(shards, out, splits, move)
 
 
 def run_clip(out: Path, cases: int, seed: int, id_salt: str) -> dict:
@@ -167,13 +160,67 @@ def run_clip_untrained(out: Path, cases: int, seed: int, id_salt: str) -> dict:
     return {**result, "reference": reference_figures(shards)}
 
 
-RUNNERS = {"clip": run_clip, "clip-shuffled": run_clip_shuffled, "clip-untrained": run_clip_untrained}
+def run_clip_baselines(out: Path, cases: int, seed: int, id_salt: str) -> dict:
+    """Text-only and image-only class baselines and the finding matcher (`quality_clip_probes`), same test split."""
+    import quality_clip_probes as probes
+
+    shards = clip_sources(out, seed, id_salt)
+    arch = dict(o.split("=", 1) for o in CLIP_OVERRIDES if o.startswith("model.args.") and "text" not in o)
+    image = probes.image_only_baseline(shards, out / "runs" / "clip-image-only", int(arch["model.args.depth"]),
+                                       int(arch["model.args.base_filters"]))
+    return {"text_only": probes.text_only_baseline(shards), "image_only": image,
+            "finding_matcher": probes.finding_matcher(shards, seed), "reference": reference_figures(shards)}
+
+
+def mlm_run(out: Path, shards: Path) -> Path:
+    """``experiments/report_mlm.yaml`` on the training reports (its own sizes = `TEXT_SIZE`), once per work folder."""
+    from medtf.cli.demo import experiments_dir
+    from medtf.training.config import load_config
+    from medtf.training.engine import train
+
+    run = out / "runs" / "report_mlm"
+    if not (run / "checkpoints" / "best.keras").is_file():
+        train(load_config(experiments_dir() / "report_mlm.yaml", [f"data.dir={shards}", *MLM_OVERRIDES]), run)
+    return run
+
+
+def run_clip_frozen_mlm(out: Path, cases: int, seed: int, id_salt: str) -> dict:
+    """The study's setting: the text tower from the masked-LM run, frozen (only its projection trains)."""
+    shards = clip_sources(out, seed, id_salt)
+    start = time.monotonic()
+    mlm = mlm_run(out, shards)
+    mlm_minutes = (time.monotonic() - start) / 60
+    history = (mlm / "history.csv").read_text().splitlines()
+    result = train_and_evaluate(shards, out / "runs" / "clip-frozen-mlm", shards,
+                                (*FROZEN_OVERRIDES, f"model.args.text.preset={mlm}"))
+    last = dict(zip(history[0].split(","), history[-1].split(",")))  # the MLM's last epoch (masked accuracy)
+    return {**result, "mlm_minutes": mlm_minutes, "mlm_last_epoch": last,
+            "reference": reference_figures(shards)}
+
+
+def run_clip_frozen_random(out: Path, cases: int, seed: int, id_salt: str) -> dict:
+    """The same frozen text tower (size, vocabulary from the training split) at its random initialisation."""
+    shards = clip_sources(out, seed, id_salt)
+    result = train_and_evaluate(shards, out / "runs" / "clip-frozen-random", shards, FROZEN_OVERRIDES)
+    return {**result, "reference": reference_figures(shards)}
+
+
+def run_clip_label_aware(out: Path, cases: int, seed: int, id_salt: str) -> dict:
+    """``clip`` with label-aware targets: same-class pairs are positives, not negatives."""
+    shards = clip_sources(out, seed, id_salt)
+    result = train_and_evaluate(shards, out / "runs" / "clip-label-aware", shards, LABEL_AWARE_OVERRIDES)
+    return {**result, "reference": reference_figures(shards)}
+
+
+RUNNERS = {"clip": run_clip, "clip-shuffled": run_clip_shuffled, "clip-untrained": run_clip_untrained,
+           "clip-baselines": run_clip_baselines, "clip-frozen-mlm": run_clip_frozen_mlm,
+           "clip-frozen-random": run_clip_frozen_random, "clip-label-aware": run_clip_label_aware}
 
 
 def report(results: dict) -> tuple[list[str], list[tuple]]:
     """Table rows and target verdicts for the clip workloads present in ``results``."""
-    lines = ["", "| clip workload | R@1 | R@5 | R@10 | zero-shot acc | linear probe acc | logit scale | train min |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["", "| clip workload | R@1 | R@5 | R@10 | mean rank | zero-shot acc | linear probe acc | logit scale "
+             "| train min |", "|---|---|---|---|---|---|---|---|---|"]
     verdicts, ref = [], None
 
     def row(name, m, minutes=None):
@@ -182,11 +229,12 @@ def report(results: dict) -> tuple[list[str], list[tuple]]:
             return "" if v is None else f"{v:.3f}"
         mins = "" if minutes is None else f"{minutes:.1f}"
         r = {k: f(f"image_to_report_recall_at_{k}") or f(f"r{k}") for k in (1, 5, 10)}
-        lines.append(f"| {name} | {r[1]} | {r[5]} | {r[10]} | {f('zero_shot_accuracy')} | "
+        rank = f("image_to_report_mean_rank")
+        lines.append(f"| {name} | {r[1]} | {r[5]} | {r[10]} | {rank} | {f('zero_shot_accuracy')} | "
                      f"{f('linear_probe_accuracy')} | {f('logit_scale')} | {mins} |")
 
     for name in WORKLOADS:
-        if name in results:
+        if name in results and "metrics" in results[name]:
             res = results[name]
             ref = res.get("reference", ref)
             row(name, res["metrics"], res["train_minutes"])
@@ -196,6 +244,12 @@ def report(results: dict) -> tuple[list[str], list[tuple]]:
         row("class-only matcher", {"r1": ref["class_only_r1"], "r5": ref["class_only_r5"],
                                    "r10": ref["class_only_r10"]})
         row("report-class prior", {"zero_shot_accuracy": ref["class_prior_accuracy"]})
+    if "clip-baselines" in results:
+        base = results["clip-baselines"]
+        row("finding matcher (class+side+lobe+size known)", base["finding_matcher"])
+        row("text only: bag-of-words -> class (acc)", {"zero_shot_accuracy": base["text_only"]["accuracy"]})
+        row("image only: encoder -> class (acc)", {"zero_shot_accuracy": base["image_only"]["metrics"]["accuracy"]},
+            base["image_only"]["train_minutes"])
     if "clip" in results:
         m = results["clip"]["metrics"]
         r1, r5 = _get(m, "r1"), _get(m, "r5")
@@ -211,6 +265,11 @@ def report(results: dict) -> tuple[list[str], list[tuple]]:
         se = np.sqrt(ref["chance_r5"] * (1 - ref["chance_r5"]) / ref["n_test"])
         verdicts.append(("clip-shuffled R@5", r5, f"<= {ref['chance_r5'] + 2 * se:.2f} (chance + 2 SE)",
                          r5 <= ref["chance_r5"] + 2 * se))
+    if "clip-frozen-mlm" in results and "clip-frozen-random" in results:
+        mlm, rnd = results["clip-frozen-mlm"]["metrics"], results["clip-frozen-random"]["metrics"]
+        # lower mean image->report rank: uses every test study's rank, not only the top 5
+        a, b = mlm["image_to_report_mean_rank"], rnd["image_to_report_mean_rank"]
+        verdicts.append(("frozen text tower: MLM-pretrained mean rank (vs random frozen)", a, f"< {b:.2f}", a < b))
     return lines, verdicts
 
 

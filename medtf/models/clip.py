@@ -51,6 +51,32 @@ class L2Normalize(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="medtf")
+class CoordinateChannels(keras.layers.Layer):
+    """``(B, *spatial, C)`` -> ``(B, *spatial, C + spatial_dims)``: appends each voxel's position, -1..1 along
+    every spatial axis (CoordConv). A pooled image embedding is translation-invariant; with positions as inputs the
+    features at a finding can carry where it is (side, lobe), which report retrieval needs.
+
+    Reference: Liu et al., "An intriguing failing of convolutional neural networks and the CoordConv solution",
+    NeurIPS 2018."""
+
+    def call(self, x):
+        shape = ops.shape(x)
+        dims = len(x.shape) - 2
+        # arange, not linspace: the sizes are symbolic tensors inside tf.function (linspace needs a Python int)
+        axes = [ops.cast(ops.arange(shape[1 + i]), "float32") * 2.0 / ops.cast(ops.maximum(shape[1 + i] - 1, 1),
+                                                                             "float32") - 1.0 for i in range(dims)]
+        grids = ops.stack(ops.meshgrid(*axes, indexing="ij"), axis=-1)  # (*spatial, dims)
+        grids = ops.broadcast_to(ops.cast(grids, x.dtype)[None], (shape[0], *[shape[1 + i] for i in range(dims)], dims))
+        return ops.concatenate([x, grids], axis=-1)
+
+    def compute_output_shape(self, shape):
+        return (*shape[:-1], None if shape[-1] is None else shape[-1] + len(shape) - 2)
+
+
+_POOLING = ("avg", "max", "avg_max")
+
+
+@keras.saving.register_keras_serializable(package="medtf")
 class LogitScale(keras.layers.Layer):
     """The learnable inverse temperature of CLIP: a log-scale weight, initialised at ``log(1 / temperature)``;
     ``call(x)`` gives ``exp(clip(log_scale, 0, log(max_scale)))`` as a ``(B, 1)`` column (the clamp of CLIP: the
@@ -81,7 +107,9 @@ class ImageReportEncoder(keras.Model):
     L2-normalised image embedding, the report embedding and, with ``learn_temperature``, the logit scale
     (`split_outputs`).
 
-    The image tower is `medtf.models.unet.unet_encoder` (+ global average pooling and a linear projection). The
+    The image tower is `medtf.models.unet.unet_encoder` (+ global ``pooling``: ``avg``, ``max`` or both
+    concatenated, ``avg_max``; and a linear projection); ``coords`` appends voxel positions to the input
+    (`CoordinateChannels`) so the pooled embedding can say where a finding is. The
     report tower is either `HashedText` (``text=None``; input ``report``: raw strings) or a keras-hub BERT /
     DistilBERT backbone (``text``: a mapping, `medtf.models.text.tower`; inputs ``token_ids`` and ``padding_mask``,
     tokenised in tf.data by the task with ``model.tokenizer``), pooled and projected. `text_tower` /
@@ -96,10 +124,14 @@ class ImageReportEncoder(keras.Model):
 
     def __init__(self, spatial_dims=3, in_channels=1, depth=3, base_filters=8, norm="instance", embed_dim=32,
                  text_bins=4096, text_dim=64, text=None, learn_temperature=False, temperature=0.07,
-                 max_logit_scale=100.0, label_aware=False, **kwargs):
+                 max_logit_scale=100.0, label_aware=False, pooling="avg", coords=False, **kwargs):
         # === Layers ===
-        encoder = unet_encoder(spatial_dims, in_channels, depth, base_filters, norm=norm)
-        pool = keras.layers.GlobalAveragePooling2D if spatial_dims == 2 else keras.layers.GlobalAveragePooling3D
+        if pooling not in _POOLING:
+            raise ValueError(f"pooling {pooling!r}: expected one of {_POOLING}")
+        encoder = unet_encoder(spatial_dims, in_channels + (spatial_dims if coords else 0), depth, base_filters,
+                               norm=norm)
+        avg = keras.layers.GlobalAveragePooling2D if spatial_dims == 2 else keras.layers.GlobalAveragePooling3D
+        peak = keras.layers.GlobalMaxPooling2D if spatial_dims == 2 else keras.layers.GlobalMaxPooling3D
         backbone = tokenizer = None
         if text is not None:
             from medtf.models.text.tower import TokenPooling, backbone_sequence, resolve_text, token_inputs
@@ -107,8 +139,13 @@ class ImageReportEncoder(keras.Model):
             backbone, tokenizer, text = resolve_text(text)
         # === Functional Model ===
         image = keras.Input(shape=(None,) * spatial_dims + (in_channels,), name="image")
+        features = encoder(CoordinateChannels(name="coords")(image) if coords else image)
+        # max: a small focal finding is a few voxels of the bottleneck, which the average dilutes
+        pooled = {"avg": lambda f: avg(name="pool")(f), "max": lambda f: peak(name="pool")(f),
+                  "avg_max": lambda f: keras.layers.Concatenate(name="pool")([avg(name="pool_avg")(f),
+                                                                               peak(name="pool_max")(f)])}[pooling]
         image_embedding = L2Normalize(name="image_embedding")(
-            keras.layers.Dense(embed_dim, name="image_projection")(pool(name="pool")(encoder(image))))
+            keras.layers.Dense(embed_dim, name="image_projection")(pooled(features)))
         if backbone is None:
             report = keras.Input(shape=(), dtype="string", name="report")
             inputs = {"image": image, "report": report}
@@ -130,6 +167,7 @@ class ImageReportEncoder(keras.Model):
         self.norm, self.embed_dim, self.text_bins, self.text_dim = norm, embed_dim, text_bins, text_dim
         self.text, self.learn_temperature, self.temperature = text, bool(learn_temperature), float(temperature)
         self.max_logit_scale, self.label_aware = float(max_logit_scale), bool(label_aware)
+        self.pooling, self.coords = pooling, bool(coords)
         self.text_backbone, self.tokenizer = backbone, tokenizer
 
     def get_config(self):
@@ -138,7 +176,7 @@ class ImageReportEncoder(keras.Model):
                 "norm": self.norm, "embed_dim": self.embed_dim, "text_bins": self.text_bins,
                 "text_dim": self.text_dim, "text": self.text, "learn_temperature": self.learn_temperature,
                 "temperature": self.temperature, "max_logit_scale": self.max_logit_scale,
-                "label_aware": self.label_aware}
+                "label_aware": self.label_aware, "pooling": self.pooling, "coords": self.coords}
 
     @classmethod
     def from_config(cls, config):
