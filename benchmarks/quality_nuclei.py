@@ -19,6 +19,10 @@ has), the baseline included.
   ``--nuclei-mim-epochs N --nuclei-mim-checkpoint last`` probes the last MIM checkpoint of longer runs: on 54
   training tiles the MIM validation loss is lowest at epoch 3, so "best" hands every run length the same weights.
 
+The decisive probe comparison (3 seeds x 3 folds, pretraining on separate unlabelled tiles, last MIM checkpoint,
+paired differences with CIs) is ``benchmarks/quality_nuclei_probe.py``; ``benchmarks/quality_nuclei_features.py``
+probes the same frozen features to convergence on z-scores (why the SGD probe's gains are not the features').
+
 Targets: fine-tuned F1 >= 0.85 and >= baseline + 0.05; MIM probe >= random probe + 0.10 F1; L_inst reported.
 The default 12 x 20 fine-tuning steps are a smoke budget: ``--nuclei-epochs 100`` is what reached F1 >= 0.85
 (benchmarks/RESULTS.md); ``--nuclei-init RUN/checkpoints/last.keras`` fine-tunes from a MIM run.
@@ -103,17 +107,22 @@ def tile_bootstrap(tiles: list[tuple[np.ndarray, np.ndarray]], seed: int = 0, n:
             "per_class_f1": [round(v["f1"], 3) for v in full["per_class"].values()]}
 
 
-def evaluate_classifier(run_dir: Path, shards: Path) -> dict:
-    from medtf.tasks import get_task
-
-    summary = get_task("nucleus_classification").evaluate(run_dir, split="test", data_dir=shards, verbose=False)
+def per_tile(run_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``example_id -> (labels, predictions)`` of an evaluated classifier run's test nuclei."""
     by_tile: dict[str, tuple[list, list]] = {}
     with open(run_dir / "eval-test" / "per_nucleus.csv") as f:
         for row in csv.DictReader(f):
             labels, preds = by_tile.setdefault(row["example_id"], ([], []))
             labels.append(int(row["label"]))
             preds.append(int(row["prediction"]))
-    tiles = [(np.asarray(a), np.asarray(b)) for a, b in by_tile.values()]
+    return {k: (np.asarray(a), np.asarray(b)) for k, (a, b) in by_tile.items()}
+
+
+def evaluate_classifier(run_dir: Path, shards: Path) -> dict:
+    from medtf.tasks import get_task
+
+    summary = get_task("nucleus_classification").evaluate(run_dir, split="test", data_dir=shards, verbose=False)
+    tiles = list(per_tile(run_dir).values())
     return {**tile_bootstrap(tiles), "dropped": summary["nuclei_dropped"],
             "class_names": summary["metrics"]["class_names"]}
 
