@@ -406,6 +406,9 @@ def main(argv=None) -> int:
                         help="the MIM checkpoint the nuclei probes start from (best: by val loss)")
     parser.add_argument("--nuclei-init", default=None,
                         help="fine-tune nuclei from this MIM run or checkpoint (default: random initialisation)")
+    parser.add_argument("--tl-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra dotted override of the prostate-tl chains and their scratch (repeatable), "
+                             "e.g. model.args.pool=avg")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
     args = parser.parse_args(argv)
@@ -414,6 +417,7 @@ def main(argv=None) -> int:
     if unknown:
         parser.error(f"unknown workloads {sorted(unknown)}; choose from {WORKLOADS}")
     out = args.out or Path(tempfile.mkdtemp(prefix="medtf-quality-"))
+    quality_prostate.TL_EXTRA = tuple(args.tl_set)
     start = time.monotonic()
     results = {}
     for name in wanted:

@@ -76,6 +76,7 @@ TL_SOURCE_EPOCHS = {"frozen": 6, "full": 12}
 # it stopped the chain in folds 1 and 3 (brain 0.609 / 0.596, 2026-12-07); 0.55 (~1 sd above chance on 120
 # validation slices) lets the measurement finish and the table shows every phase's value.
 TL_SOURCE_GATE = 0.55
+TL_EXTRA: tuple[str, ...] = ()  # quality.py --tl-set: more dotted overrides of the chain and its scratch
 
 
 def _cli(*args) -> None:
@@ -386,10 +387,10 @@ def run_prostate_tl(out: Path, cases: int, seed: int, id_salt: str, prostate_onl
     resolved = out / f"{name}.yaml"
     resolved.write_text(yaml.safe_dump(config, sort_keys=False))
     start = time.monotonic()
-    report = run_transfer_cross_validation(load_config(resolved, list(TL_OVERRIDES)), out / "runs" / name,
-                                           verbose=False)
+    overrides = [*TL_OVERRIDES, *TL_EXTRA]
+    report = run_transfer_cross_validation(load_config(resolved, overrides), out / "runs" / name, verbose=False)
     keep = ("eval/auc", "scratch/eval/auc", "gain/eval/auc")
-    return {"folds": report["folds"], "complete": report["complete"], "overrides": list(TL_OVERRIDES),
+    return {"folds": report["folds"], "complete": report["complete"], "overrides": overrides,
             "metrics": {k: report["metrics"][k] for k in keep if k in report["metrics"]},
             "phase_best": tl_phase_best(out / "runs" / name, report["folds"]),
             "train_minutes": (time.monotonic() - start) / 60}

@@ -116,10 +116,16 @@ def training_transforms(data: DataConfig | Mapping) -> Any:
 
 
 def steps_per_epoch(data: DataConfig | Mapping, train: TrainConfig | Mapping | None = None) -> int:
-    """``train.steps_per_epoch``, else the training split's examples // batch size (from the manifest)."""
+    """``train.steps_per_epoch``, else the training split's examples // batch size (from the manifest).
+
+    With ``data.class_balance`` ``augmentation_factor`` an epoch holds each minority example ``factor`` times (as
+    the thesis enlarged its training set), so the minority examples are counted ``factor`` times (their labels read
+    from the shards); oversampling keeps the epoch at the stored examples.
+    """
     train = section(TrainConfig, train, "train")
     if train.steps_per_epoch:
         return train.steps_per_epoch
+    from medtf.data.balance import validate_class_balance
     from medtf.data.manifest import read_manifest
 
     data = _data(data)
@@ -127,6 +133,12 @@ def steps_per_epoch(data: DataConfig | Mapping, train: TrainConfig | Mapping | N
     splits = [split] if isinstance(split, str) else list(split)
     manifest = read_manifest(data.dir)
     examples = sum(manifest["splits"][s]["num_examples"] for s in splits)
+    balance = validate_class_balance(data.class_balance)
+    if balance is not None and balance["method"] == "augmentation_factor":
+        from medtf.training.class_shares import label_counts
+
+        minority = label_counts(data.dir, splits).get(int(balance["minority"]), 0)
+        examples += (int(balance["factor"]) - 1) * minority
     return max(1, examples // data.batch_size)
 
 

@@ -70,6 +70,26 @@ def test_reported_shares_match_the_shards_and_the_stream(lgg_tiny):
             assert seen == pytest.approx(expected[method], abs=1e-9)
 
 
+def test_an_epoch_holds_the_minority_factor_times(lgg_tiny):
+    """``augmentation_factor`` enlarges the epoch (each minority example ``factor`` times, as the thesis enlarged
+    its training set); without balance or with oversampling an epoch is the stored examples."""
+    from medtf.training.inputs import steps_per_epoch
+
+    counts = _count(lgg_tiny)
+    n0, n1 = counts[0], counts[1]
+    for balance, examples in ((None, n0 + n1), (OVERSAMPLE, n0 + n1), (FACTOR, n0 + 3 * n1),
+                              ({**FACTOR, "minority": 0}, 3 * n0 + n1)):
+        data = DataConfig.from_dict({"dir": str(lgg_tiny), "batch_size": 1, "class_balance": balance}, "data")
+        assert steps_per_epoch(data) == examples
+        # what the training stream yields per pass of the shards, counted (batch 1: one example per step)
+        if balance is not None and balance["method"] == "augmentation_factor":
+            seen = _stream_shares(data, 5 * examples)
+            minority = int(balance["minority"])
+            assert seen[minority] == pytest.approx(3 * counts[minority] / examples, abs=1e-9)
+    assert steps_per_epoch(DataConfig.from_dict({"dir": str(lgg_tiny), "batch_size": 2, "class_balance": FACTOR},
+                                                "data"), {"steps_per_epoch": 7}) == 7  # given: used as is
+
+
 def test_class_balance_config_errors_name_the_key(lgg_tiny):
     with pytest.raises(ConfigError, match="data.class_balance"):
         DataConfig.from_dict({"dir": str(lgg_tiny), "batch_size": 2, "class_balance": {"method": "smote"}}, "data")
