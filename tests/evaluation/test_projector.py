@@ -18,7 +18,7 @@ import pytest
 import tensorflow as tf
 
 from medtf.evaluation.projector import TENSOR_NAME, read_projector, write_projector
-from tests.conftest import TEST_SALT, run_medtf
+from tests.conftest import run_medtf
 from tests.hpc.test_tensorboard import _free_port  # the scalars test's server setup, reused
 
 REPO = Path(__file__).resolve().parents[2]
@@ -50,13 +50,10 @@ def test_projector_folder_parses_with_the_plugins_proto(tmp_path):
 def nucleus_run(tmp_path_factory):
     """4 synthetic 64 px tiles (train 2 / val 2), the shipped fine-tuning experiment for 1 epoch of one block with
     the attention panels on, then ``medtf evaluate --split val --projector``."""
-    from medtf.synth.nuclei_he import generate_nuclei_he
+    from tests.nuclei.conftest import tiny_tile_shards
 
     root = tmp_path_factory.mktemp("projector")
-    generate_nuclei_he(root / "src", cases=4, seed=2, tile_size=64, consep_images=0)
-    shards = root / "shards"
-    assert run_medtf("convert", "nuclei-he", "--input", root / "src" / "pannuke", "--output", shards,
-                     "--id-salt", TEST_SALT, "--split", "0.5,0.5,0", "--quiet") == 0
+    shards = tiny_tile_shards(root)
     run = root / "run"
     assert run_medtf("train", REPO / "experiments/nuclei_finetune.yaml", "--run-dir", run,
                      "--set", f"data.dir={shards}", "--set", "train.epochs=1", "--set", "data.batch_size=2",

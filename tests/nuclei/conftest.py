@@ -42,3 +42,16 @@ def check_boxes(example: dict) -> None:
     for k, box in zip(ids, boxes):
         ys, xs = np.nonzero(inst == k)
         assert box.tolist() == [ys.min(), xs.min(), ys.max() + 1, xs.max() + 1], k
+
+
+def tiny_tile_shards(root: Path) -> Path:
+    """4 synthetic PanNuke-style 64 px tiles (seed 2) converted with `medtf convert nuclei-he` into ``root/shards``
+    (train 2 / val 2): the shared input of the small nucleus-model CLI tests."""
+    from medtf.synth.nuclei_he import generate_nuclei_he
+    from tests.conftest import TEST_SALT, run_medtf
+
+    generate_nuclei_he(root / "src", cases=4, seed=2, tile_size=64, consep_images=0)
+    shards = root / "shards"
+    assert run_medtf("convert", "nuclei-he", "--input", root / "src" / "pannuke", "--output", shards,
+                     "--id-salt", TEST_SALT, "--split", "0.5,0.5,0", "--quiet") == 0
+    return shards

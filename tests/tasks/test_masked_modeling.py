@@ -19,7 +19,7 @@ from medtf.models.vit.masking import blockwise_mask, example_seed, normalize_pat
 from medtf.tasks import default_monitor, get_task
 from medtf.tasks.masked_modeling import (MaskedMSE, MaskedPixelLoss, MaskedPSNR, MaskedTokenAccuracy, MaskedTokenLoss,
                                          masked_scores)
-from tests.conftest import TEST_SALT, run_medtf
+from tests.conftest import run_medtf
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = dict(image_size=32, patch_size=8, num_channels=3, hidden_dim=16, num_layers=1, num_heads=2, mlp_dim=32)
@@ -207,13 +207,10 @@ def mim_run(tmp_path_factory) -> Path:
     """`medtf synth nuclei-he`'s generator at 64 px (4 PanNuke-style tiles: train 2 / val 2), converted with
     `medtf convert`, and the shipped experiment trained on them through `medtf train` for 2 epochs. The tiles
     already have the model's size and augmentation is off, which keeps the in-graph pipeline small to trace."""
-    from medtf.synth.nuclei_he import generate_nuclei_he
+    from tests.nuclei.conftest import tiny_tile_shards
 
     root = tmp_path_factory.mktemp("mim")
-    generate_nuclei_he(root / "src", cases=4, seed=2, tile_size=64, consep_images=0)
-    shards = root / "shards"
-    assert run_medtf("convert", "nuclei-he", "--input", root / "src" / "pannuke", "--output", shards,
-                     "--id-salt", TEST_SALT, "--split", "0.5,0.5,0", "--quiet") == 0
+    shards = tiny_tile_shards(root)
     run = root / "run"
     assert run_medtf("train", REPO / "experiments/nuclei_mim_pretrain.yaml", "--run-dir", run,
                      "--set", f"data.dir={shards}", "--set", "train.epochs=2", "--set", "data.batch_size=2",

@@ -16,7 +16,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precisio
 from medtf.models.vit import NucleusClassifier
 from medtf.tasks import default_monitor, get_task
 from medtf.tasks.nucleus_classification import NucleusAccuracy, NucleusF1, NucleusLoss, nucleus_scores
-from tests.conftest import TEST_SALT, run_medtf
+from tests.conftest import run_medtf
 
 REPO = Path(__file__).resolve().parents[2]
 LABELS = np.array([0, 0, 1, 2, 2, 2, 3, 1, 0, 3, 2])
@@ -95,13 +95,9 @@ def test_nucleus_classification_through_the_cli(tmp_path):
     """4 synthetic 64 px PanNuke-style tiles (train 2 / val 2), the shipped fine-tuning experiment for one epoch
     with one block; evaluate recomputes the validation F1 and accuracy from per-nucleus predictions (about 7 s of
     CPU: synth 1, convert 1, train 4, evaluate 1)."""
-    from medtf.synth.nuclei_he import generate_nuclei_he
-    from tests.nuclei.conftest import decoded
+    from tests.nuclei.conftest import decoded, tiny_tile_shards
 
-    generate_nuclei_he(tmp_path / "src", cases=4, seed=2, tile_size=64, consep_images=0)
-    shards = tmp_path / "shards"
-    assert run_medtf("convert", "nuclei-he", "--input", tmp_path / "src" / "pannuke", "--output", shards,
-                     "--id-salt", TEST_SALT, "--split", "0.5,0.5,0", "--quiet") == 0
+    shards = tiny_tile_shards(tmp_path)
     run = tmp_path / "run"
     assert run_medtf("train", REPO / "experiments/nuclei_finetune.yaml", "--run-dir", run,
                      "--set", f"data.dir={shards}", "--set", "train.epochs=1", "--set", "data.batch_size=2",
@@ -135,12 +131,9 @@ def test_linear_probe_from_a_nucleus_token_mim_run_through_the_cli(tmp_path):
     trains."""
     import keras
 
-    from medtf.synth.nuclei_he import generate_nuclei_he
+    from tests.nuclei.conftest import tiny_tile_shards
 
-    generate_nuclei_he(tmp_path / "src", cases=4, seed=2, tile_size=64, consep_images=0)
-    shards = tmp_path / "shards"
-    assert run_medtf("convert", "nuclei-he", "--input", tmp_path / "src" / "pannuke", "--output", shards,
-                     "--id-salt", TEST_SALT, "--split", "0.5,0.5,0", "--quiet") == 0
+    shards = tiny_tile_shards(tmp_path)
     common = ["--set", f"data.dir={shards}", "--set", "train.epochs=1", "--set", "data.batch_size=2", "--set",
               "data.transforms=[]", "--set", "data.patch_size=null", "--set", "data.val_patch_size=null", "--set",
               "model.args.num_layers=1", "--set", "+train.log_every_n_steps=0", "--set",
