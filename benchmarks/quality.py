@@ -408,7 +408,8 @@ def main(argv=None) -> int:
                         help="fine-tune nuclei from this MIM run or checkpoint (default: random initialisation)")
     parser.add_argument("--tl-set", action="append", default=[], metavar="KEY=VALUE",
                         help="extra dotted override of the prostate-tl chains and their scratch (repeatable), "
-                             "e.g. model.args.pool=avg")
+                             "e.g. +model.args.pool=avg; phase.NAME.key=value sets one phase's key, "
+                             "e.g. phase.ds4-prostate-full.optimizer.learning_rate=1e-3")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
     args = parser.parse_args(argv)

@@ -76,7 +76,8 @@ TL_SOURCE_EPOCHS = {"frozen": 6, "full": 12}
 # it stopped the chain in folds 1 and 3 (brain 0.609 / 0.596, 2026-12-07); 0.55 (~1 sd above chance on 120
 # validation slices) lets the measurement finish and the table shows every phase's value.
 TL_SOURCE_GATE = 0.55
-TL_EXTRA: tuple[str, ...] = ()  # quality.py --tl-set: more dotted overrides of the chain and its scratch
+# quality.py --tl-set: more dotted overrides of the chain and its scratch; "phase.NAME.key=value" sets one phase's key
+TL_EXTRA: tuple[str, ...] = ()
 
 
 def _cli(*args) -> None:
@@ -381,16 +382,24 @@ def run_prostate_tl(out: Path, cases: int, seed: int, id_salt: str, prostate_onl
             phase.setdefault("train", {})["epochs"] = TL_SOURCE_EPOCHS[stage]
             if stage == "full":
                 phase["min_val_metric"] = TL_SOURCE_GATE
+    extra = [e for e in TL_EXTRA if not e.startswith("phase.")]
+    for entry in (e for e in TL_EXTRA if e.startswith("phase.")):  # phase.NAME.dotted.key=value
+        key, value = entry[len("phase."):].split("=", 1)
+        name_, *path = key.split(".")
+        phase = next(p for p in config["transfer"]["phases"] if p["name"] == name_)
+        for part in path[:-1]:
+            phase = phase.setdefault(part, {})
+        phase[path[-1]] = yaml.safe_load(value)
     if prostate_only:
         config["transfer"]["phases"] = [p for p in config["transfer"]["phases"] if p["name"].startswith(("ds1", "ds4"))]
         config["transfer"]["compare_scratch"] = False
     resolved = out / f"{name}.yaml"
     resolved.write_text(yaml.safe_dump(config, sort_keys=False))
     start = time.monotonic()
-    overrides = [*TL_OVERRIDES, *TL_EXTRA]
+    overrides = [*TL_OVERRIDES, *extra]
     report = run_transfer_cross_validation(load_config(resolved, overrides), out / "runs" / name, verbose=False)
     keep = ("eval/auc", "scratch/eval/auc", "gain/eval/auc")
-    return {"folds": report["folds"], "complete": report["complete"], "overrides": overrides,
+    return {"folds": report["folds"], "complete": report["complete"], "overrides": [*TL_OVERRIDES, *TL_EXTRA],
             "metrics": {k: report["metrics"][k] for k in keep if k in report["metrics"]},
             "phase_best": tl_phase_best(out / "runs" / name, report["folds"]),
             "train_minutes": (time.monotonic() - start) / 60}
