@@ -27,8 +27,9 @@ def test_chain_parses_builds_every_phase_and_scales_by_set():
     assert [name for name, _ in phases] == PHASES
     dirs = [Path(raw["data"]["dir"]).name for _, raw in phases]
     assert dirs == ["prostate-dwi", "brain", "brain", "lung", "lung", "prostate-dwi", "prostate-dwi"]
-    # source phases learn their task at 1e-3 (at 1e-4 they stayed near chance); only the target is fine-tuned
-    assert [raw["optimizer"]["learning_rate"] for _, raw in phases] == [1e-3, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3, 1e-4]
+    # source phases learn their task at 1e-3 (at 1e-4 they stayed near chance); the last prostate phase at the
+    # scratch baseline's 1e-3 (chosen on the selection folds over 1e-4, benchmarks/RESULTS.md)
+    assert [raw["optimizer"]["learning_rate"] for _, raw in phases] == [1e-3] * 7
     # brain / lung inputs ([0, 1]) are z-scored per image, as the prostate crops are by the converter
     assert [[t["name"] for t in raw["data"]["preprocess"]] for _, raw in phases] == \
         [[], ["zscore"], ["zscore"], ["zscore"], ["zscore"], [], []]
