@@ -12,7 +12,7 @@ import keras
 from keras import ops
 
 from medtf.models.registry import register_model
-from medtf.models.unet.encoder import unet_encoder
+from medtf.models.unet.encoder import POOLING, global_pool, unet_encoder
 
 
 @keras.saving.register_keras_serializable(package="medtf")
@@ -73,9 +73,6 @@ class CoordinateChannels(keras.layers.Layer):
         return (*shape[:-1], None if shape[-1] is None else shape[-1] + len(shape) - 2)
 
 
-_POOLING = ("avg", "max", "avg_max")
-
-
 @keras.saving.register_keras_serializable(package="medtf")
 class LogitScale(keras.layers.Layer):
     """The learnable inverse temperature of CLIP: a log-scale weight, initialised at ``log(1 / temperature)``;
@@ -126,12 +123,10 @@ class ImageReportEncoder(keras.Model):
                  text_bins=4096, text_dim=64, text=None, learn_temperature=False, temperature=0.07,
                  max_logit_scale=100.0, label_aware=False, pooling="avg", coords=False, **kwargs):
         # === Layers ===
-        if pooling not in _POOLING:
-            raise ValueError(f"pooling {pooling!r}: expected one of {_POOLING}")
+        if pooling not in POOLING:
+            raise ValueError(f"pooling {pooling!r}: expected one of {POOLING}")
         encoder = unet_encoder(spatial_dims, in_channels + (spatial_dims if coords else 0), depth, base_filters,
                                norm=norm)
-        avg = keras.layers.GlobalAveragePooling2D if spatial_dims == 2 else keras.layers.GlobalAveragePooling3D
-        peak = keras.layers.GlobalMaxPooling2D if spatial_dims == 2 else keras.layers.GlobalMaxPooling3D
         backbone = tokenizer = None
         if text is not None:
             from medtf.models.text.tower import TokenPooling, backbone_sequence, resolve_text, token_inputs
@@ -141,11 +136,8 @@ class ImageReportEncoder(keras.Model):
         image = keras.Input(shape=(None,) * spatial_dims + (in_channels,), name="image")
         features = encoder(CoordinateChannels(name="coords")(image) if coords else image)
         # max: a small focal finding is a few voxels of the bottleneck, which the average dilutes
-        pooled = {"avg": lambda f: avg(name="pool")(f), "max": lambda f: peak(name="pool")(f),
-                  "avg_max": lambda f: keras.layers.Concatenate(name="pool")([avg(name="pool_avg")(f),
-                                                                               peak(name="pool_max")(f)])}[pooling]
         image_embedding = L2Normalize(name="image_embedding")(
-            keras.layers.Dense(embed_dim, name="image_projection")(pooled(features)))
+            keras.layers.Dense(embed_dim, name="image_projection")(global_pool(features, spatial_dims, pooling)))
         if backbone is None:
             report = keras.Input(shape=(), dtype="string", name="report")
             inputs = {"image": image, "report": report}
