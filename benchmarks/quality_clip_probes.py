@@ -3,11 +3,13 @@
 - `text_only_baseline`: bag-of-words (uni- and bigrams, training vocabulary) multinomial logistic regression from
   the report text to its class: how much of the class the reports alone carry.
 - `image_only_baseline`: ``medtf train`` of the classification task on the same volumes with the CLIP image tower's
-  encoder (3D U-Net contracting path, same depth / filters, global average pooling, softmax head), best epoch on
-  val accuracy: how much of the class the image tower alone can learn from the training studies.
+  encoder (3D U-Net contracting path, same depth / filters, instance norm, the tower's average + max pooling,
+  softmax head), best epoch on val accuracy: how much of the class the image tower alone can learn from the
+  training studies.
 - `finding_matcher`: a computed ceiling, not a model: it knows each test study's class and the side, location (or
-  kind of diffuse finding) and size (mm) named in its report and ranks the reports that agree on more of them
-  first (ties in random order). Normal studies all read alike, so even this matcher cannot tell them apart.
+  kind of diffuse finding), size (mm), ventricle size and white-matter (Fazekas) grade named in its report and
+  ranks the reports that agree on more of them first (ties in random order). Studies of one class with the same
+  details (e.g. normals with normal ventricles and no white-matter spots) read alike; it cannot tell them apart.
 """
 
 from __future__ import annotations
@@ -43,15 +45,18 @@ def text_only_baseline(shards: Path) -> dict:
             "features": len(words.vocabulary_)}
 
 
-def image_only_baseline(shards: Path, run_dir: Path, depth: int, base_filters: int, epochs: int = 30) -> dict:
-    """Test-split class accuracy of the image tower's encoder trained as a 5-class classifier (see the docstring)."""
+def image_only_baseline(shards: Path, run_dir: Path, depth: int, base_filters: int, epochs: int = 30,
+                        pooling: str = "avg_max") -> dict:
+    """Test-split class accuracy of the image tower's encoder trained as a 5-class classifier (see the docstring);
+    ``pooling`` as the tower's (``avg`` alone: the instance-normalised average hardly varies between studies)."""
     from medtf.cli.demo import experiments_dir
     from medtf.tasks import get_task
     from medtf.training.config import load_config
     from medtf.training.engine import train
 
     overrides = [f"data.dir={shards}", "data.kind=mri-reports", "data.transforms=[]", "data.batch_size=16",
-                 "+model.args.spatial_dims=3", "+model.args.norm=instance", "model.args.num_classes=5",
+                 "+model.args.spatial_dims=3", "+model.args.norm=instance", f"+model.args.pooling={pooling}",
+                 "model.args.num_classes=5",
                  f"model.args.depth={depth}", f"model.args.base_filters={base_filters}", f"train.epochs={epochs}",
                  "+train.monitor=val_accuracy", "+train.mode=max", "+train.verbose=0"]
     config = load_config(experiments_dir() / "lgg_classifier2d.yaml", overrides)
@@ -65,28 +70,40 @@ def image_only_baseline(shards: Path, run_dir: Path, depth: int, base_filters: i
             "train_minutes": minutes, "overrides": overrides}
 
 
-def report_finding(text: str) -> tuple[str, str, int]:
-    """``(side, location, size mm)`` named in a synthetic report (``""`` / 0 when it names none); the location of
-    a diffuse finding is its kind (``atrophy`` or ``white matter``)."""
+def report_finding(text: str) -> tuple[str, str, int, str, int]:
+    """``(side, location, size mm, ventricles, fazekas)`` named in a synthetic report (``""`` / 0 when it names
+    none); the location of a diffuse finding is its kind (``atrophy`` or ``white matter``); ventricles ``enlarged``
+    (atrophy), ``prominent`` or ``normal``; fazekas the white-matter grade (0 when none is named)."""
     low = text.lower()
     side = re.search(r"\b(left|right)\b", low)
-    diffuse = "atrophy" if re.search(r"atrophy|volume loss", low) else "white matter" if "white matter" in low else ""
+    atrophy = re.search(r"atrophy|volume loss", low)
+    diffuse = "atrophy" if atrophy else "white matter" if "microangiopathy" in low or "small vessel" in low else ""
     location = next((name for name in LOCATIONS if name in low), diffuse)
     size = re.search(r"(\d+) ?mm", low)
-    return (side.group(1) if side else ""), location, (int(size.group(1)) if size else 0)
+    ventricles = "enlarged" if atrophy else "prominent" if re.search(r"prominen", low) else "normal"
+    fazekas = re.search(r"fazekas (?:grade )?(\d)", low)
+    return ((side.group(1) if side else ""), location, (int(size.group(1)) if size else 0), ventricles,
+            (int(fazekas.group(1)) if fazekas else 0))
 
 
 def finding_matcher(shards: Path, seed: int = 0) -> dict:
-    """Image->report R@1/5/10 of the matcher that knows class, side, location and size (see the docstring)."""
+    """Image->report R@1/5/10 of the matcher that knows class, side, location, size, ventricles and white-matter
+    grade (see the docstring)."""
     texts, labels = split_reports(shards, "test")
     facts = [report_finding(t) for t in texts]
     rng = np.random.default_rng(seed)
     n = len(texts)
     ranks = []
     for i in range(n):
-        # agreement score: class, then side and location, then the size to within 3 mm; random tie-breaks
-        score = np.array([(labels[j] == labels[i]) * 4 + (facts[j][:2] == facts[i][:2] and labels[j] == labels[i]) * 2
-                          + (abs(facts[j][2] - facts[i][2]) <= 3 and labels[j] == labels[i]) for j in range(n)], float)
+        # agreement score: class first, then (within the class) side and location, ventricles, white matter and
+        # the size to within 3 mm; random tie-breaks
+        def agree(j):
+            if labels[j] != labels[i]:
+                return 0.0
+            a, b = facts[i], facts[j]
+            return 8.0 + 2 * (a[:2] == b[:2]) + (a[3] == b[3]) + (a[4] == b[4]) + (abs(a[2] - b[2]) <= 3)
+
+        score = np.array([agree(j) for j in range(n)])
         order = np.lexsort((rng.random(n), -score))
         ranks.append(int(np.where(order == i)[0][0]) + 1)
     ranks = np.asarray(ranks)

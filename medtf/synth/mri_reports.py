@@ -17,10 +17,15 @@ scalp, grey/white matter texture, ventricles, plus one class-dependent finding:
 - ``tumor``: a FLAIR-bright mass with surrounding oedema, mildly DWI-bright,
 - ``hemorrhage``: a dark T2* focus (blooming, larger than on the other sequences),
 - ``normal``: nothing,
-- ``others``: chronic small-vessel white-matter spots on FLAIR, or atrophy (large ventricles and sulci).
+- ``others``: chronic small-vessel white-matter spots on FLAIR (Fazekas 2-3), or atrophy (enlarged ventricles and
+  sulci).
 
 Focal findings sit at a random side and lobe, and the report (`medtf.synth.radiology_reports`) names that side
-and location. Intensities are scaled per sequence (scanner gain), with a smooth bias field and Rician noise.
+and location. Every study, normals included, also has a ventricle size (``normal`` / ``prominent``; ``enlarged``
+with atrophy) and a white-matter hyperintensity burden (Fazekas 0 or 1: none or a few punctate FLAIR spots; 2-3
+with small vessel disease), drawn in the volumes and written in the report, so that reports of the same class
+differ in details an image can show. Intensities are scaled per sequence (scanner gain), with a smooth bias field
+and Rician noise.
 Case ids (``MR<7 digits>``) and patient ids (``PT<6 digits>``) look like real accession/patient numbers so that
 de-identification can be tested; every fourth case is a follow-up study of the previous case's patient.
 """
@@ -43,6 +48,13 @@ FOV_MM = (230.0, 230.0, 150.0)
 _TISSUE = {"scalp": (25, 70, 95), "gm": (105, 95, 115), "wm": (85, 75, 95), "csf": (15, 160, 20)}
 _FINDING = {"infarct": (300, 105, 165), "tumor": (140, 120, 185), "oedema": (110, 115, 155),
             "hemorrhage": (50, 12, 125), "small_vessel": (95, 90, 170)}
+# ventricle grade -> (range of the ventricles' scale, texture threshold below which the outer cortex is sulcal CSF)
+VENTRICLE_SCALES = {"normal": (0.9, 1.05), "prominent": (1.3, 1.45), "enlarged": (1.65, 1.85)}
+SULCAL_THRESHOLD = {"normal": -1.2, "prominent": -0.9, "enlarged": -0.2}
+# Fazekas grade -> [low, high) number of white-matter FLAIR spots of WMH_RADIUS_MM (6 mm: a spot still shows at the
+# ~4.8 x 4.8 x 12.5 mm voxels of a 48x48x12 conversion; 4.5 mm spots did not, benchmarks/RESULTS.md issue #16)
+FAZEKAS_SPOTS = {1: (3, 6), 2: (6, 10), 3: (10, 15)}
+WMH_RADIUS_MM = 6.0
 # normalised brain coordinates of a right-sided finding (x is mirrored for the left side)
 LOCATIONS = {"frontal lobe": (-0.35, -0.6, 0.25), "parietal lobe": (-0.4, 0.25, 0.5),
              "temporal lobe": (-0.6, -0.1, -0.35), "occipital lobe": (-0.3, 0.7, 0.1),
@@ -65,7 +77,11 @@ class _Patient:
         self.phases = rng.uniform(0, 2 * np.pi, 8)
         self.class_name = class_name
         self.subtype = str(rng.choice(["small_vessel", "atrophy"])) if class_name == "others" else ""
-        self.ventricle_scale = 1.7 if self.subtype == "atrophy" else 1.0
+        # per-study details that every report names (normals too) and the image shows: ventricle size and the
+        # white-matter hyperintensity burden (Fazekas grade: 0 none, 1 a few punctate spots, 2-3 small vessel disease)
+        self.ventricles = "enlarged" if self.subtype == "atrophy" else str(rng.choice(["normal", "prominent"]))
+        self.ventricle_scale = float(rng.uniform(*VENTRICLE_SCALES[self.ventricles]))
+        self.fazekas = int(rng.integers(2, 4)) if self.subtype == "small_vessel" else int(rng.integers(0, 2))
         self.side = str(rng.choice(["left", "right"]))
         self.location = str(rng.choice(list(LOCATIONS)))
         where = np.array(LOCATIONS[self.location]) + rng.uniform(-0.08, 0.08, 3)
@@ -74,7 +90,8 @@ class _Patient:
         self.lesion_radius = {"infarct": rng.uniform(8, 13), "tumor": rng.uniform(13, 20),
                               "hemorrhage": rng.uniform(6, 10)}.get(class_name, 0.0)
         self.lesion_axes = self.lesion_radius * rng.uniform(0.8, 1.2, 3)
-        self.spots = self.centre + rng.uniform(-0.45, 0.45, (int(rng.integers(6, 12)), 3)) * self.radii * [1, 1, .6]
+        n_spots = int(rng.integers(*FAZEKAS_SPOTS[self.fazekas])) if self.fazekas else 0
+        self.spots = self.centre + rng.uniform(-0.45, 0.45, (n_spots, 3)) * self.radii * [1, 1, .6]
         self.gains = rng.uniform([2, 3, 4], [4, 6, 8])
         self.bias = rng.standard_normal((3, 3)) / 400.0
 
@@ -91,7 +108,7 @@ class _Patient:
                                                                         * self.ventricle_scale), axis=-1), 0.1)
                          for dx in (-9.0, 9.0))
         sulci = _soft(r_brain / 0.9, 0.02) < 0.5  # outer cortex: CSF in the sulci where the texture dips
-        csf = np.clip(ventricles + sulci * (texture < (-0.2 if self.subtype == "atrophy" else -1.2)), 0, 1)
+        csf = np.clip(ventricles + sulci * (texture < SULCAL_THRESHOLD[self.ventricles]), 0, 1)
         t = {k: v[channel] for k, v in _TISSUE.items()}
         parenchyma = (1 - wm) * t["gm"] + wm * t["wm"]
         image = (head - skull) * t["scalp"] + brain * ((1 - csf) * parenchyma + csf * t["csf"])
@@ -114,16 +131,15 @@ class _Patient:
             bloom = 1.35 if (self.class_name == "hemorrhage" and channel == SEQUENCES.index("t2s")) else 1.0
             lesion = blob(self.lesion_centre, self.lesion_axes, bloom)
             image = image * (1 - lesion) + lesion * f[self.class_name]
-        elif self.subtype == "small_vessel":
-            for spot in self.spots:
-                lesion = blob(spot, (4.5, 4.5, 4.5), 1.0, 0.2)
-                image = image * (1 - lesion) + lesion * f["small_vessel"]
+        for spot in self.spots:  # white-matter hyperintensities: Fazekas 1 (any class) to 3 (small vessel disease)
+            lesion = blob(spot, (WMH_RADIUS_MM,) * 3, 1.0, 0.2)
+            image = image * (1 - lesion) + lesion * f["small_vessel"]
         return image
 
     @property
     def report_fields(self) -> dict:
         return {"side": self.side, "location": self.location, "size_mm": 2 * float(self.lesion_axes.max()),
-                "subtype": self.subtype}
+                "subtype": self.subtype, "ventricles": self.ventricles, "fazekas": self.fazekas}
 
 
 def _grid(name: str, size, rng) -> Volume:

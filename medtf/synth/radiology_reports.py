@@ -31,8 +31,23 @@ _NEG_MASS = ("No mass lesion.", "No space-occupying lesion.", "No focal mass or 
 _NEG_ALL = ("No acute infarcts / haemorrhage / focal lesions.", "No acute infarct, haemorrhage or focal lesion.",
             "No evidence of acute infarction, intracranial hemorrhage or mass.",
             "No acute infarcts, no haemorrhage, no focal lesions.")
-_VENTRICLES = ("Ventricles and sulci are normal for age.", "Normal ventricular size and configuration.",
-               "The ventricles are of normal size. Midline structures are central.")
+# ventricle size and white-matter burden, named in every report except where the finding itself says it (atrophy,
+# small vessel disease)
+VENTRICLE_GRADES = ("normal", "prominent", "enlarged")
+_VENTRICLES = {
+    "normal": ("Ventricles and sulci are normal for age.", "Normal ventricular size and configuration.",
+               "The ventricles are of normal size. Midline structures are central."),
+    "prominent": ("The lateral ventricles are mildly prominent; sulci within normal limits.",
+                  "Mild ventricular prominence, no hydrocephalus.",
+                  "Mildly prominent ventricles for age. Midline structures are central."),
+}
+_WHITE_MATTER = {
+    0: ("No white matter signal abnormality.", "Normal white matter signal on FLAIR.",
+        "The white matter is unremarkable."),
+    1: ("A few punctate white matter FLAIR hyperintensities (Fazekas 1), nonspecific.",
+        "Scattered punctate foci of white matter FLAIR hyperintensity, Fazekas 1.",
+        "Minor nonspecific white matter FLAIR foci (Fazekas grade 1)."),
+}
 
 _FINDINGS = {
     "infarct": (
@@ -61,7 +76,8 @@ _FINDINGS = {
         "small_vessel": (
             "Scattered periventricular and deep white matter FLAIR hyperintensities, in keeping with chronic "
             "small vessel ischaemic change (Fazekas {fazekas}).",
-            "Multiple small T2/FLAIR white matter hyperintensities bilaterally – likely chronic microangiopathy.",
+            "Multiple small T2/FLAIR white matter hyperintensities bilaterally (Fazekas {fazekas}) – likely chronic "
+            "microangiopathy.",
         ),
         "atrophy": (
             "Generalised cerebral volume loss with prominent ventricles and sulci, more than expected for age.",
@@ -90,7 +106,7 @@ def _pick(rng: np.random.Generator, options):
 
 
 def write_report(class_name: str, rng: np.random.Generator, side: str = "", location: str = "",
-                 size_mm: float = 0.0, subtype: str = "") -> str:
+                 size_mm: float = 0.0, subtype: str = "", ventricles: str = "normal", fazekas: int = 0) -> str:
     """One report for a case of ``class_name``.
 
     Args:
@@ -100,29 +116,41 @@ def write_report(class_name: str, rng: np.random.Generator, side: str = "", loca
         location: anatomical location of the finding, e.g. ``"frontal lobe"``.
         size_mm: largest diameter of the finding in mm.
         subtype: for ``others``: ``"small_vessel"`` or ``"atrophy"``.
+        ventricles: ventricle size, one of `VENTRICLE_GRADES` (``"enlarged"`` only with atrophy, whose finding
+            says it).
+        fazekas: white-matter hyperintensity grade: 0 or 1 (a sentence of its own), 2-3 with small vessel disease
+            (in its finding; 0 there draws 1 or 2).
 
     Returns:
         The report text (``\\n`` between sections; may be several lines).
     """
     if class_name not in CLASSES:
         raise ValueError(f"unknown class {class_name!r}; expected one of {CLASSES}")
+    if ventricles not in VENTRICLE_GRADES or (ventricles == "enlarged") != (subtype == "atrophy"):
+        raise ValueError(f"ventricles {ventricles!r}: expected one of {VENTRICLE_GRADES} ('enlarged' with atrophy)")
+    if fazekas not in (0, 1, 2, 3) or (fazekas > 1 and subtype != "small_vessel"):
+        raise ValueError(f"fazekas {fazekas!r}: expected 0-1, or 2-3 with small vessel disease")
     fill = {"side": side, "Side": side.capitalize(), "location": location, "size": int(round(size_mm)),
-            "size2": max(3, int(round(size_mm * rng.uniform(0.6, 0.9)))), "fazekas": int(rng.integers(1, 3))}
+            "size2": max(3, int(round(size_mm * rng.uniform(0.6, 0.9)))),
+            "fazekas": fazekas or int(rng.integers(1, 3))}
+    details = []  # the study's own ventricles and white matter, unless the finding already says them
+    if subtype != "atrophy":
+        details.append(_pick(rng, _VENTRICLES[ventricles]))
+    if subtype != "small_vessel":
+        details.append(_pick(rng, _WHITE_MATTER[fazekas]))
     findings: list[str] = []
     if class_name == "normal":
-        findings += [_pick(rng, _NEG_ALL), _pick(rng, _VENTRICLES)]
+        findings += [_pick(rng, _NEG_ALL), *details]
         impression = _pick(rng, _IMPRESSION["normal"])
     elif class_name == "others":
         findings += [_pick(rng, _FINDINGS["others"][subtype]).format(**fill), _pick(rng, _NEG_INFARCT),
-                     _pick(rng, _NEG_BLEED)]
+                     _pick(rng, _NEG_BLEED), *details]
         impression = _pick(rng, _IMPRESSION["others"][subtype])
     else:
         findings.append(_pick(rng, _FINDINGS[class_name]).format(**fill))
         negations = {"infarct": (_NEG_BLEED, _NEG_MASS), "tumor": (_NEG_INFARCT, _NEG_BLEED),
                      "hemorrhage": (_NEG_MASS,)}[class_name]
-        findings += [_pick(rng, n) for n in negations if rng.uniform() < 0.8]
-        if rng.uniform() < 0.5:
-            findings.append(_pick(rng, _VENTRICLES))
+        findings += [_pick(rng, n) for n in negations if rng.uniform() < 0.8] + details
         impression = _pick(rng, _IMPRESSION[class_name]).format(**fill)
     order = rng.permutation(len(findings) - 1) + 1 if len(findings) > 1 else []
     findings = [findings[0]] + [findings[i] for i in order]
