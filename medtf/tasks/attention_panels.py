@@ -20,7 +20,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from medtf.training.diagnostics import _rgb, _unit
+from medtf.training.diagnostics import _rgb, _unit, write_panels
 
 # Piecewise-linear "hot" colour map: black -> purple -> red -> orange -> pale yellow (monotone in brightness,
 # so the maps stay readable in grey too).
@@ -144,18 +144,10 @@ class AttentionPanels(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if self.every <= 0 or not self.examples or (epoch + 1) % self.every:
             return
-        import tensorflow as tf
-
-        if self._writer is None:
-            self._writer = tf.summary.create_file_writer(self.log_dir)
         panels = self.panels()
         heads = " | head 0 ..." if self.per_head else ""
-        with self._writer.as_default():
-            tf.summary.image(self.tag, panels, step=epoch, max_outputs=len(panels),
-                             description=f"[CLS] attention of block {self._probe.block}, mean over heads: tile | "
-                                         f"grid tokens (heat map) | nucleus tokens (boxes){heads}")
-        self._writer.flush()
-        self.logged_epochs.append(epoch)
+        write_panels(self, panels, epoch, f"[CLS] attention of block {self._probe.block}, mean over heads: tile | "
+                                          f"grid tokens (heat map) | nucleus tokens (boxes){heads}")
 
 
 def attention_diagnostics(train_cfg, paths, val_examples) -> list:

@@ -99,18 +99,21 @@ class ValidationPanels(keras.callbacks.Callback):
         value = (logs or {}).get(self.monitor)
         if not self.examples or not self._improved(value):
             return
-        import tensorflow as tf
-
         self.best = float(value)
-        if self._writer is None:
-            self._writer = tf.summary.create_file_writer(self.log_dir)
-        panels = self.panels()
-        with self._writer.as_default():
-            tf.summary.image(self.tag, panels, step=epoch, max_outputs=len(panels),
-                             description=f"{self.caption} when {self.monitor} improved "
-                                         f"({float(value):.4f})")
-        self._writer.flush()
-        self.logged_epochs.append(epoch)
+        write_panels(self, self.panels(), epoch, f"{self.caption} when {self.monitor} improved ({float(value):.4f})")
+
+
+def write_panels(callback, panels: np.ndarray, epoch: int, description: str) -> None:
+    """``tf.summary.image`` of ``panels`` under ``callback.tag`` at step ``epoch`` in ``callback.log_dir`` (the
+    writer made once and kept on ``callback._writer``); the epoch is appended to ``callback.logged_epochs``."""
+    import tensorflow as tf
+
+    if callback._writer is None:
+        callback._writer = tf.summary.create_file_writer(callback.log_dir)
+    with callback._writer.as_default():
+        tf.summary.image(callback.tag, panels, step=epoch, max_outputs=len(panels), description=description)
+    callback._writer.flush()
+    callback.logged_epochs.append(epoch)
 
 
 # ---------------------------------------------------------------------------------------------- gradients
