@@ -397,6 +397,10 @@ def main(argv=None) -> int:
     parser.add_argument("--cases", type=int, default=10, help="synthetic brachy patients (the demo's 10)")
     parser.add_argument("--lgg-cases", type=int, default=10, help="synthetic LGG patients")
     parser.add_argument("--prostate-cases", type=int, default=60, help="synthetic PROSTATEx patients")
+    parser.add_argument("--clip-cases", type=int, default=quality_clip.CLIP_CASES,
+                        help="synthetic brain MRI studies of the clip workloads (one cohort per --out folder)")
+    parser.add_argument("--clip-split", default=quality_clip.CLIP_SPLIT,
+                        help="train,val,test fractions of the clip studies (by patient)")
     parser.add_argument("--nuclei-seeds", default="0", help="comma-separated seeds of the nuclei MIM / probe runs")
     parser.add_argument("--nuclei-epochs", type=int, default=None,
                         help="fine-tuning epochs of nuclei / nuclei-shuffled (default 12 x 20 steps)")
@@ -419,12 +423,14 @@ def main(argv=None) -> int:
         parser.error(f"unknown workloads {sorted(unknown)}; choose from {WORKLOADS}")
     out = args.out or Path(tempfile.mkdtemp(prefix="medtf-quality-"))
     quality_prostate.TL_EXTRA = tuple(args.tl_set)
+    quality_clip.CLIP_SPLIT = args.clip_split
     start = time.monotonic()
     results = {}
     for name in wanted:
         print(f"\n=== {name} ===", flush=True)
         cases = (args.lgg_cases if name.startswith("lgg") else
-                 args.prostate_cases if name.startswith("prostate") else args.cases)
+                 args.prostate_cases if name.startswith("prostate") else
+                 args.clip_cases if name.startswith("clip") else args.cases)
         if name.startswith("nuclei"):
             seeds = [int(v) for v in args.nuclei_seeds.split(",")]
             run = quality_nuclei.runners(seeds, args.nuclei_epochs, args.nuclei_mim_epochs,

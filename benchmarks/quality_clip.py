@@ -25,7 +25,8 @@ nothing chosen on them):
   vs the same tower (size, vocabulary) frozen at its random initialisation; only the projections and the image
   tower train.
 
-The study count is `CLIP_CASES` (``quality.py --cases`` is the brachy one and is ignored here).
+The study count is `CLIP_CASES` and the split `CLIP_SPLIT`, set by ``quality.py --clip-cases`` / ``--clip-split``
+(``--cases`` is the brachy one and is ignored here).
 Reference figures computed, not trained: chance (R@k = k/N, zero-shot = 1/classes), the report-class prior
 (always the most frequent training class), and a **class-only matcher** (knows each test image's class exactly
 and ranks that class's reports first in random order: R@k = mean of min(1, k / n_class)); R@1 above it needs the
@@ -75,14 +76,18 @@ def _cli(*args) -> None:
         raise SystemExit(f"`medtf {argv[0]}` failed")
 
 
-def clip_sources(out: Path, seed: int, id_salt: str) -> Path:
+def clip_sources(out: Path, seed: int, id_salt: str, cases: int | None = None) -> Path:
+    """Generate and convert the studies once per work folder: ``cases`` (default `CLIP_CASES`; ``quality.py
+    --clip-cases``) split by `CLIP_SPLIT` (``--clip-split``). A work folder holds one cohort: use a new ``--out``
+    for another size."""
+    cases = CLIP_CASES if cases is None else cases
     source, shards = out / "source" / "mri-reports", out / "shards" / "mri-reports"
     if not (shards / "manifest.json").exists():
         from medtf.synth.mri_reports import generate_mri_reports
 
         # `medtf synth mri-reports` with a smaller grid (the CLI has no --size; its default is 128x128x24)
-        print(f"generate_mri_reports({source}, cases={CLIP_CASES}, seed={seed}, size={SYNTH_SIZE})", flush=True)
-        generate_mri_reports(source, cases=CLIP_CASES, seed=seed, size=SYNTH_SIZE)
+        print(f"generate_mri_reports({source}, cases={cases}, seed={seed}, size={SYNTH_SIZE})", flush=True)
+        generate_mri_reports(source, cases=cases, seed=seed, size=SYNTH_SIZE)
         _cli("convert", "mri-reports", "--input", source, "--output", shards, "--split", CLIP_SPLIT,
              "--seed", seed, "--id-salt", id_salt, "--workers", 2, "--target-size", TARGET_SIZE)
     return shards
@@ -149,20 +154,20 @@ def shuffle_pairs(shards: Path, out: Path, seed: int, splits=("train", "val")) -
 
 
 def run_clip(out: Path, cases: int, seed: int, id_salt: str) -> dict:
-    shards = clip_sources(out, seed, id_salt)
+    shards = clip_sources(out, seed, id_salt, cases)
     result = train_and_evaluate(shards, out / "runs" / "clip", shards)
     return {**result, "overrides": list(CLIP_OVERRIDES), "reference": reference_figures(shards)}
 
 
 def run_clip_shuffled(out: Path, cases: int, seed: int, id_salt: str) -> dict:
-    shards = clip_sources(out, seed, id_salt)
+    shards = clip_sources(out, seed, id_salt, cases)
     moved = shuffle_pairs(shards, out / "shards" / "mri-reports-shuffled", seed)
     result = train_and_evaluate(out / "shards" / "mri-reports-shuffled", out / "runs" / "clip-shuffled", shards)
     return {**result, "moved": moved, "reference": reference_figures(shards)}
 
 
 def run_clip_untrained(out: Path, cases: int, seed: int, id_salt: str) -> dict:
-    shards = clip_sources(out, seed, id_salt)
+    shards = clip_sources(out, seed, id_salt, cases)
     result = train_and_evaluate(shards, out / "runs" / "clip-untrained", shards, UNTRAINED_OVERRIDES)
     return {**result, "reference": reference_figures(shards)}
 
@@ -171,7 +176,7 @@ def run_clip_baselines(out: Path, cases: int, seed: int, id_salt: str) -> dict:
     """Text-only and image-only class baselines and the finding matcher (`quality_clip_probes`), same test split."""
     import quality_clip_probes as probes
 
-    shards = clip_sources(out, seed, id_salt)
+    shards = clip_sources(out, seed, id_salt, cases)
     arch = dict(o.split("=", 1) for o in CLIP_OVERRIDES if o.startswith("model.args.") and "text" not in o)
     image = probes.image_only_baseline(shards, out / "runs" / "clip-image-only", int(arch["model.args.depth"]),
                                        int(arch["model.args.base_filters"]))
@@ -193,7 +198,7 @@ def mlm_run(out: Path, shards: Path) -> Path:
 
 def run_clip_frozen_mlm(out: Path, cases: int, seed: int, id_salt: str) -> dict:
     """The study's setting: the text tower from the masked-LM run, frozen (only its projection trains)."""
-    shards = clip_sources(out, seed, id_salt)
+    shards = clip_sources(out, seed, id_salt, cases)
     start = time.monotonic()
     mlm = mlm_run(out, shards)
     mlm_minutes = (time.monotonic() - start) / 60
@@ -207,28 +212,28 @@ def run_clip_frozen_mlm(out: Path, cases: int, seed: int, id_salt: str) -> dict:
 
 def run_clip_frozen_random(out: Path, cases: int, seed: int, id_salt: str) -> dict:
     """The same frozen text tower (size, vocabulary from the training split) at its random initialisation."""
-    shards = clip_sources(out, seed, id_salt)
+    shards = clip_sources(out, seed, id_salt, cases)
     result = train_and_evaluate(shards, out / "runs" / "clip-frozen-random", shards, FROZEN_OVERRIDES)
     return {**result, "reference": reference_figures(shards)}
 
 
 def run_clip_frozen_aug(out: Path, cases: int, seed: int, id_salt: str) -> dict:
     """``clip-frozen-random`` with augmentation (`AUG_OVERRIDES`): the image tower memorises 236 studies without."""
-    shards = clip_sources(out, seed, id_salt)
+    shards = clip_sources(out, seed, id_salt, cases)
     result = train_and_evaluate(shards, out / "runs" / "clip-frozen-aug", shards, (*FROZEN_OVERRIDES, *AUG_OVERRIDES))
     return {**result, "reference": reference_figures(shards)}
 
 
 def run_clip_aug(out: Path, cases: int, seed: int, id_salt: str) -> dict:
     """``clip`` (text tower trained) with augmentation (`AUG_OVERRIDES`)."""
-    shards = clip_sources(out, seed, id_salt)
+    shards = clip_sources(out, seed, id_salt, cases)
     result = train_and_evaluate(shards, out / "runs" / "clip-aug", shards, AUG_OVERRIDES)
     return {**result, "reference": reference_figures(shards)}
 
 
 def run_clip_label_aware(out: Path, cases: int, seed: int, id_salt: str) -> dict:
     """``clip`` with label-aware targets: same-class pairs are positives, not negatives."""
-    shards = clip_sources(out, seed, id_salt)
+    shards = clip_sources(out, seed, id_salt, cases)
     result = train_and_evaluate(shards, out / "runs" / "clip-label-aware", shards, LABEL_AWARE_OVERRIDES)
     return {**result, "reference": reference_figures(shards)}
 
