@@ -166,12 +166,6 @@ def run_clip_shuffled(out: Path, cases: int, seed: int, id_salt: str) -> dict:
     return {**result, "moved": moved, "reference": reference_figures(shards)}
 
 
-def run_clip_untrained(out: Path, cases: int, seed: int, id_salt: str) -> dict:
-    shards = clip_sources(out, seed, id_salt, cases)
-    result = train_and_evaluate(shards, out / "runs" / "clip-untrained", shards, UNTRAINED_OVERRIDES)
-    return {**result, "reference": reference_figures(shards)}
-
-
 def run_clip_baselines(out: Path, cases: int, seed: int, id_salt: str) -> dict:
     """Text-only and image-only class baselines and the finding matcher (`quality_clip_probes`), same test split."""
     import quality_clip_probes as probes
@@ -210,39 +204,25 @@ def run_clip_frozen_mlm(out: Path, cases: int, seed: int, id_salt: str) -> dict:
             "reference": reference_figures(shards)}
 
 
-def run_clip_frozen_random(out: Path, cases: int, seed: int, id_salt: str) -> dict:
-    """The same frozen text tower (size, vocabulary from the training split) at its random initialisation."""
-    shards = clip_sources(out, seed, id_salt, cases)
-    result = train_and_evaluate(shards, out / "runs" / "clip-frozen-random", shards, FROZEN_OVERRIDES)
-    return {**result, "reference": reference_figures(shards)}
+def variant_runner(name: str, overrides: tuple[str, ...]):
+    """A workload that is ``clip`` with more ``overrides`` (run folder ``runs/<name>``)."""
+    def run(out: Path, cases: int, seed: int, id_salt: str) -> dict:
+        shards = clip_sources(out, seed, id_salt, cases)
+        result = train_and_evaluate(shards, out / "runs" / name, shards, overrides)
+        return {**result, "reference": reference_figures(shards)}
+
+    return run
 
 
-def run_clip_frozen_aug(out: Path, cases: int, seed: int, id_salt: str) -> dict:
-    """``clip-frozen-random`` with augmentation (`AUG_OVERRIDES`): the image tower memorises 236 studies without."""
-    shards = clip_sources(out, seed, id_salt, cases)
-    result = train_and_evaluate(shards, out / "runs" / "clip-frozen-aug", shards, (*FROZEN_OVERRIDES, *AUG_OVERRIDES))
-    return {**result, "reference": reference_figures(shards)}
-
-
-def run_clip_aug(out: Path, cases: int, seed: int, id_salt: str) -> dict:
-    """``clip`` (text tower trained) with augmentation (`AUG_OVERRIDES`)."""
-    shards = clip_sources(out, seed, id_salt, cases)
-    result = train_and_evaluate(shards, out / "runs" / "clip-aug", shards, AUG_OVERRIDES)
-    return {**result, "reference": reference_figures(shards)}
-
-
-def run_clip_label_aware(out: Path, cases: int, seed: int, id_salt: str) -> dict:
-    """``clip`` with label-aware targets: same-class pairs are positives, not negatives."""
-    shards = clip_sources(out, seed, id_salt, cases)
-    result = train_and_evaluate(shards, out / "runs" / "clip-label-aware", shards, LABEL_AWARE_OVERRIDES)
-    return {**result, "reference": reference_figures(shards)}
-
-
-RUNNERS = {"clip": run_clip, "clip-shuffled": run_clip_shuffled, "clip-untrained": run_clip_untrained,
-           "clip-baselines": run_clip_baselines, "clip-frozen-mlm": run_clip_frozen_mlm,
-           "clip-frozen-random": run_clip_frozen_random, "clip-frozen-aug": run_clip_frozen_aug,
-           "clip-aug": run_clip_aug,
-           "clip-label-aware": run_clip_label_aware}
+# The variants of `clip`: one epoch at lr 1e-12 (untrained); the text tower frozen at its random initialisation
+# (size and vocabulary from the training split); augmentation (`AUG_OVERRIDES`: the image tower memorises 236
+# studies without), with and without the frozen text tower; label-aware targets (same-class pairs are positives).
+VARIANTS = {"clip-untrained": UNTRAINED_OVERRIDES, "clip-frozen-random": FROZEN_OVERRIDES,
+            "clip-frozen-aug": (*FROZEN_OVERRIDES, *AUG_OVERRIDES), "clip-aug": AUG_OVERRIDES,
+            "clip-label-aware": LABEL_AWARE_OVERRIDES}
+RUNNERS = {"clip": run_clip, "clip-shuffled": run_clip_shuffled, "clip-baselines": run_clip_baselines,
+           "clip-frozen-mlm": run_clip_frozen_mlm,
+           **{name: variant_runner(name, overrides) for name, overrides in VARIANTS.items()}}
 
 
 def report(results: dict) -> tuple[list[str], list[tuple]]:
