@@ -401,6 +401,9 @@ def main(argv=None) -> int:
                         help="synthetic brain MRI studies of the clip workloads (one cohort per --out folder)")
     parser.add_argument("--clip-split", default=quality_clip.CLIP_SPLIT,
                         help="train,val,test fractions of the clip studies (by patient)")
+    parser.add_argument("--clip-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra dotted override of every clip run (repeatable), e.g. seed=1")
+    parser.add_argument("--clip-tag", default="", help="suffix of the clip run folders, e.g. -s1")
     parser.add_argument("--nuclei-seeds", default="0", help="comma-separated seeds of the nuclei MIM / probe runs")
     parser.add_argument("--nuclei-epochs", type=int, default=None,
                         help="fine-tuning epochs of nuclei / nuclei-shuffled (default 12 x 20 steps)")
@@ -424,6 +427,7 @@ def main(argv=None) -> int:
     out = args.out or Path(tempfile.mkdtemp(prefix="medtf-quality-"))
     quality_prostate.TL_EXTRA = tuple(args.tl_set)
     quality_clip.CLIP_SPLIT = args.clip_split
+    quality_clip.CLIP_EXTRA, quality_clip.CLIP_TAG = tuple(args.clip_set), args.clip_tag
     start = time.monotonic()
     results = {}
     for name in wanted:

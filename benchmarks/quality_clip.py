@@ -62,6 +62,10 @@ AUG_OVERRIDES = ("data.transforms=[{name: random_affine, rotation_deg: 10.0, sca
                  "{name: gaussian_noise, std: 0.1, prob: 0.5}]", "train.epochs=60")
 MLM_OVERRIDES = ("model.args.text.vocabulary_size=500", "train.epochs=60", "optimizer.learning_rate=0.002",
                  "+train.verbose=0", "+train.log_every_n_steps=0")
+# quality.py --clip-set / --clip-tag: more dotted overrides of every clip run (e.g. seed=1) and a suffix of its run
+# folder, so that seeds and recipes of one cohort sit side by side in one work folder
+CLIP_EXTRA: tuple[str, ...] = ()
+CLIP_TAG = ""
 TARGETS = {"r1": 0.5, "r5": 0.9, "zero_shot_margin": 0.30}
 WORKLOADS = ("clip", "clip-shuffled", "clip-untrained", "clip-baselines", "clip-frozen-mlm", "clip-frozen-random",
              "clip-frozen-aug", "clip-aug", "clip-label-aware")
@@ -118,7 +122,8 @@ def train_and_evaluate(shards: Path, run_dir: Path, eval_data: Path, overrides=(
     from medtf.training.config import load_config
     from medtf.training.engine import train
 
-    config = load_config(experiments_dir() / "brain_clip.yaml", [f"data.dir={shards}", *CLIP_OVERRIDES, *overrides])
+    config = load_config(experiments_dir() / "brain_clip.yaml",
+                         [f"data.dir={shards}", *CLIP_OVERRIDES, *overrides, *CLIP_EXTRA])
     start = time.monotonic()
     result = train(config, run_dir)
     minutes = (time.monotonic() - start) / 60
@@ -127,6 +132,11 @@ def train_and_evaluate(shards: Path, run_dir: Path, eval_data: Path, overrides=(
     keep = {k: float(v) for k, v in m.items() if isinstance(v, (int, float))}
     return {"metrics": keep, "train_minutes": minutes,
             "best_val_loss": float(np.nanmin(result["history"].get("val_loss", [np.nan])))}
+
+
+def run_dir(out: Path, name: str) -> Path:
+    """``out/runs/<name><CLIP_TAG>``: one folder per workload and ``--clip-tag``."""
+    return out / "runs" / f"{name}{CLIP_TAG}"
 
 
 def _derangement(n: int, rng) -> np.ndarray:
@@ -155,14 +165,14 @@ def shuffle_pairs(shards: Path, out: Path, seed: int, splits=("train", "val")) -
 
 def run_clip(out: Path, cases: int, seed: int, id_salt: str) -> dict:
     shards = clip_sources(out, seed, id_salt, cases)
-    result = train_and_evaluate(shards, out / "runs" / "clip", shards)
-    return {**result, "overrides": list(CLIP_OVERRIDES), "reference": reference_figures(shards)}
+    result = train_and_evaluate(shards, run_dir(out, "clip"), shards)
+    return {**result, "overrides": [*CLIP_OVERRIDES, *CLIP_EXTRA], "reference": reference_figures(shards)}
 
 
 def run_clip_shuffled(out: Path, cases: int, seed: int, id_salt: str) -> dict:
     shards = clip_sources(out, seed, id_salt, cases)
     moved = shuffle_pairs(shards, out / "shards" / "mri-reports-shuffled", seed)
-    result = train_and_evaluate(out / "shards" / "mri-reports-shuffled", out / "runs" / "clip-shuffled", shards)
+    result = train_and_evaluate(out / "shards" / "mri-reports-shuffled", run_dir(out, "clip-shuffled"), shards)
     return {**result, "moved": moved, "reference": reference_figures(shards)}
 
 
@@ -197,7 +207,7 @@ def run_clip_frozen_mlm(out: Path, cases: int, seed: int, id_salt: str) -> dict:
     mlm = mlm_run(out, shards)
     mlm_minutes = (time.monotonic() - start) / 60
     history = (mlm / "history.csv").read_text().splitlines()
-    result = train_and_evaluate(shards, out / "runs" / "clip-frozen-mlm", shards,
+    result = train_and_evaluate(shards, run_dir(out, "clip-frozen-mlm"), shards,
                                 (*FROZEN_OVERRIDES, f"model.args.text.preset={mlm}"))
     last = dict(zip(history[0].split(","), history[-1].split(",")))  # the MLM's last epoch (masked accuracy)
     return {**result, "mlm_minutes": mlm_minutes, "mlm_last_epoch": last,
@@ -208,7 +218,7 @@ def variant_runner(name: str, overrides: tuple[str, ...]):
     """A workload that is ``clip`` with more ``overrides`` (run folder ``runs/<name>``)."""
     def run(out: Path, cases: int, seed: int, id_salt: str) -> dict:
         shards = clip_sources(out, seed, id_salt, cases)
-        result = train_and_evaluate(shards, out / "runs" / name, shards, overrides)
+        result = train_and_evaluate(shards, run_dir(out, name), shards, overrides)
         return {**result, "reference": reference_figures(shards)}
 
     return run

@@ -105,7 +105,8 @@ class ImageReportEncoder(keras.Model):
     (`split_outputs`).
 
     The image tower is `medtf.models.unet.unet_encoder` (+ global ``pooling``: ``avg``, ``max`` or both
-    concatenated, ``avg_max``; and a linear projection); ``coords`` appends voxel positions to the input
+    concatenated, ``avg_max``; ``pool_regions=2``: also over each half-by-half block, `HalvesPooling`, so the
+    embedding keeps the side of a finding; and a linear projection); ``coords`` appends voxel positions to the input
     (`CoordinateChannels`) so the pooled embedding can say where a finding is. The
     report tower is either `HashedText` (``text=None``; input ``report``: raw strings) or a keras-hub BERT /
     DistilBERT backbone (``text``: a mapping, `medtf.models.text.tower`; inputs ``token_ids`` and ``padding_mask``,
@@ -121,7 +122,8 @@ class ImageReportEncoder(keras.Model):
 
     def __init__(self, spatial_dims=3, in_channels=1, depth=3, base_filters=8, norm="instance", embed_dim=32,
                  text_bins=4096, text_dim=64, text=None, learn_temperature=False, temperature=0.07,
-                 max_logit_scale=100.0, label_aware=False, pooling="avg", coords=False, **kwargs):
+                 max_logit_scale=100.0, label_aware=False, pooling="avg", coords=False, pool_regions=1,
+                 **kwargs):
         # === Layers ===
         if pooling not in POOLING:
             raise ValueError(f"pooling {pooling!r}: expected one of {POOLING}")
@@ -137,7 +139,8 @@ class ImageReportEncoder(keras.Model):
         features = encoder(CoordinateChannels(name="coords")(image) if coords else image)
         # max: a small focal finding is a few voxels of the bottleneck, which the average dilutes
         image_embedding = L2Normalize(name="image_embedding")(
-            keras.layers.Dense(embed_dim, name="image_projection")(global_pool(features, spatial_dims, pooling)))
+            keras.layers.Dense(embed_dim, name="image_projection")(
+                global_pool(features, spatial_dims, pooling, regions=pool_regions)))
         if backbone is None:
             report = keras.Input(shape=(), dtype="string", name="report")
             inputs = {"image": image, "report": report}
@@ -159,7 +162,7 @@ class ImageReportEncoder(keras.Model):
         self.norm, self.embed_dim, self.text_bins, self.text_dim = norm, embed_dim, text_bins, text_dim
         self.text, self.learn_temperature, self.temperature = text, bool(learn_temperature), float(temperature)
         self.max_logit_scale, self.label_aware = float(max_logit_scale), bool(label_aware)
-        self.pooling, self.coords = pooling, bool(coords)
+        self.pooling, self.coords, self.pool_regions = pooling, bool(coords), int(pool_regions)
         self.text_backbone, self.tokenizer = backbone, tokenizer
 
     def get_config(self):
@@ -168,7 +171,8 @@ class ImageReportEncoder(keras.Model):
                 "norm": self.norm, "embed_dim": self.embed_dim, "text_bins": self.text_bins,
                 "text_dim": self.text_dim, "text": self.text, "learn_temperature": self.learn_temperature,
                 "temperature": self.temperature, "max_logit_scale": self.max_logit_scale,
-                "label_aware": self.label_aware, "pooling": self.pooling, "coords": self.coords}
+                "label_aware": self.label_aware, "pooling": self.pooling, "coords": self.coords,
+                "pool_regions": self.pool_regions}
 
     @classmethod
     def from_config(cls, config):

@@ -28,17 +28,21 @@ def _inputs(rng):
     return {"image": rng.random((2, 4, 8, 8, 3), dtype=np.float32), "report": np.array(["left frontal", "normal"])}
 
 
-@pytest.mark.parametrize("pooling,coords", [("max", True), ("avg_max", False)])
-def test_pooling_and_coords_round_trip(pooling, coords, tmp_path):
+@pytest.mark.parametrize("pooling,coords,regions", [("max", True, 1), ("avg_max", False, 1), ("avg_max", True, 2)])
+def test_pooling_and_coords_round_trip(pooling, coords, regions, tmp_path):
     rng = np.random.default_rng(0)
     kwargs = dict(spatial_dims=3, in_channels=3, depth=2, base_filters=2, embed_dim=4, text_bins=16, text_dim=4,
-                  pooling=pooling, coords=coords)
+                  pooling=pooling, coords=coords, pool_regions=regions)
     model = ImageReportEncoder(**kwargs)
     x = _inputs(rng)
     y = np.asarray(model(x))
     assert y.shape == (2, 8)
     np.testing.assert_allclose(np.linalg.norm(y[:, :4], axis=1), 1.0, rtol=1e-5)
     assert model.get_config()["pooling"] == pooling and model.get_config()["coords"] is coords
+    assert model.get_config()["pool_regions"] == regions
+    # the projection reads the global pool and, with regions=2, the 8 half-blocks too (4 bottleneck channels)
+    width = 4 * (2 if pooling == "avg_max" else 1) * (1 + 8 * (regions == 2))
+    assert model.get_layer("image_projection").kernel.shape == (width, 4)
     # the encoder sees the position channels: its first convolution takes 3 + 3 inputs
     first = next(w for w in model.get_layer("unet_encoder").weights if len(w.shape) == 5)
     assert first.shape[-2] == (6 if coords else 3)
@@ -47,15 +51,17 @@ def test_pooling_and_coords_round_trip(pooling, coords, tmp_path):
 
 
 @pytest.mark.parametrize("coords", [False, True])
-def test_only_coords_make_the_embedding_position_aware(coords):
-    """The same finding 6 voxels further right (clear of the borders' receptive fields, on the pooling grid): a
-    pooled convolutional embedding cannot tell the two apart; with position channels it can."""
+@pytest.mark.parametrize("regions", [1, 2])
+def test_only_coords_or_regions_make_the_embedding_position_aware(coords, regions):
+    """The same finding 6 voxels further right, across the midline (clear of the borders' receptive fields, on the
+    pooling grid): a globally pooled convolutional embedding cannot tell the two apart; with position channels or
+    half-block pooling it can."""
     image = np.zeros((2, 4, 8, 32, 1), np.float32)
     image[0, 2, 4, 12, 0] = image[1, 2, 4, 18, 0] = 5.0
     model = ImageReportEncoder(spatial_dims=3, in_channels=1, depth=2, base_filters=2, embed_dim=4, text_bins=16,
-                               text_dim=4, pooling="max", coords=coords)
+                               text_dim=4, pooling="max", coords=coords, pool_regions=regions)
     emb = np.asarray(model.image_tower(image))
-    if coords:
+    if coords or regions == 2:
         assert np.abs(emb[0] - emb[1]).max() > 1e-3
     else:
         np.testing.assert_allclose(emb[0], emb[1], atol=1e-5)

@@ -14,6 +14,7 @@ of variation across studies is 0.015 vs 0.094 without normalisation, benchmarks/
 from __future__ import annotations
 
 import keras
+from keras import ops
 
 from medtf.models.registry import register_model
 from medtf.models.unet.unet import UNet
@@ -36,27 +37,71 @@ def unet_encoder(spatial_dims=2, in_channels=1, depth=4, base_filters=32, filter
 
 
 POOLING = ("avg", "max", "avg_max")
+REGIONS = (1, 2)
 
 
-def global_pool(features, spatial_dims: int, pooling: str = "avg", name: str = "pool"):
+@keras.saving.register_keras_serializable(package="medtf")
+class HalvesPooling(keras.layers.Layer):
+    """``(B, *spatial, F)`` -> ``(B, 2**spatial_dims * F)``: ``mode`` (``avg`` / ``max``) pooling over each of the
+    ``2**spatial_dims`` blocks made by halving every spatial axis (the second level of a spatial pyramid; an odd
+    axis shares its middle slice between both halves, so left and right stay mirror images). Blocks are ordered
+    first axis slowest: for ``(D, H, W)`` inferior/superior, then anterior/posterior, then right/left halves.
+    Works on any input size (the halves are cut from the runtime shape).
+
+    Reference: He et al., "Spatial Pyramid Pooling in Deep Convolutional Networks for Visual Recognition",
+    ECCV 2014."""
+
+    def __init__(self, mode: str = "max", **kwargs):
+        super().__init__(**kwargs)
+        if mode not in ("avg", "max"):
+            raise ValueError(f"mode {mode!r}: expected 'avg' or 'max'")
+        self.mode = mode
+
+    def call(self, x):
+        dims = len(x.shape) - 2
+        blocks = [x]
+        for axis in range(1, dims + 1):
+            n = ops.shape(x)[axis]
+            first, second = slice(0, (n + 1) // 2), slice(n // 2, None)
+            blocks = [b[tuple([slice(None)] * axis + [half])] for b in blocks for half in (first, second)]
+        reduce = ops.max if self.mode == "max" else ops.mean
+        return ops.concatenate([reduce(b, axis=tuple(range(1, dims + 1))) for b in blocks], axis=-1)
+
+    def compute_output_shape(self, shape):
+        return (shape[0], None if shape[-1] is None else shape[-1] * 2 ** (len(shape) - 2))
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode}
+
+
+def global_pool(features, spatial_dims: int, pooling: str = "avg", name: str = "pool", regions: int = 1):
     """Global pooling of encoder features ``(B, *spatial, F)`` -> ``(B, F)`` (``avg``, ``max``) or ``(B, 2F)``
     (``avg_max``: both concatenated, average first). The layer is called ``name`` (``avg_max``: a concatenation
     of ``{name}_avg`` and ``{name}_max``).
+
+    ``regions=2`` adds the same pooling over each half-by-half block (`HalvesPooling`, ``{name}_halves_*``):
+    ``(B, (1 + 2**spatial_dims) * F)`` per pooling kind. A global pool is translation-invariant, so it cannot
+    say on which side a finding is; the blocks keep that (left / right, front / back, up / down).
 
     Example:
         >>> x = keras.Input((4, 8, 8, 16))
         >>> global_pool(x, 3, "avg_max").shape
         (None, 32)
+        >>> global_pool(x, 3, "max", regions=2).shape
+        (None, 144)
     """
     if pooling not in POOLING:
         raise ValueError(f"pooling {pooling!r}: expected one of {POOLING}")
+    if regions not in REGIONS:
+        raise ValueError(f"regions {regions!r}: expected one of {REGIONS} (1: global only; 2: also the halves)")
     avg = keras.layers.GlobalAveragePooling2D if spatial_dims == 2 else keras.layers.GlobalAveragePooling3D
     peak = keras.layers.GlobalMaxPooling2D if spatial_dims == 2 else keras.layers.GlobalMaxPooling3D
-    if pooling == "avg":
-        return avg(name=name)(features)
-    if pooling == "max":
-        return peak(name=name)(features)
-    return keras.layers.Concatenate(name=name)([avg(name=f"{name}_avg")(features), peak(name=f"{name}_max")(features)])
+    kinds = {"avg": ("avg",), "max": ("max",), "avg_max": ("avg", "max")}[pooling]
+    single = len(kinds) == 1 and regions == 1
+    parts = [(avg if kind == "avg" else peak)(name=name if single else f"{name}_{kind}")(features) for kind in kinds]
+    if regions == 2:
+        parts += [HalvesPooling(kind, name=f"{name}_halves_{kind}")(features) for kind in kinds]
+    return parts[0] if single else keras.layers.Concatenate(name=name)(parts)
 
 
 @keras.saving.register_keras_serializable(package="medtf")
@@ -73,6 +118,7 @@ class UNetClassifier(keras.Model):
         head_dropout: dropout before the dense head.
         pooling: ``"avg"`` (default), ``"max"`` or ``"avg_max"`` (`global_pool`); with instance norm the average
             alone hardly varies between images (see the module docstring).
+        pool_regions: 1 (global pooling) or 2 (also each half-by-half block, `HalvesPooling`: where a finding is).
 
     Example:
         >>> model = UNetClassifier(spatial_dims=2, in_channels=3, num_classes=1, depth=3, base_filters=8)
@@ -82,7 +128,7 @@ class UNetClassifier(keras.Model):
 
     def __init__(self, spatial_dims=2, in_channels=1, num_classes=1, depth=4, base_filters=32, filters_multiplier=2,
                  conv_per_block=2, norm="batch", groups=8, activation="relu", head_dropout=0.0, remat=False,
-                 pooling="avg", **kwargs):
+                 pooling="avg", pool_regions=1, **kwargs):
         if not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
         if pooling not in POOLING:
@@ -92,7 +138,7 @@ class UNetClassifier(keras.Model):
                                norm, groups, activation, remat=remat)
         # === Functional Model ===
         inputs = keras.Input(shape=(None,) * spatial_dims + (in_channels,), name="image")
-        x = global_pool(encoder(inputs), spatial_dims, pooling)
+        x = global_pool(encoder(inputs), spatial_dims, pooling, regions=pool_regions)
         if head_dropout > 0:
             x = keras.layers.Dropout(head_dropout, name="head_dropout")(x)
         x = keras.layers.Dense(num_classes, name="logits")(x)
@@ -103,7 +149,7 @@ class UNetClassifier(keras.Model):
         self.spatial_dims, self.in_channels, self.num_classes = spatial_dims, in_channels, num_classes
         self.depth, self.base_filters, self.filters_multiplier = depth, base_filters, filters_multiplier
         self.conv_per_block, self.norm, self.groups, self.activation = conv_per_block, norm, groups, activation
-        self.head_dropout, self.remat, self.pooling = head_dropout, bool(remat), pooling
+        self.head_dropout, self.remat, self.pooling, self.pool_regions = head_dropout, bool(remat), pooling, pool_regions
         self.final_activation = "sigmoid" if num_classes == 1 else "softmax"
 
     def get_config(self):
@@ -112,7 +158,7 @@ class UNetClassifier(keras.Model):
                 "base_filters": self.base_filters, "filters_multiplier": self.filters_multiplier,
                 "conv_per_block": self.conv_per_block, "norm": self.norm, "groups": self.groups,
                 "activation": self.activation, "head_dropout": self.head_dropout, "remat": self.remat,
-                "pooling": self.pooling}
+                "pooling": self.pooling, "pool_regions": self.pool_regions}
 
     @classmethod
     def from_config(cls, config):
