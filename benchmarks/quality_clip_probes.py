@@ -108,3 +108,23 @@ def finding_matcher(shards: Path, seed: int = 0) -> dict:
         ranks.append(int(np.where(order == i)[0][0]) + 1)
     ranks = np.asarray(ranks)
     return {f"r{k}": float(np.mean(ranks <= k)) for k in (1, 5, 10)}
+
+
+def zero_shot_on_split(run_dir: Path, shards: Path, split: str, prompt_sets: dict) -> dict:
+    """Zero-shot accuracy of a trained clip run on ``split`` for each named set of class prompts (``{name: {class:
+    text or [texts]}}``, `medtf.evaluation.retrieval.prompt_classes` form): how prompt wordings are compared on
+    the **validation** studies before one is used on test."""
+    from medtf.evaluation import retrieval
+    from medtf.evaluation.run import build_preprocess, load_run
+    from medtf.tasks.contrastive_eval import class_names, embed_split, logit_scale
+
+    config, model, _, _ = load_run(run_dir, "best")
+    embedded = embed_split(model, shards, split, build_preprocess(config))
+    names, out = class_names(shards), {}
+    for name, prompts in prompt_sets.items():
+        texts, indices = retrieval.prompt_classes(prompts, names)
+        zs = retrieval.zero_shot(embedded["image"], retrieval.class_prompt_embeddings(model.text_tower, texts),
+                                 retrieval.relabel(embedded["labels"], indices), logit_scale(model))
+        out[name] = {"accuracy": zs["accuracy"], "per_class_recall": zs["per_class_recall"], "n": zs["n"],
+                     "prompts_per_class": [1 if isinstance(t, str) else len(t) for t in texts]}
+    return out

@@ -10,6 +10,8 @@ Reference: Radford et al., "Learning Transferable Visual Models From Natural Lan
 
 from __future__ import annotations
 
+import re
+
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -80,7 +82,7 @@ def zero_shot(image_embeddings, prompt_embeddings, labels, scale: float = 1.0) -
 
     Args:
         image_embeddings: ``(N, E)`` L2-normalised.
-        prompt_embeddings: ``(K, E)`` L2-normalised, one prompt per class, in class order.
+        prompt_embeddings: ``(K, E)`` L2-normalised, one per class (`class_prompt_embeddings`), in class order.
         labels: ``(N,)`` true class indices into the prompts; examples with a label outside ``[0, K)`` (a class
             without a prompt, or unknown) are left out and counted in ``excluded``.
         scale: the model's logit scale (1 / temperature); it changes the probabilities, not the predictions.
@@ -95,9 +97,34 @@ def zero_shot(image_embeddings, prompt_embeddings, labels, scale: float = 1.0) -
     return {"probabilities": probs, "predicted": predicted, **scores, "excluded": int((~keep).sum())}
 
 
-def prompt_classes(prompts: Mapping[str, str], class_names: Sequence[str] | None) -> tuple[list[str], list[int]]:
-    """``(prompt texts, label index of each)``: ``prompts`` maps class names (the converter's ``class_names``, e.g.
-    ``normal``) or label indices to prompt texts."""
+def _prompt_texts(value, where: str) -> str | list[str]:
+    """One prompt text, or a non-empty list of them (a prompt ensemble); ValueError names ``where``."""
+    if isinstance(value, str) and value.strip():
+        return value
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) and v.strip() for v in value):
+        return [str(v) for v in value]
+    raise ValueError(f"{where}: expected a non-empty prompt text or a non-empty list of them, got {value!r}")
+
+
+_ALTERNATIVES = re.compile(r"\{([^{}]*\|[^{}]*)\}")
+
+
+def expand_prompt(text: str) -> list[str]:
+    """Every wording of a prompt template: each ``{a|b|...}`` is replaced by each alternative (all combinations, in
+    order), e.g. ``"acute infarct, {left|right} {frontal lobe|basal ganglia}"`` -> 4 prompts. Braces without a
+    ``|`` are kept as written."""
+    match = _ALTERNATIVES.search(text)
+    if match is None:
+        return [text]
+    head, tail = text[:match.start()], text[match.end():]
+    return [w for option in match.group(1).split("|") for w in expand_prompt(head + option + tail)]
+
+
+def prompt_classes(prompts: Mapping[str, str | Sequence[str]], class_names: Sequence[str] | None
+                   ) -> tuple[list[str | list[str]], list[int]]:
+    """``(prompts, label index of each)``: ``prompts`` maps class names (the converter's ``class_names``, e.g.
+    ``normal``) or label indices to a prompt text or a list of them (an ensemble, `class_prompt_embeddings`);
+    ``{a|b}`` alternatives are expanded (`expand_prompt`)."""
     texts, indices = [], []
     for key, text in prompts.items():
         if class_names is not None and str(key) in class_names:
@@ -107,13 +134,25 @@ def prompt_classes(prompts: Mapping[str, str], class_names: Sequence[str] | None
         else:
             raise ValueError(f"evaluate.zero_shot.prompts: class {key!r} is not one of the data's classes "
                              f"{list(class_names) if class_names is not None else '(none recorded)'}")
-        if not isinstance(text, str) or not text.strip():
-            raise ValueError(f"evaluate.zero_shot.prompts.{key}: expected a non-empty prompt text")
-        texts.append(text)
+        wordings = [w for t in ([text] if isinstance(text, str) else text) for w in expand_prompt(t)] \
+            if _prompt_texts(text, f"evaluate.zero_shot.prompts.{key}") else []
+        texts.append(wordings[0] if len(wordings) == 1 else wordings)
     if len(set(indices)) != len(indices) or len(indices) < 2:
         raise ValueError(f"evaluate.zero_shot.prompts: need one prompt per class for at least 2 distinct classes, "
                          f"got {list(prompts)}")
     return texts, indices
+
+
+def class_prompt_embeddings(embed, prompts: Sequence[str | Sequence[str]]) -> np.ndarray:
+    """``(K, E)`` L2-normalised class embeddings: ``embed`` (report strings ``(M,)`` -> L2-normalised ``(M, E)``)
+    of each class's prompt, or the re-normalised mean over a class's list of prompts (a prompt ensemble, as CLIP's
+    templates: one wording of a class sits wherever its particular side, lobe or grade puts it; the mean of
+    several wordings sits nearer the class's centre)."""
+    groups = [[p] if isinstance(p, str) else list(p) for p in prompts]
+    flat = np.asarray(embed(np.asarray([t for g in groups for t in g], dtype=object)), np.float64)
+    bounds = np.cumsum([0] + [len(g) for g in groups])
+    means = np.stack([flat[a:b].mean(axis=0) for a, b in zip(bounds[:-1], bounds[1:])])
+    return means / np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
 
 
 def relabel(labels, class_indices: Sequence[int]) -> np.ndarray:
@@ -167,12 +206,10 @@ def parse_evaluate_settings(raw, key: str = "evaluate") -> dict | None:
         prompts = zs.get("prompts") if isinstance(zs, Mapping) else None
         if not isinstance(zs, Mapping) or set(zs) != {"prompts"} or not isinstance(prompts, Mapping):
             raise ValueError(f"{key}.zero_shot: expected {{prompts: {{CLASS: TEXT, ...}}}}, got {zs!r}")
-        for name, text in prompts.items():
-            if not isinstance(text, str) or not text.strip():
-                raise ValueError(f"{key}.zero_shot.prompts.{name}: expected a non-empty prompt text, got {text!r}")
+        checked = {str(name): _prompt_texts(text, f"{key}.zero_shot.prompts.{name}") for name, text in prompts.items()}
         if len(prompts) < 2:
             raise ValueError(f"{key}.zero_shot.prompts: at least 2 classes are needed, got {list(prompts)}")
-        out["zero_shot"] = {"prompts": {str(k): str(v) for k, v in prompts.items()}}
+        out["zero_shot"] = {"prompts": checked}
     probe = raw.get("linear_probe", True)
     if isinstance(probe, Mapping):
         if set(probe) - {"c"} or not isinstance(probe.get("c", 1.0), (int, float)) or probe.get("c", 1.0) <= 0:

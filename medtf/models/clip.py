@@ -112,7 +112,8 @@ class ImageReportEncoder(keras.Model):
     DistilBERT backbone (``text``: a mapping, `medtf.models.text.tower`; inputs ``token_ids`` and ``padding_mask``,
     tokenised in tf.data by the task with ``model.tokenizer``), pooled and projected. `text_tower` /
     `image_tower` embed raw inputs. Trained with `medtf.tasks.contrastive.ClipLoss` (negatives: the global batch);
-    ``label_aware``: the task's default loss treats same-class pairs as positives.
+    ``label_aware``: the task's default loss treats same-class pairs as positives (``label_weight`` of the
+    target on them; the rest on the own pair).
 
     Example:
         >>> model = ImageReportEncoder(spatial_dims=3, in_channels=3, depth=3, base_filters=4, embed_dim=16)
@@ -123,7 +124,7 @@ class ImageReportEncoder(keras.Model):
     def __init__(self, spatial_dims=3, in_channels=1, depth=3, base_filters=8, norm="instance", embed_dim=32,
                  text_bins=4096, text_dim=64, text=None, learn_temperature=False, temperature=0.07,
                  max_logit_scale=100.0, label_aware=False, pooling="avg", coords=False, pool_regions=1,
-                 **kwargs):
+                 label_weight=1.0, **kwargs):
         # === Layers ===
         if pooling not in POOLING:
             raise ValueError(f"pooling {pooling!r}: expected one of {POOLING}")
@@ -162,6 +163,7 @@ class ImageReportEncoder(keras.Model):
         self.norm, self.embed_dim, self.text_bins, self.text_dim = norm, embed_dim, text_bins, text_dim
         self.text, self.learn_temperature, self.temperature = text, bool(learn_temperature), float(temperature)
         self.max_logit_scale, self.label_aware = float(max_logit_scale), bool(label_aware)
+        self.label_weight = float(label_weight)
         self.pooling, self.coords, self.pool_regions = pooling, bool(coords), int(pool_regions)
         self.text_backbone, self.tokenizer = backbone, tokenizer
 
@@ -172,7 +174,7 @@ class ImageReportEncoder(keras.Model):
                 "text_dim": self.text_dim, "text": self.text, "learn_temperature": self.learn_temperature,
                 "temperature": self.temperature, "max_logit_scale": self.max_logit_scale,
                 "label_aware": self.label_aware, "pooling": self.pooling, "coords": self.coords,
-                "pool_regions": self.pool_regions}
+                "pool_regions": self.pool_regions, "label_weight": self.label_weight}
 
     @classmethod
     def from_config(cls, config):

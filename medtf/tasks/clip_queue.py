@@ -50,7 +50,7 @@ class ClipQueueLoss(ClipLoss):
         queue_size: queued pairs (> 0).
         embed_dim: the embedding width ``E`` of the model's ``(B, 2E [+ 1])`` output (the variables exist before
             the first step: created under the distribution strategy's scope by ``compile``).
-        temperature, label_aware: as `ClipLoss`.
+        temperature, label_aware, label_weight: as `ClipLoss` (queued same-class entries are masked either way).
 
     State (non-trainable ``keras.Variable``s, written by replica 0 under a strategy: every replica holds the same
     gathered batch): ``queue_image`` / ``queue_text`` ``(K, E)``, ``queue_label`` ``(K,)`` (-1: unknown),
@@ -58,9 +58,9 @@ class ClipQueueLoss(ClipLoss):
     """
 
     def __init__(self, queue_size=256, embed_dim=32, temperature=0.07, label_aware=False, name="clip_loss",
-                 reduction="sum_over_batch_size", dtype="float32"):
+                 reduction="sum_over_batch_size", dtype="float32", label_weight=1.0):
         super().__init__(temperature=temperature, label_aware=label_aware, name=name, reduction=reduction,
-                         dtype=dtype)
+                         dtype=dtype, label_weight=label_weight)
         self.queue_size, self.embed_dim = int(queue_size), int(embed_dim)
         if self.queue_size < 1 or self.embed_dim < 1:
             raise ValueError(f"ClipQueueLoss: queue_size ({queue_size}) and embed_dim ({embed_dim}) must be >= 1")
@@ -108,7 +108,7 @@ class ClipQueueLoss(ClipLoss):
 
         image_logits, text_logits = logits(image, all_text, q_text), logits(text, all_image, q_image)
         if self.label_aware:
-            targets = label_targets(own_labels, all_labels, own)
+            targets = label_targets(own_labels, all_labels, own, self.label_weight)
             targets = ops.pad(targets, [[0, 0], [0, self.queue_size]])
             loss = 0.5 * (_soft_ce(targets, image_logits) + _soft_ce(targets, text_logits))
         else:

@@ -63,15 +63,18 @@ def _own_indices(rows, offset):
     return ops.cast(offset, "int32") + ops.cast(ops.arange(ops.shape(rows)[0]), "int32")
 
 
-def label_targets(own_labels, all_labels, own):
-    """Soft targets ``(b, B)``: uniform over the own pair and every pair of the same class (labels < 0, unknown,
-    match nothing but themselves)."""
+def label_targets(own_labels, all_labels, own, weight: float = 1.0):
+    """Soft targets ``(b, B)``: ``weight`` spread uniformly over the own pair and every pair of the same class
+    (labels < 0, unknown, match nothing but themselves), the rest ``1 - weight`` on the own pair."""
     own_labels = ops.reshape(ops.cast(own_labels, "int32"), (-1, 1))
     all_labels = ops.reshape(ops.cast(all_labels, "int32"), (1, -1))
     columns = ops.cast(ops.arange(ops.shape(all_labels)[1]), "int32")[None, :]
     positive = ops.logical_or(ops.logical_and(own_labels == all_labels, own_labels >= 0), columns == own[:, None])
     positive = ops.cast(positive, "float32")
-    return positive / ops.sum(positive, axis=1, keepdims=True)
+    uniform = positive / ops.sum(positive, axis=1, keepdims=True)
+    if weight == 1.0:
+        return uniform
+    return weight * uniform + (1.0 - weight) * ops.cast(columns == own[:, None], "float32")
 
 
 def _soft_ce(targets, logits):
@@ -87,15 +90,19 @@ class ClipLoss(keras.losses.Loss):
 
     ``label_aware``: ``y_true`` holds each example's class; the target of image ``i`` is spread uniformly over its
     own report and every report of the same class (same-class pairs are not pushed apart as negatives);
-    unknown classes (< 0) fall back to the own pair. Without it ``y_true`` is ignored.
+    unknown classes (< 0) fall back to the own pair. ``label_weight`` < 1 keeps ``1 - label_weight`` of the target
+    on the own pair (same-class reports are partly positives: the class gathers, and the own report still ranks
+    first). Without ``label_aware`` ``y_true`` is ignored.
 
     Reference: Radford et al., "Learning Transferable Visual Models From Natural Language Supervision", ICML 2021.
     """
 
     def __init__(self, temperature=0.07, label_aware=False, name="clip_loss", reduction="sum_over_batch_size",
-                 dtype="float32"):
+                 dtype="float32", label_weight=1.0):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
-        self.temperature, self.label_aware = float(temperature), bool(label_aware)
+        self.temperature, self.label_aware, self.label_weight = float(temperature), bool(label_aware), float(label_weight)
+        if not 0.0 < self.label_weight <= 1.0:
+            raise ValueError(f"label_weight {label_weight}: expected 0 < label_weight <= 1")
 
     def call(self, y_true, y_pred):
         image, text, all_image, all_text, offset, scale = _global_pairs(y_pred)
@@ -105,14 +112,15 @@ class ClipLoss(keras.losses.Loss):
         text_logits = ops.matmul(text, ops.transpose(all_image)) * scale   # (b, B): own report vs images
         if self.label_aware:
             own_labels, all_labels, _ = _gather(ops.reshape(ops.cast(y_true, "float32"), (-1,)))
-            targets = label_targets(own_labels, all_labels, own)
+            targets = label_targets(own_labels, all_labels, own, self.label_weight)
             return 0.5 * (_soft_ce(targets, image_logits) + _soft_ce(targets, text_logits))
         image_ce = keras.losses.sparse_categorical_crossentropy(own, image_logits, from_logits=True)
         text_ce = keras.losses.sparse_categorical_crossentropy(own, text_logits, from_logits=True)
         return 0.5 * (image_ce + text_ce)
 
     def get_config(self):
-        return {**super().get_config(), "temperature": self.temperature, "label_aware": self.label_aware}
+        return {**super().get_config(), "temperature": self.temperature, "label_aware": self.label_aware,
+                "label_weight": self.label_weight}
 
 
 @keras.saving.register_keras_serializable(package="medtf")
@@ -169,7 +177,8 @@ class ContrastiveTask(Task):
 
     def default_loss(self, model, queue_size: int = 0):
         """`ClipLoss`; ``loss.args.queue_size > 0``: `medtf.tasks.clip_queue.ClipQueueLoss` (a memory queue)."""
-        kwargs = dict(temperature=getattr(model, "temperature", 0.07), label_aware=getattr(model, "label_aware", False))
+        kwargs = dict(temperature=getattr(model, "temperature", 0.07), label_aware=getattr(model, "label_aware", False),
+                      label_weight=getattr(model, "label_weight", 1.0))
         if queue_size:
             from medtf.tasks.clip_queue import ClipQueueLoss
 

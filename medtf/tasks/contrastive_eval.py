@@ -126,7 +126,7 @@ def evaluate_contrastive(task: str, run_dir, split: str = "test", checkpoint: st
     names = class_names(data)
     if settings.get("zero_shot"):
         prompts, indices = retrieval.prompt_classes(settings["zero_shot"]["prompts"], names)
-        prompt_embeddings = np.asarray(model.text_tower(np.asarray(prompts, dtype=object)))
+        prompt_embeddings = retrieval.class_prompt_embeddings(model.text_tower, prompts)
         zs = retrieval.zero_shot(test["image"], prompt_embeddings, retrieval.relabel(test["labels"], indices), scale)
         classes = [names[c] if names and c < len(names) else str(c) for c in indices]
         metrics["zero_shot_accuracy"] = zs["accuracy"]

@@ -240,7 +240,7 @@ def predict_contrastive(task: str, model, input_path=None, output=None, top_k: i
         paths, images = read_cases(input_path, embedder.meta)
         embeddings = np.concatenate([embedder.image(im[None]) for im in images]).astype(np.float32)
         prompts = embedder.prompts
-        prompt_embeddings = embedder.text(prompts["prompts"]) if prompts else None
+        prompt_embeddings = retrieval.class_prompt_embeddings(embedder.text, prompts["prompts"]) if prompts else None
         rows = []
         for i, (path, embedding) in enumerate(zip(paths, embeddings)):
             row = {"input": str(path), "row": i}

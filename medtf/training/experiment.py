@@ -43,7 +43,8 @@ Sections and defaults (``medtf/training/engine.py`` describes what each key does
                chain run by `medtf train` (`medtf.training.transfer`)
     targets:   null, or {tokenizer: RUN_DIR | exported model, cache: false}: token targets of task masked_modeling
                from a trained tokenizer (`medtf.tasks.token_targets`)
-    evaluate:  null, or {zero_shot: {prompts: {CLASS: TEXT, ...}}, linear_probe: true | false | {c: 1.0}}: what
+    evaluate:  null, or {zero_shot: {prompts: {CLASS: TEXT or [TEXT, ...], ...}}, linear_probe: true | false |
+               {c: 1.0}}: what
                `medtf evaluate` of a contrastive run adds to retrieval (`medtf.evaluation.retrieval`)
 """
 

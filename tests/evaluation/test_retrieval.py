@@ -80,6 +80,32 @@ def test_zero_shot_hand_made_two_classes():
         retrieval.prompt_classes({"edema": "x", "normal": "y"}, ["normal", "infarct"])
 
 
+def test_prompt_ensemble_is_the_renormalised_mean():
+    # a fake text tower: each prompt a fixed unit vector
+    table = {"a": [1.0, 0.0, 0.0], "b": [0.0, 1.0, 0.0], "c": [0.0, 0.6, 0.8]}
+
+    def embed(texts):
+        return np.array([table[t] for t in texts])
+
+    got = retrieval.class_prompt_embeddings(embed, ["a", ["b", "c"]])
+    mean = (np.array(table["b"]) + np.array(table["c"])) / 2
+    np.testing.assert_allclose(got, [table["a"], mean / np.linalg.norm(mean)], rtol=1e-12)
+    # an image between the ensemble's two wordings: nearer the class embedding than either prompt alone
+    image = np.array([[0.0, 0.8, 0.6]]) / 1.0
+    assert (image @ got.T)[0, 1] > max(image @ np.array(table["b"]), image @ np.array(table["c"]))
+    assert retrieval.prompt_classes({"normal": ["no lesion", "normal"], "infarct": "acute infarct"},
+                                    ["normal", "infarct"]) == ([["no lesion", "normal"], "acute infarct"], [0, 1])
+    assert retrieval.expand_prompt("{acute|recent} infarct, {left|right} lobe {x}") == [
+        "acute infarct, left lobe {x}", "acute infarct, right lobe {x}", "recent infarct, left lobe {x}",
+        "recent infarct, right lobe {x}"]
+    assert retrieval.prompt_classes({"normal": "normal", "infarct": ["{left|right} infarct", "DWI bright"]},
+                                    ["normal", "infarct"])[0] == ["normal", ["left infarct", "right infarct",
+                                                                             "DWI bright"]]
+    for bad in ([], ["ok", ""], 3):
+        with pytest.raises(ValueError, match="prompts.normal"):
+            retrieval.prompt_classes({"normal": bad, "infarct": "acute infarct"}, ["normal", "infarct"])
+
+
 def test_linear_probe_separable_and_refusal():
     rng = np.random.default_rng(1)
     centres = np.array([[3.0, 0, 0], [0, 3.0, 0], [0, 0, 3.0]])
@@ -99,13 +125,14 @@ def test_evaluate_section_parsed_and_refused():
 
     base = {"task": "contrastive", "data": {"dir": "/nonexistent", "batch_size": 2},
             "model": {"name": "clip_unet3d_small"}}
-    prompts = {"normal": "no acute intracranial abnormality", "infarct": "acute infarct"}
+    prompts = {"normal": "no acute intracranial abnormality", "infarct": ["acute infarct", "restricted diffusion"]}
     config = parse_config({**base, "evaluate": {"zero_shot": {"prompts": prompts}, "linear_probe": {"c": 0.5}}},
                           components=False)
     assert config.evaluate == {"zero_shot": {"prompts": prompts}, "linear_probe": {"c": 0.5}}
     assert parse_config(config.as_dict(), components=False).evaluate == config.evaluate  # config.yaml round trip
     assert "evaluate" not in parse_config(base, components=False).as_dict()
     for bad, match in (({"zero_shot": {"prompts": {"normal": ""}}}, "non-empty"),
+                       ({"zero_shot": {"prompts": {"normal": [], "infarct": "x"}}}, "non-empty"),
                        ({"zero_shot": {"prompts": {"normal": "x"}}}, "at least 2"),
                        ({"zero_shot": ["x"]}, "evaluate.zero_shot"), ({"linear_probe": "yes"}, "linear_probe"),
                        ({"retrieval": True}, "unknown setting")):

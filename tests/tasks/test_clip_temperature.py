@@ -93,3 +93,24 @@ def test_label_aware_targets_match_numpy():
     np.testing.assert_allclose(distinct, plain, rtol=1e-5)
     restored = ClipLoss.from_config(ClipLoss(label_aware=True).get_config())
     assert restored.label_aware
+    # label_weight 0.4: 0.4 spread over the class, 0.6 more on the own pair (the rows still sum to 1)
+    mixed = 0.4 * targets + 0.6 * np.eye(6)
+    np.testing.assert_allclose(mixed.sum(1), 1.0)
+    soft = np.asarray(ClipLoss(temperature=0.1, label_aware=True, label_weight=0.4, reduction=None)(labels[:, None], y))
+    np.testing.assert_allclose(soft, _numpy_loss(image, text, 10.0, mixed), rtol=1e-5)
+    assert ClipLoss.from_config(ClipLoss(label_aware=True, label_weight=0.4).get_config()).label_weight == 0.4
+    with pytest.raises(ValueError, match="label_weight"):
+        ClipLoss(label_aware=True, label_weight=0.0)
+
+
+@pytest.mark.parametrize("queue_size", [0, 4])
+def test_the_task_loss_takes_the_model_label_weight(queue_size):
+    from medtf.models.clip import ImageReportEncoder
+    from medtf.tasks import get_task
+
+    model = ImageReportEncoder(spatial_dims=3, in_channels=1, depth=2, base_filters=2, embed_dim=4, text_bins=16,
+                               text_dim=4, label_aware=True, label_weight=0.5)
+    assert model.get_config()["label_weight"] == 0.5
+    loss = get_task("contrastive").default_loss(model, queue_size=queue_size)
+    assert (loss.label_aware, loss.label_weight) == (True, 0.5)
+    assert type(loss).from_config(loss.get_config()).label_weight == 0.5

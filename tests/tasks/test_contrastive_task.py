@@ -15,7 +15,9 @@ from tests.conftest import run_medtf
 from tests.reports.conftest import convert_reports, reports_source  # noqa: F401  (fixture)
 
 REPO = Path(__file__).resolve().parents[2]
-PROMPTS = {"normal": "no acute intracranial abnormality", "infarct": "acute infarct", "tumor": "enhancing mass",
+# "infarct": a prompt ensemble (its class embedding is the mean of the two prompts' embeddings)
+PROMPTS = {"normal": "no acute intracranial abnormality", "infarct": ["acute infarct", "restricted diffusion"],
+           "tumor": "enhancing mass",
            "hemorrhage": "intraparenchymal hemorrhage", "others": "chronic small vessel disease"}
 
 
@@ -245,6 +247,14 @@ def test_contrastive_predict_case_folder_top_k_and_zero_shot(clip_run, reports_s
         assert [h["score"] for h in row["top_k"]] == pytest.approx(np.sort(scores)[::-1][:3], abs=1e-5)
         assert "text" not in row["top_k"][0]
         assert set(row["zero_shot"]) == set(PROMPTS) and sum(row["zero_shot"].values()) == pytest.approx(1, abs=1e-5)
+        # the class probabilities by hand: softmax(scale * cos(image, class embedding)), the ensemble's averaged
+        classes = []
+        for prompt in PROMPTS.values():
+            t = np.asarray(model.text_tower(np.array([prompt] if isinstance(prompt, str) else prompt))).mean(axis=0)
+            classes.append(t / np.linalg.norm(t))
+        logits = meta["logit_scale"] * np.stack(classes) @ embedding
+        expected = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+        assert [row["zero_shot"][c] for c in PROMPTS] == pytest.approx(expected, abs=1e-5)
     # The run directory predicts the same through its Keras checkpoint and the index medtf evaluate wrote.
     if not (run / "report_index" / "report_index.npz").is_file():  # this test ran apart from the evaluate one
         assert run_medtf("evaluate", run, "--split", "test", "--quiet") == 0
