@@ -128,3 +128,45 @@ def zero_shot_on_split(run_dir: Path, shards: Path, split: str, prompt_sets: dic
         out[name] = {"accuracy": zs["accuracy"], "per_class_recall": zs["per_class_recall"], "n": zs["n"],
                      "prompts_per_class": [1 if isinstance(t, str) else len(t) for t in texts]}
     return out
+
+
+# The prompt ensemble compared with experiments/brain_clip.yaml's single prompts on the val studies (RESULTS.md #16):
+# every side x lobe for the focal classes, ventricle x white-matter grade x impression for normal, both kinds of
+# "others" (`medtf.evaluation.retrieval.expand_prompt` syntax).
+_LOBES = "{frontal lobe|parietal lobe|temporal lobe|occipital lobe|basal ganglia|corona radiata}"
+PROMPT_ENSEMBLE = {
+    "normal": "Findings: No acute infarct, haemorrhage or focal lesion. {The ventricles are of normal size.|Mild "
+              "ventricular prominence, no hydrocephalus.} {Normal white matter signal on FLAIR.|Minor nonspecific "
+              "white matter FLAIR foci (Fazekas grade 1).} Impression: {Normal MRI brain.|No acute intracranial "
+              "abnormality.}",
+    "infarct": f"Findings: Focus of restricted diffusion on DWI in the {{left|right}} {_LOBES}. Impression: Acute "
+               "infarct.",
+    "tumor": f"Findings: Intra-axial mass in the {{left|right}} {_LOBES} with surrounding oedema. Impression: Mass "
+             "lesion, tumour.",
+    "hemorrhage": f"Findings: Focus of susceptibility, low signal on T2*, in the {{left|right}} {_LOBES}. "
+                  "Impression: Acute haemorrhage.",
+    "others": ["Findings: Scattered periventricular and deep white matter FLAIR hyperintensities (Fazekas {2|3}). "
+               "Impression: Chronic small vessel disease.",
+               "Findings: Global atrophy; the lateral ventricles are enlarged in proportion to the sulci. "
+               "Impression: Cerebral atrophy."],
+}
+
+
+def main(argv=None) -> None:
+    """``python benchmarks/quality_clip_probes.py SHARDS RUN [RUN ...]``: val zero-shot of each run with
+    brain_clip.yaml's prompts vs `PROMPT_ENSEMBLE` (JSON lines)."""
+    import json
+    import sys
+
+    import yaml
+
+    args = sys.argv[1:] if argv is None else argv
+    single = yaml.safe_load((Path(__file__).resolve().parents[1] / "experiments" / "brain_clip.yaml").read_text())
+    single = single["evaluate"]["zero_shot"]["prompts"]
+    for run in args[1:]:
+        result = zero_shot_on_split(Path(run), Path(args[0]), "val", {"single": single, "ensemble": PROMPT_ENSEMBLE})
+        print(json.dumps({"run": run, **result}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
