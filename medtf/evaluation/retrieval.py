@@ -134,8 +134,8 @@ def prompt_classes(prompts: Mapping[str, str | Sequence[str]], class_names: Sequ
         else:
             raise ValueError(f"evaluate.zero_shot.prompts: class {key!r} is not one of the data's classes "
                              f"{list(class_names) if class_names is not None else '(none recorded)'}")
-        wordings = [w for t in ([text] if isinstance(text, str) else text) for w in expand_prompt(t)] \
-            if _prompt_texts(text, f"evaluate.zero_shot.prompts.{key}") else []
+        checked = _prompt_texts(text, f"evaluate.zero_shot.prompts.{key}")
+        wordings = [w for t in ([checked] if isinstance(checked, str) else checked) for w in expand_prompt(t)]
         texts.append(wordings[0] if len(wordings) == 1 else wordings)
     if len(set(indices)) != len(indices) or len(indices) < 2:
         raise ValueError(f"evaluate.zero_shot.prompts: need one prompt per class for at least 2 distinct classes, "
