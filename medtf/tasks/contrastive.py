@@ -187,14 +187,25 @@ class ContrastiveTask(Task):
 
     def configure(self, experiment):
         self.warmup_image_epochs = experiment.train.warmup_image_epochs
+        self.split_retrieval = None
+        data = experiment.data
+        if experiment.train.val_retrieval and data.val_split is not None:
+            from medtf.tasks.clip_monitor import SplitRetrieval
+            from medtf.training.inputs import build_preprocess
+
+            prompts = (experiment.evaluate or {}).get("zero_shot", {}).get("prompts")
+            self.split_retrieval = SplitRetrieval(data.dir, data.val_split, build_preprocess(data), prompts)
         return self
 
     def callbacks(self, model, paths):
-        """The memory queue's switch (`medtf.tasks.clip_queue`), the image-only warm-up (`medtf.tasks.clip_warmup`)."""
+        """Whole-val-split retrieval figures (`medtf.tasks.clip_monitor`, ``train.val_retrieval``), the memory
+        queue's switch (`medtf.tasks.clip_queue`), the image-only warm-up (`medtf.tasks.clip_warmup`)."""
         from medtf.tasks.clip_queue import QueueSwitch, queue_losses
         from medtf.tasks.clip_warmup import ImageWarmup
 
-        out = [QueueSwitch(paths.backup, write=paths.is_chief)] if queue_losses(model.loss) else []
+        out = [self.split_retrieval] if getattr(self, "split_retrieval", None) is not None else []
+        if queue_losses(model.loss):
+            out.append(QueueSwitch(paths.backup, write=paths.is_chief))
         if getattr(self, "warmup_image_epochs", 0):
             out.append(ImageWarmup(self.warmup_image_epochs))
         return out

@@ -35,6 +35,8 @@ Sections and defaults (``medtf/training/engine.py`` describes what each key does
                precision (float32), strategy (auto), keep_worker_outputs, jit_compile, remat (false),
                log_every_n_steps (100), image_panels, hparams (true), verbose (auto), warmup_image_epochs (0:
                task contrastive trains the image tower alone for that many epochs, `medtf.tasks.clip_warmup`),
+               val_retrieval (true: task contrastive logs whole-val-split val_retrieval_recall_at_1 / _at_5 /
+               _mrr and val_zero_shot_accuracy each epoch, monitorable, `medtf.tasks.clip_monitor`),
                attention_every_n_epochs (1; 0: off) / attention_block (-1) / attention_per_head (false): [CLS]
                attention panels of the ViT tasks (`medtf.tasks.attention_panels`)
     seed:      null
@@ -307,6 +309,7 @@ class TrainConfig(Config):
     jit_compile: bool = False
     remat: bool = False
     warmup_image_epochs: int = 0  # task contrastive: report tower frozen for the first N epochs
+    val_retrieval: bool = True  # task contrastive: whole-val-split retrieval / zero-shot in the logs each epoch
     log_every_n_steps: int = 100
     image_panels: bool = True
     hparams: bool = True
@@ -380,6 +383,11 @@ class ExperimentConfig(Config):
         if warmup and (self.task != "contrastive" or warmup >= self.train.epochs):
             raise ConfigError(f"train.warmup_image_epochs: {warmup} image-only epochs need task contrastive (this "
                               f"experiment's: {self.task}) and fewer than train.epochs ({self.train.epochs})")
+        if self.train.monitor.startswith(("val_retrieval_", "val_zero_shot_")) and not (
+                self.task == "contrastive" and self.train.val_retrieval and self.data.val_split is not None):
+            raise ConfigError(f"train.monitor: {self.train.monitor} is logged by task contrastive with "
+                              f"train.val_retrieval true and a data.val_split (this experiment: task {self.task}, "
+                              f"val_retrieval {self.train.val_retrieval}, val_split {self.data.val_split})")
         lr = self.optimizer.learning_rate
         if isinstance(self.schedule, CosineSchedule) and self.schedule.min_lr > lr:
             raise ConfigError(f"schedule.min_lr ({self.schedule.min_lr}) is above optimizer.learning_rate ({lr}): "

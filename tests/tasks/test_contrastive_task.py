@@ -90,6 +90,18 @@ def test_reports_contrastive_end_to_end(clip_run):
     rows = list(csv.DictReader(open(run / "history.csv")))
     assert len(rows) == 2 and {"loss", "val_loss", "val_recall_at_1"} <= set(rows[0])
     assert all(np.isfinite(float(r["val_loss"])) for r in rows)
+    # train.val_retrieval (default): the whole val split's figures each epoch, equal to `medtf evaluate` of the
+    # same weights (the last epoch's checkpoint) on the same split.
+    assert run_medtf("evaluate", run, "--split", "val", "--checkpoint", "last", "--output", run / "eval-val-last",
+                     "--quiet") == 0
+    val = json.loads((run / "eval-val-last" / "summary.json").read_text())["metrics"]
+    val_ranks = list(csv.DictReader(open(run / "eval-val-last" / "per_example.csv")))
+    mrr = np.mean([1 / int(r[k]) for r in val_ranks for k in ("image_to_report_rank", "report_to_image_rank")])
+    last = {k: float(v) for k, v in rows[-1].items()}
+    assert last["val_retrieval_recall_at_1"] == pytest.approx(val["image_to_report_recall_at_1"], abs=1e-6)
+    assert last["val_retrieval_recall_at_5"] == pytest.approx(val["image_to_report_recall_at_5"], abs=1e-6)
+    assert last["val_retrieval_mrr"] == pytest.approx(mrr, abs=1e-6)
+    assert last["val_zero_shot_accuracy"] == pytest.approx(val["zero_shot_accuracy"], abs=1e-6)
 
     assert run_medtf("evaluate", run, "--split", "test", "--quiet") == 0
     summary = json.loads((run / "eval-test" / "summary.json").read_text())
