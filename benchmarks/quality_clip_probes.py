@@ -152,31 +152,13 @@ PROMPT_ENSEMBLE = {
 }
 
 
-def main(argv=None) -> None:
-    """``python benchmarks/quality_clip_probes.py SHARDS RUN [RUN ...]``: val zero-shot of each run with
-    brain_clip.yaml's prompts vs `PROMPT_ENSEMBLE` (JSON lines)."""
-    import json
-    import sys
-
-    import yaml
-
-    args = sys.argv[1:] if argv is None else argv
-    single = yaml.safe_load((Path(__file__).resolve().parents[1] / "experiments" / "brain_clip.yaml").read_text())
-    single = single["evaluate"]["zero_shot"]["prompts"]
-    for run in args[1:]:
-        result = zero_shot_on_split(Path(run), Path(args[0]), "val", {"single": single, "ensemble": PROMPT_ENSEMBLE})
-        print(json.dumps({"run": run, **result}), flush=True)
-
-
-if __name__ == "__main__":
-    main()
-
-
-def frozen_text_probe(runs: dict, shards: Path, folds: int = 5, seed: int = 0) -> dict:
+def frozen_text_probe(runs: dict, shards: Path, folds: int = 5, seed: int = 0, layers: bool = False) -> dict:
     """What a frozen report tower's pooled features (``text_pool``, before the trained projection) carry: 5-fold
     logistic-regression accuracy on the training reports for the class and for each detail an image shows (side,
     location, ventricles, Fazekas grade), per run (``{name: clip run dir}``, e.g. MLM-pretrained vs random frozen
-    towers). A tower whose features keep the wording but lose the findings gives the image tower little to align with."""
+    towers). A tower whose features keep the wording but lose the findings gives the image tower little to align with.
+    ``layers``: also every other read-out of the same tower, each backbone layer's output (embeddings, each
+    transformer layer) mean- and max-pooled over the report's tokens (``{run: {readout: {target: accuracy}}}``)."""
     import keras
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import cross_val_score
@@ -189,17 +171,57 @@ def frozen_text_probe(runs: dict, shards: Path, folds: int = 5, seed: int = 0) -
     facts = [report_finding(t) for t in texts]
     targets = {"class": labels, "side": [f[0] for f in facts], "location": [f[1] for f in facts],
                "ventricles": [f[3] for f in facts], "fazekas": [f[4] for f in facts]}
+
+    def scores(x) -> dict:
+        probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed))
+        out = {key: float(np.mean(cross_val_score(probe, x, np.asarray(y).astype(str), cv=folds)))
+               for key, y in targets.items()}
+        unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+        return {**out, "mean_pairwise_cosine": float(np.mean(unit @ unit.T))}
+
     out = {}
     for name, run in runs.items():
         _, model, _, _ = load_run(Path(run), "best")
+        tokens = model.tokenizer(np.asarray(texts, dtype=object))
+        inputs = {"token_ids": tokens["token_ids"], "padding_mask": keras.ops.cast(tokens["padding_mask"], "int32")}
         pooled = keras.Model({n: model.get_layer(n).output for n in ("token_ids", "padding_mask")},
                              model.get_layer("text_pool").output)
-        tokens = model.tokenizer(np.asarray(texts, dtype=object))
-        x = np.asarray(pooled({"token_ids": tokens["token_ids"],
-                               "padding_mask": keras.ops.cast(tokens["padding_mask"], "int32")}, training=False))
-        probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed))
-        out[name] = {key: float(np.mean(cross_val_score(probe, x, np.asarray(y).astype(str), cv=folds)))
-                     for key, y in targets.items()}
-        out[name]["mean_pairwise_cosine"] = float(np.mean((lambda u: u @ u.T)(
-            x / np.linalg.norm(x, axis=1, keepdims=True))))
+        result = scores(np.asarray(pooled(inputs, training=False)))
+        if layers:
+            backbone = model.text_backbone
+            names = [layer.name for layer in backbone.layers
+                     if layer.name.startswith("transformer_layer") or layer.name == "embeddings_layer_norm"]
+            outputs = keras.Model(backbone.input, {n: backbone.get_layer(n).output for n in names})(inputs)
+            mask = np.asarray(tokens["padding_mask"], np.float32)[..., None]
+            result = {"text_pool": result}
+            for n in names:
+                sequence = np.asarray(outputs[n], np.float32)
+                result[f"{n}/mean"] = scores((sequence * mask).sum(1) / mask.sum(1))
+                result[f"{n}/max"] = scores(np.where(mask > 0, sequence, -np.inf).max(1))
+        out[name] = result
     return out
+
+
+def main(argv=None) -> None:
+    """``python benchmarks/quality_clip_probes.py SHARDS RUN [RUN ...]``: val zero-shot of each run with
+    brain_clip.yaml's prompts vs `PROMPT_ENSEMBLE` (JSON lines).
+    ``... --text-probe SHARDS RUN [RUN ...]``: `frozen_text_probe` of each run's report tower, every read-out."""
+    import json
+    import sys
+
+    import yaml
+
+    args = sys.argv[1:] if argv is None else argv
+    if args and args[0] == "--text-probe":
+        result = frozen_text_probe({Path(r).name: Path(r) for r in args[2:]}, Path(args[1]), layers=True)
+        print(json.dumps(result, indent=1), flush=True)
+        return
+    single = yaml.safe_load((Path(__file__).resolve().parents[1] / "experiments" / "brain_clip.yaml").read_text())
+    single = single["evaluate"]["zero_shot"]["prompts"]
+    for run in args[1:]:
+        result = zero_shot_on_split(Path(run), Path(args[0]), "val", {"single": single, "ensemble": PROMPT_ENSEMBLE})
+        print(json.dumps({"run": run, **result}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -392,6 +392,7 @@ def run_cross_validation(config, run_dir: str | os.PathLike, folds: int | None =
             if verbose:
                 print(f"fold {k}/{k_total}: finished earlier ({path})")
         else:
+            _check_resume_selection(path, data.selection_fold)
             if verbose:
                 print(f"fold {k}/{k_total}: training in {path} on {', '.join(roles[k].train)}, choosing on "
                       f"{roles[k].selection}, held out {roles[k].held_out}")
@@ -403,6 +404,20 @@ def run_cross_validation(config, run_dir: str | os.PathLike, folds: int | None =
             evaluate_folds(run_dir, k + 1, overlap, verbose)
         _free_memory()
     return aggregate_folds(run_dir, k_total)
+
+
+def _check_resume_selection(path: Path, selection: str) -> None:
+    """Refuse to resume fold ``path`` under another ``data.selection_fold`` than it started with: its epochs so far
+    validated (and its best checkpoint was chosen) on another split, so the resumed run would mix two selections
+    without saying so."""
+    if not (path / "backup").exists() or not (path / "config.yaml").is_file():
+        return
+    started = _selection_fold(path / "config.yaml")
+    if started != selection:
+        raise ConfigError(f"{path}: this fold started with data.selection_fold {started} (its epochs so far chose on "
+                          f"that split) and would resume with {selection}; re-run with "
+                          f"--set data.selection_fold={started} to finish it as it started, or delete {path} to "
+                          f"train it again with {selection}")
 
 
 def _free_memory() -> None:

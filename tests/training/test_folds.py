@@ -473,3 +473,18 @@ def test_choosers_select_on_the_inner_fold(lgg_folds3, lgg_folds2):
     assert [chosen(lgg_folds3, fold=k, selection_fold="outer") for k in range(3)] == ["fold-0", "fold-1", "fold-2"]
     with pytest.raises(ConfigError, match="needs at least 3 folds"):
         chosen(lgg_folds2, fold=1)
+
+
+def test_an_interrupted_fold_is_not_resumed_under_another_selection(lgg_folds3, tmp_path):
+    """A fold started before nested selection (config.yaml without ``selection_fold``: outer) and interrupted is
+    refused under today's default (inner), with the two ways out; nothing is trained or overwritten."""
+    from medtf.training.experiment import ConfigError
+    from medtf.training.folds import run_cross_validation
+
+    fold = _fake_fold(tmp_path, 0, selection=None)
+    (fold / "backup").mkdir()
+    before = (fold / "config.yaml").read_text()
+    with pytest.raises(ConfigError, match=r"started with data.selection_fold outer .* resume with inner.*"
+                                          r"--set data.selection_fold=outer.*delete"):
+        run_cross_validation(_fold_config(lgg_folds3), tmp_path, evaluate=False, verbose=False)
+    assert (fold / "config.yaml").read_text() == before and not (tmp_path / "fold_1").exists()
