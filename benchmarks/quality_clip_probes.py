@@ -152,13 +152,18 @@ PROMPT_ENSEMBLE = {
 }
 
 
+CONTRAST_WORDS = (("left", "right"), ("frontal", "parietal"), ("temporal", "occipital"), ("infarct", "tumour"))
+
+
 def frozen_text_probe(runs: dict, shards: Path, folds: int = 5, seed: int = 0, layers: bool = False) -> dict:
     """What a frozen report tower's pooled features (``text_pool``, before the trained projection) carry: 5-fold
     logistic-regression accuracy on the training reports for the class and for each detail an image shows (side,
     location, ventricles, Fazekas grade), per run (``{name: clip run dir}``, e.g. MLM-pretrained vs random frozen
     towers). A tower whose features keep the wording but lose the findings gives the image tower little to align with.
     ``layers``: also every other read-out of the same tower, each backbone layer's output (embeddings, each
-    transformer layer) mean- and max-pooled over the report's tokens (``{run: {readout: {target: accuracy}}}``)."""
+    transformer layer) mean- and max-pooled over the report's tokens (``{run: {readout: {target: accuracy}}}``), and
+    the cosine of the input token embeddings of words a report uses interchangeably (`CONTRAST_WORDS`): masked-LM
+    pretraining pulls words that share every context (left / right) together before any transformer layer."""
     import keras
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import cross_val_score
@@ -193,7 +198,12 @@ def frozen_text_probe(runs: dict, shards: Path, folds: int = 5, seed: int = 0, l
                      if layer.name.startswith("transformer_layer") or layer.name == "embeddings_layer_norm"]
             outputs = keras.Model(backbone.input, {n: backbone.get_layer(n).output for n in names})(inputs)
             mask = np.asarray(tokens["padding_mask"], np.float32)[..., None]
-            result = {"text_pool": result}
+            vocabulary = list(model.tokenizer.vocabulary)
+            table = np.asarray(backbone.token_embedding.embeddings)
+            unit = table / np.linalg.norm(table, axis=1, keepdims=True)
+            result = {"text_pool": result, "token_cosine": {
+                f"{a}/{b}": float(unit[vocabulary.index(a)] @ unit[vocabulary.index(b)])
+                for a, b in CONTRAST_WORDS if a in vocabulary and b in vocabulary}}
             for n in names:
                 sequence = np.asarray(outputs[n], np.float32)
                 result[f"{n}/mean"] = scores((sequence * mask).sum(1) / mask.sum(1))
