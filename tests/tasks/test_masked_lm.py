@@ -107,6 +107,34 @@ def test_loss_counts_masked_tokens_only():
     np.testing.assert_array_equal(epochs[0], to_model(remask(example, tf.constant([0, 11])))[0]["mask_positions"])
 
 
+def test_untied_head_has_its_own_output_projection():
+    """``tie_embeddings: false``: the logits are the head's hidden state times its own kernel (not the token
+    embedding transposed), and the setting survives a ``.keras`` round trip; tied (BERT's default) has no kernel."""
+    import keras
+
+    from medtf.models.text import ReportMaskedLM
+
+    tokens = ["[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]"] + [f"w{i}" for i in range(11)]
+    text = {"vocabulary": tokens, "sequence_length": 8, "num_layers": 1, "num_heads": 2, "hidden_dim": 8,
+            "intermediate_dim": 16}
+    keras.utils.set_random_seed(0)
+    tied, untied = ReportMaskedLM(text=text), ReportMaskedLM(text=text, tie_embeddings=False)
+    x = {"token_ids": np.array([[1, 5, 6, 4, 7, 2, 0, 0]], np.int32),
+         "padding_mask": np.array([[1, 1, 1, 1, 1, 1, 0, 0]], np.int32), "mask_positions": np.array([[3]], np.int32)}
+    kernels = [w for w in untied.get_layer("mlm_head").weights if "output_kernel" in w.path]
+    assert len(kernels) == 1 and tuple(kernels[0].shape) == (8, len(tokens))
+    assert not [w for w in tied.get_layer("mlm_head").weights if "output_kernel" in w.path]
+    # With the token embedding zeroed, the tied logits are all zero (the output classes are the embedding; the bias
+    # starts at zero); the untied ones are not (their own projection of the position-only hidden states).
+    kernel = np.asarray(kernels[0]).copy()
+    for model in (tied, untied):
+        model.text_backbone.token_embedding.embeddings.assign(np.zeros((len(tokens), 8), np.float32))
+    np.testing.assert_array_equal(np.asarray(kernels[0]), kernel)
+    assert np.abs(np.asarray(tied(x))).max() == 0 and np.abs(np.asarray(untied(x))).max() > 1e-3
+    restored = ReportMaskedLM.from_config(untied.get_config())
+    assert restored.tie_embeddings is False and ReportMaskedLM.from_config(tied.get_config()).tie_embeddings
+
+
 def _tag_reports(source: Path, dest: Path) -> dict[str, str]:
     """A copy of the synthetic studies whose reports each end with one code word, 12 times (tensorflow-text's
     WordPiece learner keeps whole words seen at least 10 times): {case: word}."""

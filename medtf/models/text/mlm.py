@@ -16,7 +16,7 @@ from medtf.models.text.tower import backbone_sequence, resolve_text, token_input
 
 @keras.saving.register_keras_serializable(package="medtf")
 class ReportMaskedLM(keras.Model):
-    """Text backbone + keras-hub ``MaskedLMHead`` (tied to the token embedding):
+    """Text backbone + keras-hub ``MaskedLMHead`` (tied to the token embedding, as BERT, unless told otherwise):
     ``{"token_ids", "padding_mask", "mask_positions" (B, M)}`` int32 -> logits ``(B, M, V)`` at the masked
     positions. The tokenizer (``model.tokenizer``, a `ReportTokenizer`) and the masking settings travel with the
     model; the task `medtf.tasks.masked_lm` tokenises and masks the reports in tf.data.
@@ -26,6 +26,9 @@ class ReportMaskedLM(keras.Model):
         mask_rate: share of each report's text tokens masked (BERT: 0.15).
         max_masked: mask slots per report ``M`` (default ``ceil(mask_rate * (sequence_length - 2))``, at least 1).
         mask_seed: salt of the per-example mask seeds.
+        tie_embeddings: the head's output projection is the token embedding transposed (BERT). False: its own
+            weights, so the input embeddings are not also the output classes: words that fill the same contexts
+            (left / right) get the same output scores, and tied, the same input embedding too.
 
     Example:
         >>> model = ReportMaskedLM(text={"vocabulary": "runs/mlm/vocab.txt", "sequence_length": 32})
@@ -33,7 +36,7 @@ class ReportMaskedLM(keras.Model):
     """
 
     def __init__(self, text=None, mask_rate: float = 0.15, max_masked: int | None = None, mask_seed: int = 0,
-                 **kwargs):
+                 tie_embeddings: bool = True, **kwargs):
         import keras_hub
 
         # === Layers ===
@@ -43,7 +46,7 @@ class ReportMaskedLM(keras.Model):
         if max_masked is None:
             max_masked = max(1, math.ceil(float(mask_rate) * (tokenizer.sequence_length - 2)))
         head = keras_hub.layers.MaskedLMHead(vocabulary_size=backbone.vocabulary_size,
-                                             token_embedding=backbone.token_embedding,
+                                             token_embedding=backbone.token_embedding if tie_embeddings else None,
                                              intermediate_activation="gelu", name="mlm_head")
         # === Functional Model ===
         token_ids, padding_mask = token_inputs()
@@ -55,10 +58,11 @@ class ReportMaskedLM(keras.Model):
         # === Config ===
         self.text_backbone, self.tokenizer, self.text = backbone, tokenizer, spec
         self.mask_rate, self.max_masked, self.mask_seed = float(mask_rate), int(max_masked), int(mask_seed)
+        self.tie_embeddings = bool(tie_embeddings)
 
     def get_config(self):
         return {"name": self.name, "trainable": self.trainable, "text": self.text, "mask_rate": self.mask_rate,
-                "max_masked": self.max_masked, "mask_seed": self.mask_seed}
+                "max_masked": self.max_masked, "mask_seed": self.mask_seed, "tie_embeddings": self.tie_embeddings}
 
     @classmethod
     def from_config(cls, config):
