@@ -188,13 +188,15 @@ class ContrastiveTask(Task):
     def configure(self, experiment):
         self.warmup_image_epochs = experiment.train.warmup_image_epochs
         self.split_retrieval = None
+        from medtf.training.inputs import build_preprocess, split_names
+
         data = experiment.data
-        if experiment.train.val_retrieval and data.val_split is not None:
+        val_split = split_names(data)[1]  # data.val_split, or the selection fold of a cross-validation fold
+        if experiment.train.val_retrieval and val_split is not None:
             from medtf.tasks.clip_monitor import SplitRetrieval
-            from medtf.training.inputs import build_preprocess
 
             prompts = (experiment.evaluate or {}).get("zero_shot", {}).get("prompts")
-            self.split_retrieval = SplitRetrieval(data.dir, data.val_split, build_preprocess(data), prompts)
+            self.split_retrieval = SplitRetrieval(data.dir, val_split, build_preprocess(data), prompts)
         return self
 
     def callbacks(self, model, paths):

@@ -384,7 +384,8 @@ class ExperimentConfig(Config):
             raise ConfigError(f"train.warmup_image_epochs: {warmup} image-only epochs need task contrastive (this "
                               f"experiment's: {self.task}) and fewer than train.epochs ({self.train.epochs})")
         if self.train.monitor.startswith(("val_retrieval_", "val_zero_shot_")) and not (
-                self.task == "contrastive" and self.train.val_retrieval and self.data.val_split is not None):
+                self.task == "contrastive" and self.train.val_retrieval
+                and (self.data.val_split is not None or self.data.fold is not None)):
             raise ConfigError(f"train.monitor: {self.train.monitor} is logged by task contrastive with "
                               f"train.val_retrieval true and a data.val_split (this experiment: task {self.task}, "
                               f"val_retrieval {self.train.val_retrieval}, val_split {self.data.val_split})")

@@ -51,3 +51,21 @@ def test_monitoring_split_figures_needs_the_contrastive_callback():
     with pytest.raises(ConfigError, match="task contrastive"):
         parse_config({**raw, "task": "segmentation", "model": {"name": "unet2d"},
                       "train": {"monitor": "val_zero_shot_accuracy"}})
+
+
+def test_a_cross_validation_fold_is_scored_on_its_selection_fold(tmp_path):
+    """With ``data.fold`` the validation split is the fold's selection fold (inner: the next one), not
+    ``data.val_split``, and that is the split the per-epoch retrieval embeds."""
+    import json
+
+    from medtf.tasks import get_task
+
+    splits = {f"fold-{k}": {"patients": [f"p{k}"], "examples": 1, "shards": []} for k in range(3)}
+    (tmp_path / "manifest.json").write_text(json.dumps({"format": "medtf-tfrecords", "kind": "mri-reports",
+                                                      "splits": splits}))
+    raw = {"task": "contrastive", "data": {"dir": str(tmp_path), "batch_size": 2, "fold": 0},
+           "model": {"name": "clip_unet3d_small"}}
+    task = get_task("contrastive").configure(parse_config(raw))
+    assert task.split_retrieval.split == "fold-1" and task.split_retrieval.data_dir == str(tmp_path)
+    off = get_task("contrastive").configure(parse_config({**raw, "train": {"val_retrieval": False}}))
+    assert off.split_retrieval is None
