@@ -149,7 +149,7 @@ class ImageReportEncoder(keras.Model):
         else:
             token_ids, padding_mask = token_inputs()
             inputs = {"image": image, "token_ids": token_ids, "padding_mask": padding_mask}
-            features = TokenPooling(text["pooling"], name="text_pool")(
+            features = TokenPooling(text["pooling"], text["pooling_heads"], name="text_pool")(
                 backbone_sequence(backbone, token_ids, padding_mask), padding_mask)
         text_embedding = L2Normalize(name="text_embedding")(
             keras.layers.Dense(embed_dim, name="text_projection")(features))

@@ -11,7 +11,9 @@ A tower is described by one ``text`` mapping (a model argument, e.g. ``model.arg
     sequence_length: 64        tokens per report: [CLS] + pieces (truncated) + [SEP], padded with [PAD]
     num_layers / num_heads / hidden_dim / intermediate_dim / dropout: a randomly initialised backbone's size
     lowercase: true
-    pooling: mean              mean (over non-padding tokens) | cls: the report's feature vector
+    pooling: mean              mean (over non-padding tokens) | cls | attention (a learned query, trained even
+                               when the backbone is frozen): the report's feature vector (`TokenPooling`)
+    pooling_heads: 4           attention pooling's heads (must divide the hidden size)
     trainable: true            false: the backbone is frozen (the study's frozen DistilBERT)
 
 `resolve_text` turns it into ``(backbone, tokenizer, resolved)``; ``resolved`` has the backbone's architecture
@@ -28,7 +30,7 @@ from keras import ops
 
 TEXT_DEFAULTS = dict(arch="distil_bert", preset=None, vocabulary=None, vocabulary_size=2000, sequence_length=64,
                      num_layers=2, num_heads=2, hidden_dim=64, intermediate_dim=128, dropout=0.1, lowercase=True,
-                     pooling="mean", trainable=True, backbone=None)
+                     pooling="mean", pooling_heads=4, trainable=True, backbone=None)
 
 
 def _archs() -> dict:
@@ -92,19 +94,45 @@ class ReportTokenizer(keras.layers.Layer):
 @keras.saving.register_keras_serializable(package="medtf")
 class TokenPooling(keras.layers.Layer):
     """``sequence (B, L, H)`` + ``padding_mask (B, L)`` -> ``(B, H)``: the mean of the non-padding tokens
-    (``mean``) or the [CLS] token (``cls``). Masked-LM pretraining supervises every token but not [CLS], so a
-    frozen MLM-trained backbone is better read out by the mean."""
+    (``mean``), the [CLS] token (``cls``) or a learned query's multi-head attention over the non-padding tokens
+    (``attention``, ``num_heads`` heads; CLIP's attention pooling, big_vision's MAP head without its MLP).
 
-    def __init__(self, mode: str = "mean", **kwargs):
+    Masked-LM pretraining supervises every token but not [CLS], so a frozen MLM-trained backbone is better read out
+    by the mean than by [CLS]. The attention pooling has weights of its own, trained with the projection while a
+    frozen backbone stays fixed: a report names a finding's side in one or two of its ~50 tokens, which the mean
+    dilutes; a query learns to look at them (RESULTS.md #16: the frozen MLM tower's states at the side words keep
+    the side, its mean does not).
+    """
+
+    MODES = ("mean", "cls", "attention")
+
+    def __init__(self, mode: str = "mean", num_heads: int = 4, **kwargs):
         super().__init__(**kwargs)
-        if mode not in ("mean", "cls"):
-            raise ValueError(f"text pooling {mode!r}: use 'mean' or 'cls'")
-        self.mode = mode
+        if mode not in self.MODES:
+            raise ValueError(f"text pooling {mode!r}: use one of {list(self.MODES)}")
+        self.mode, self.num_heads = mode, int(num_heads)
+        self.attention = None
+
+    def build(self, sequence_shape, padding_mask_shape=None):
+        if self.mode != "attention":
+            return
+        hidden = int(sequence_shape[-1])
+        if hidden % self.num_heads:
+            raise ValueError(f"text pooling_heads {self.num_heads} must divide the tower's hidden_dim {hidden}")
+        self.query = self.add_weight(name="query", shape=(1, 1, hidden), dtype="float32",
+                                     initializer=keras.initializers.RandomNormal(stddev=hidden ** -0.5))
+        self.attention = keras.layers.MultiHeadAttention(self.num_heads, hidden // self.num_heads, dtype="float32",
+                                                         name="attention")
+        self.attention.build((None, 1, hidden), (None, sequence_shape[1], hidden))
 
     def call(self, sequence, padding_mask):
         sequence = ops.cast(sequence, "float32")
         if self.mode == "cls":
             return sequence[:, 0]
+        if self.mode == "attention":
+            query = ops.repeat(self.query, ops.shape(sequence)[0], axis=0)
+            mask = ops.cast(padding_mask, "bool")[:, None, :]  # (B, 1 query, L keys)
+            return self.attention(query, sequence, attention_mask=mask)[:, 0]
         weights = ops.cast(padding_mask, "float32")[..., None]
         return ops.sum(sequence * weights, axis=1) / ops.maximum(ops.sum(weights, axis=1), 1.0)
 
@@ -112,7 +140,7 @@ class TokenPooling(keras.layers.Layer):
         return (sequence_shape[0], sequence_shape[-1])
 
     def get_config(self):
-        return {**super().get_config(), "mode": self.mode}
+        return {**super().get_config(), "mode": self.mode, "num_heads": self.num_heads}
 
 
 def backbone_sequence(backbone, token_ids, padding_mask):
