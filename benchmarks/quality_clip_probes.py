@@ -163,7 +163,10 @@ def frozen_text_probe(runs: dict, shards: Path, folds: int = 5, seed: int = 0, l
     ``layers``: also every other read-out of the same tower, each backbone layer's output (embeddings, each
     transformer layer) mean- and max-pooled over the report's tokens (``{run: {readout: {target: accuracy}}}``), and
     the cosine of the input token embeddings of words a report uses interchangeably (`CONTRAST_WORDS`): masked-LM
-    pretraining pulls words that share every context (left / right) together before any transformer layer."""
+    pretraining pulls words that share every context (left / right) together before any transformer layer. Also
+    ``{layer}/at_side_words``: the side probe on the states at the words ``left`` / ``right`` themselves (reports
+    that name a side), which a learned attention pooling (``text.pooling: attention``) can pick out and the mean
+    dilutes."""
     import keras
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import cross_val_score
@@ -204,17 +207,25 @@ def frozen_text_probe(runs: dict, shards: Path, folds: int = 5, seed: int = 0, l
             result = {"text_pool": result, "token_cosine": {
                 f"{a}/{b}": float(unit[vocabulary.index(a)] @ unit[vocabulary.index(b)])
                 for a, b in CONTRAST_WORDS if a in vocabulary and b in vocabulary}}
+            ids = np.asarray(tokens["token_ids"])
+            side_ids = [vocabulary.index(w) for w in ("left", "right")]
+            sided = [i for i, f in enumerate(facts) if f[0] in ("left", "right") and np.isin(ids[i], side_ids).any()]
             for n in names:
                 sequence = np.asarray(outputs[n], np.float32)
                 result[f"{n}/mean"] = scores((sequence * mask).sum(1) / mask.sum(1))
                 result[f"{n}/max"] = scores(np.where(mask > 0, sequence, -np.inf).max(1))
+                # the states at the side words themselves (what an attention pooling can pick out): side only
+                at_side = np.stack([sequence[i, np.isin(ids[i], side_ids)].mean(0) for i in sided])
+                probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed))
+                result[f"{n}/at_side_words"] = {"side": float(np.mean(cross_val_score(
+                    probe, at_side, np.asarray([facts[i][0] for i in sided]), cv=folds))), "reports": len(sided)}
         out[name] = result
     return out
 
 
 def main(argv=None) -> None:
-    """``python benchmarks/quality_clip_probes.py SHARDS RUN [RUN ...]``: val zero-shot of each run with
-    brain_clip.yaml's prompts vs `PROMPT_ENSEMBLE` (JSON lines).
+    """``python benchmarks/quality_clip_probes.py [--split test] SHARDS RUN [RUN ...]``: val (or test) zero-shot of
+    each run with brain_clip.yaml's prompts vs `PROMPT_ENSEMBLE` (JSON lines).
     ``... --text-probe SHARDS RUN [RUN ...]``: `frozen_text_probe` of each run's report tower, every read-out."""
     import json
     import sys
@@ -222,6 +233,9 @@ def main(argv=None) -> None:
     import yaml
 
     args = sys.argv[1:] if argv is None else argv
+    split = "val"
+    if args[:1] == ["--split"]:  # the test split only once a prompt set has been chosen on val
+        split, args = args[1], args[2:]
     if args and args[0] == "--text-probe":
         result = frozen_text_probe({Path(r).name: Path(r) for r in args[2:]}, Path(args[1]), layers=True)
         print(json.dumps(result, indent=1), flush=True)
@@ -229,8 +243,8 @@ def main(argv=None) -> None:
     single = yaml.safe_load((Path(__file__).resolve().parents[1] / "experiments" / "brain_clip.yaml").read_text())
     single = single["evaluate"]["zero_shot"]["prompts"]
     for run in args[1:]:
-        result = zero_shot_on_split(Path(run), Path(args[0]), "val", {"single": single, "ensemble": PROMPT_ENSEMBLE})
-        print(json.dumps({"run": run, **result}), flush=True)
+        result = zero_shot_on_split(Path(run), Path(args[0]), split, {"single": single, "ensemble": PROMPT_ENSEMBLE})
+        print(json.dumps({"run": run, "split": split, **result}), flush=True)
 
 
 if __name__ == "__main__":
