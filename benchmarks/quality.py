@@ -25,9 +25,9 @@ Usage::
     .venv/bin/python benchmarks/quality.py --only prostate,prostate-shuffled,prostate-roulette --prostate-cases 60
 
 The prostate workloads (issue #14: VGG-ELU vs the mean-ADC baseline vs shuffled labels, model roulette) live in
-``benchmarks/quality_prostate.py``; the nucleus classification workloads (issue #15: fine-tuned nucleus ViT vs the
-colour + area baseline vs shuffled labels, MIM linear probes with / without L_inst vs a random probe, tokenizer) in
-``benchmarks/quality_nuclei.py``::
+``benchmarks/quality_prostate.py`` (its transfer-learning chain in ``quality_prostate_tl.py``); the nucleus
+classification workloads (issue #15: fine-tuned nucleus ViT vs the colour + area baseline vs shuffled labels, MIM
+linear probes with / without L_inst vs a random probe, tokenizer) in ``benchmarks/quality_nuclei.py``::
 
     .venv/bin/python benchmarks/quality.py --only nuclei,nuclei-shuffled,nuclei-probe-random,nuclei-mim,\
         nuclei-mim-noinst --nuclei-seeds 0,1
@@ -67,8 +67,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import quality_clip  # noqa: E402  (issue #16's image-report retrieval workloads)
 import quality_nuclei  # noqa: E402  (issue #15's nucleus classification workloads)
 import quality_prostate  # noqa: E402  (issue #14's prostate workloads, beside this script)
+import quality_prostate_tl  # noqa: E402  (issue #14's transfer-learning chain)
 
-WORKLOADS = WORKLOADS + quality_prostate.WORKLOADS + quality_nuclei.WORKLOADS + quality_clip.WORKLOADS
+WORKLOADS = (WORKLOADS + quality_prostate.WORKLOADS + quality_prostate_tl.WORKLOADS + quality_nuclei.WORKLOADS
+             + quality_clip.WORKLOADS)
 LGG_SPLIT = "0.6,0.2,0.2"
 
 
@@ -300,7 +302,8 @@ def run_lgg_shuffled(out: Path, cases: int, seed: int) -> dict:
 RUNNERS = {"brachy": run_brachy, "brachy-shuffled": run_brachy_shuffled, "lgg": run_lgg,
            "lgg-shuffled": run_lgg_shuffled,
            **{name: (lambda run: lambda out, cases, seed: run(out, cases, seed, ID_SALT))(run)
-              for name, run in {**quality_prostate.RUNNERS, **quality_clip.RUNNERS}.items()}}
+              for name, run in {**quality_prostate.RUNNERS, **quality_prostate_tl.RUNNERS,
+                                 **quality_clip.RUNNERS}.items()}}
 
 
 def _mean(rows: list[dict], key: str) -> float:
@@ -373,9 +376,10 @@ def report(results: dict) -> str:
         cells = _cells(_pooled(res["summary"]), minutes=res["train_minutes"])
         lines.append(f"| lgg | shuffled-label control | {cells} |")
     if any(name.startswith("prostate") for name in results):
-        rows, more = quality_prostate.report(results)
-        lines += rows
-        verdicts += more
+        for module in (quality_prostate, quality_prostate_tl):
+            rows, more = module.report(results)
+            lines += rows
+            verdicts += more
     if any(name.startswith("clip") for name in results):
         rows, more = quality_clip.report(results)
         lines += rows
@@ -425,7 +429,7 @@ def main(argv=None) -> int:
     if unknown:
         parser.error(f"unknown workloads {sorted(unknown)}; choose from {WORKLOADS}")
     out = args.out or Path(tempfile.mkdtemp(prefix="medtf-quality-"))
-    quality_prostate.TL_EXTRA = tuple(args.tl_set)
+    quality_prostate_tl.TL_EXTRA = tuple(args.tl_set)
     quality_clip.CLIP_SPLIT = args.clip_split
     quality_clip.CLIP_EXTRA, quality_clip.CLIP_TAG = tuple(args.clip_set), args.clip_tag
     start = time.monotonic()
