@@ -130,26 +130,24 @@ def zero_shot_on_split(run_dir: Path, shards: Path, split: str, prompt_sets: dic
     return out
 
 
-# The prompt ensemble compared with experiments/brain_clip.yaml's single prompts on the val studies (RESULTS.md #16):
-# every side x lobe for the focal classes, ventricle x white-matter grade x impression for normal, both kinds of
-# "others" (`medtf.evaluation.retrieval.expand_prompt` syntax).
-_LOBES = "{frontal lobe|parietal lobe|temporal lobe|occipital lobe|basal ganglia|corona radiata}"
-PROMPT_ENSEMBLE = {
-    "normal": "Findings: No acute infarct, haemorrhage or focal lesion. {The ventricles are of normal size.|Mild "
-              "ventricular prominence, no hydrocephalus.} {Normal white matter signal on FLAIR.|Minor nonspecific "
-              "white matter FLAIR foci (Fazekas grade 1).} Impression: {Normal MRI brain.|No acute intracranial "
-              "abnormality.}",
-    "infarct": f"Findings: Focus of restricted diffusion on DWI in the {{left|right}} {_LOBES}. Impression: Acute "
-               "infarct.",
-    "tumor": f"Findings: Intra-axial mass in the {{left|right}} {_LOBES} with surrounding oedema. Impression: Mass "
-             "lesion, tumour.",
-    "hemorrhage": f"Findings: Focus of susceptibility, low signal on T2*, in the {{left|right}} {_LOBES}. "
-                  "Impression: Acute haemorrhage.",
-    "others": ["Findings: Scattered periventricular and deep white matter FLAIR hyperintensities (Fazekas {2|3}). "
-               "Impression: Chronic small vessel disease.",
-               "Findings: Global atrophy; the lateral ventricles are enlarged in proportion to the sulci. "
-               "Impression: Cerebral atrophy."],
+# One prompt per class: experiments/brain_clip.yaml's prompts until the ensemble there (every side x lobe for the
+# focal classes, ventricle x white-matter grade x impression for normal, both kinds of "others") won on the val
+# studies of the masked-LM-pretrained, fine-tuned tower (RESULTS.md #16). `main` compares the two.
+SINGLE_PROMPTS = {
+    "normal": "Findings: No acute infarct, haemorrhage or focal lesion. Impression: Normal MRI brain.",
+    "infarct": "Findings: Focus of restricted diffusion on DWI. Impression: Acute infarct.",
+    "tumor": "Findings: Intra-axial mass with surrounding oedema. Impression: Mass lesion, tumour.",
+    "hemorrhage": "Findings: Focus of susceptibility, low signal on T2*. Impression: Acute haemorrhage.",
+    "others": "Findings: White matter FLAIR hyperintensities. Impression: Chronic small vessel disease, atrophy.",
 }
+
+
+def brain_clip_prompts() -> dict:
+    """experiments/brain_clip.yaml's zero-shot prompts (the ensemble)."""
+    import yaml
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "brain_clip.yaml"
+    return yaml.safe_load(path.read_text())["evaluate"]["zero_shot"]["prompts"]
 
 
 CONTRAST_WORDS = (("left", "right"), ("frontal", "parietal"), ("temporal", "occipital"), ("infarct", "tumour"))
@@ -225,12 +223,10 @@ def frozen_text_probe(runs: dict, shards: Path, folds: int = 5, seed: int = 0, l
 
 def main(argv=None) -> None:
     """``python benchmarks/quality_clip_probes.py [--split test] SHARDS RUN [RUN ...]``: val (or test) zero-shot of
-    each run with brain_clip.yaml's prompts vs `PROMPT_ENSEMBLE` (JSON lines).
+    each run with `SINGLE_PROMPTS` vs brain_clip.yaml's ensemble (JSON lines).
     ``... --text-probe SHARDS RUN [RUN ...]``: `frozen_text_probe` of each run's report tower, every read-out."""
     import json
     import sys
-
-    import yaml
 
     args = sys.argv[1:] if argv is None else argv
     split = "val"
@@ -240,10 +236,9 @@ def main(argv=None) -> None:
         result = frozen_text_probe({Path(r).name: Path(r) for r in args[2:]}, Path(args[1]), layers=True)
         print(json.dumps(result, indent=1), flush=True)
         return
-    single = yaml.safe_load((Path(__file__).resolve().parents[1] / "experiments" / "brain_clip.yaml").read_text())
-    single = single["evaluate"]["zero_shot"]["prompts"]
+    prompt_sets = {"single": SINGLE_PROMPTS, "ensemble": brain_clip_prompts()}
     for run in args[1:]:
-        result = zero_shot_on_split(Path(run), Path(args[0]), split, {"single": single, "ensemble": PROMPT_ENSEMBLE})
+        result = zero_shot_on_split(Path(run), Path(args[0]), split, prompt_sets)
         print(json.dumps({"run": run, "split": split, **result}), flush=True)
 
 
