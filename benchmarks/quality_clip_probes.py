@@ -178,10 +178,12 @@ def frozen_text_probe(runs: dict, shards: Path, folds: int = 5, seed: int = 0, l
     targets = {"class": labels, "side": [f[0] for f in facts], "location": [f[1] for f in facts],
                "ventricles": [f[3] for f in facts], "fazekas": [f[4] for f in facts]}
 
-    def scores(x) -> dict:
+    def accuracy(x, y) -> float:
         probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed))
-        out = {key: float(np.mean(cross_val_score(probe, x, np.asarray(y).astype(str), cv=folds)))
-               for key, y in targets.items()}
+        return float(np.mean(cross_val_score(probe, x, np.asarray(y).astype(str), cv=folds)))
+
+    def scores(x) -> dict:
+        out = {key: accuracy(x, y) for key, y in targets.items()}
         unit = x / np.linalg.norm(x, axis=1, keepdims=True)
         return {**out, "mean_pairwise_cosine": float(np.mean(unit @ unit.T))}
 
@@ -214,9 +216,8 @@ def frozen_text_probe(runs: dict, shards: Path, folds: int = 5, seed: int = 0, l
                 result[f"{n}/max"] = scores(np.where(mask > 0, sequence, -np.inf).max(1))
                 # the states at the side words themselves (what an attention pooling can pick out): side only
                 at_side = np.stack([sequence[i, np.isin(ids[i], side_ids)].mean(0) for i in sided])
-                probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed))
-                result[f"{n}/at_side_words"] = {"side": float(np.mean(cross_val_score(
-                    probe, at_side, np.asarray([facts[i][0] for i in sided]), cv=folds))), "reports": len(sided)}
+                result[f"{n}/at_side_words"] = {"side": accuracy(at_side, [facts[i][0] for i in sided]),
+                                                 "reports": len(sided)}
         out[name] = result
     return out
 
